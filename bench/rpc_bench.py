@@ -1,0 +1,392 @@
+"""DIRAC-style RPC ``ping`` throughput and latency: ccnet vs a Tornado 6 server.
+
+    .venv/bin/python bench/rpc_bench.py [--duration 5] [--levels 1,16,64] [--json]
+
+Both servers run in their own process, with mutual TLS (same certificates, same CA),
+one access-log line per call written to a file, and the same route and reply:
+``POST /Bench/Ping`` with ``method=ping&args=[]`` answered by DIRAC's ping dictionary
+JEncoded as ``{"OK": true, "Value": {...}}``.
+
+* ``ccnet``: the ``[rpc]`` site exactly as ``ccnet.rpc.server.build`` makes it, served
+  with ``RPCResource.make_site()`` behind ccnet's TLS, text log to a file, in its own
+  process (``[rpc:Bench/Ping]`` answered by the ``RPCService`` built-ins);
+* ``ccnet-daemon``: the whole ``twistd -n ccnet`` daemon with the same config, as
+  ``ccnet.service`` wires the site today;
+* ``tornado``: a Tornado 6 ``RequestHandler`` written the way DIRAC's
+  ``TornadoService`` handles a call: form fields, JEncode ``args``, the peer certificate
+  read per request, the export run in a thread-pool executor, JEncode reply;
+* ``tornado-inline`` (``--inline``): the same handler running the export on the IOLoop,
+  which DIRAC does not do, as a stricter baseline.
+
+The load generator is the same for all: separate processes running asyncio with
+``ssl``, one keep-alive connection per concurrent caller, each sending its next call as
+soon as the previous reply is complete.  Tornado is installed only for this benchmark
+(``.venv/bin/pip install 'tornado>=6,<7'``); without it the Tornado rows are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ROUTE = "/Bench/Ping"
+BODY = b"method=ping&args=%5B%5D"
+
+
+# ----------------------------------------------------------------------------- load generator
+
+
+def _request(port: int) -> bytes:
+    return (
+        f"POST {ROUTE} HTTP/1.1\r\nHost: localhost:{port}\r\n"
+        "Content-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode() + BODY
+
+
+async def _connection(
+    port: int, ctx: ssl.SSLContext, start: float, end: float, lat: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    request = _request(port)
+    try:
+        while True:
+            sent = time.perf_counter()
+            if sent >= end:
+                break
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            if match is None:
+                raise RuntimeError(f"reply without content-length: {head[:200]!r}")
+            body = await reader.readexactly(int(match.group(1)))
+            done = time.perf_counter()
+            if not head.startswith(b"HTTP/1.1 200") or not body.startswith(b'{"OK":true'):
+                errors[0] += 1
+            elif sent >= start:
+                lat.append(done - sent)
+    finally:
+        writer.close()
+
+
+def _worker(port: int, conns: int, warmup: float, duration: float, cert: str, key: str, ca: str,
+            t0: float) -> tuple[list[float], int]:
+    """One load process: ``conns`` keep-alive connections until t0 + warmup + duration."""
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.load_cert_chain(cert, key)
+    lat: list[float] = []
+    errors = [0]
+
+    async def main() -> None:
+        start = t0 + warmup
+        end = start + duration
+        await asyncio.gather(*(_connection(port, ctx, start, end, lat, errors) for _ in range(conns)))
+
+    asyncio.run(main())
+    return lat, errors[0]
+
+
+def measure(port: int, concurrency: int, warmup: float, duration: float, pki: dict[str, str]) -> dict[str, Any]:
+    procs = 1 if concurrency == 1 else 2
+    shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
+    t0 = time.perf_counter() + 0.3
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        results = pool.starmap(
+            _worker,
+            [(port, n, warmup, duration, pki["client_cert"], pki["client_key"], pki["ca"], t0) for n in shares],
+        )
+    lat = sorted(x for part, _ in results for x in part)
+    errors = sum(e for _, e in results)
+    if not lat:
+        raise RuntimeError("no successful calls")
+
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+
+    return {
+        "concurrency": concurrency,
+        "calls": len(lat),
+        "errors": errors,
+        "calls_per_s": len(lat) / duration,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+    }
+
+
+# ----------------------------------------------------------------------------- servers
+
+
+def make_pki(folder: Path) -> dict[str, str]:
+    from ccnet.pki import PKI
+
+    pki = PKI(folder / "pki")
+    pki.init("/C=IT/O=ccnet/CN=bench CA", force=True)
+    pki.issue("server", "server", ["DNS:localhost", "IP:127.0.0.1"])
+    pki.issue("client", "client")
+    return {
+        "ca": str(pki.ca_cert_path),
+        "server_cert": str(pki.cert_path("server")),
+        "server_key": str(pki.key_path("server")),
+        "client_cert": str(pki.cert_path("client")),
+        "client_key": str(pki.key_path("client")),
+    }
+
+
+def _wait_for(path: Path, pattern: str, proc: subprocess.Popen[Any], timeout: float = 30) -> re.Match[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text() if path.exists() else ""
+        match = re.search(pattern, text)
+        if match:
+            return match
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{text}")
+        time.sleep(0.05)
+    raise RuntimeError(f"server not ready:\n{path.read_text() if path.exists() else ''}")
+
+
+def start_ccnet(folder: Path, pki: dict[str, str]) -> tuple[subprocess.Popen[Any], int]:
+    config = folder / "ccnet.ini"
+    config.write_text(
+        f"""
+[ccnet]
+state-dir = {folder / 'var'}
+
+[tls]
+ca = {pki['ca']}
+cert = {pki['server_cert']}
+key = {pki['server_key']}
+
+[store]
+url = sqlite:///{folder / 'var' / 'ccnet.db'}
+
+[rpc]
+listen = ssl:0:interface=127.0.0.1
+
+[rpc:Bench/Ping]
+class = ccnet.rpc.service:RPCService
+"""
+    )
+    log = folder / "ccnet.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # Log to stdout (as under systemd): twistd's --logfile=PATH rotates every 1 MB and
+    # renames every older file on each rotation, which would dominate a long run.
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "twistd"), "-n", "--pidfile=", "--logfile=-",
+             "ccnet", "--config", str(config)],
+            cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    port = int(_wait_for(log, r"ccnet rpc listening on \S+:(\d+)", proc).group(1))
+    _wait_for(log, r" ready: ", proc)
+    return proc, port
+
+
+def start_ccnet_site(folder: Path, pki: dict[str, str]) -> tuple[subprocess.Popen[Any], int]:
+    portfile = folder / "ccnet-site.port"
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-ccnet-site", json.dumps(pki), str(folder), str(portfile)],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    port = int(_wait_for(portfile, r"(\d+)", proc).group(1))
+    return proc, port
+
+
+def serve_ccnet_site(pki: dict[str, str], folder: Path, portfile: Path) -> None:
+    """The ccnet side without twistd: build() + make_site() + ccnet TLS, logging to a file."""
+    import types
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner, textFileLogObserver
+
+    from ccnet.config import IniFile, TLSConfig
+    from ccnet.identity import UserMap
+    from ccnet.rpc import config as rpc_config
+    from ccnet.rpc.server import build
+    from ccnet.tls import TLSMaterial
+
+    logfile = open(folder / "ccnet-site.log", "a")  # noqa: SIM115 (lives as long as the process)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
+    cfg = rpc_config.parse(
+        IniFile.from_string("[rpc]\nlisten = tcp:0\n[rpc:Bench/Ping]\nclass = ccnet.rpc.service:RPCService\n")
+    )
+    assert cfg is not None
+    tls_cfg = TLSConfig(ca=Path(pki["ca"]), cert=Path(pki["server_cert"]), key=Path(pki["server_key"]),
+                        crl=None, min_version="1.2", allow_proxies=False)
+    material = TLSMaterial(tls_cfg)
+    runtime = types.SimpleNamespace(
+        reactor=reactor, users=UserMap.empty(), tls=material, store=None,
+        config=types.SimpleNamespace(tls=tls_cfg, daemon=types.SimpleNamespace(hostname="localhost")),
+    )
+    resource, services = build(runtime, cfg)
+    for svc in services:
+        svc.startService()
+    port = reactor.listenTCP(0, material.server(False, "rpc").wrap(resource.make_site()),
+                             interface="127.0.0.1")
+    portfile.write_text(str(port.getHost().port))
+    reactor.run()
+
+
+def start_tornado(folder: Path, pki: dict[str, str], inline: bool) -> tuple[subprocess.Popen[Any], int]:
+    portfile = folder / ("tornado-inline.port" if inline else "tornado.port")
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-tornado", json.dumps(pki), str(folder), str(portfile),
+         "inline" if inline else "executor"],
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    port = int(_wait_for(portfile, r"(\d+)", proc).group(1))
+    return proc, port
+
+
+def serve_tornado(pki: dict[str, str], folder: Path, portfile: Path, mode: str) -> None:
+    """The Tornado side: a DIRAC TornadoService-like handler for /Bench/Ping."""
+    import datetime
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    import tornado.httpserver
+    import tornado.ioloop
+    import tornado.web
+
+    from ccnet.rpc.codec import decode, encode
+
+    logging.basicConfig(filename=str(folder / f"tornado-{mode}.log"), level=logging.INFO)
+    executor = ThreadPoolExecutor(max_workers=10)
+    started = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+    def export_ping(cred: dict[str, Any]) -> dict[str, Any]:
+        now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+        info: dict[str, Any] = {"version": "bench", "time": now}
+        with open("/proc/uptime") as handle:
+            info["host uptime"] = int(float(handle.readline().split()[0]))
+        info["service start time"] = started
+        info["service uptime"] = int((now - started).total_seconds())
+        info["load"] = " ".join(str(x) for x in os.getloadavg())
+        info["name"] = "Bench/Ping"
+        times = os.times()
+        info["cpu times"] = {
+            "user time": times.user, "system time": times.system,
+            "children user time": times.children_user,
+            "children system time": times.children_system, "elapsed real time": times.elapsed,
+        }
+        info["URL"] = "https://localhost/Bench/Ping"
+        return {"OK": True, "Value": info}
+
+    class PingHandler(tornado.web.RequestHandler):
+        async def post(self, system: str, component: str) -> None:
+            method = self.get_argument("method")
+            args = decode(self.get_body_argument("args", "[]"))
+            cert = self.request.get_ssl_certificate()  # DIRAC reads the chain per request
+            subject = cert.get("subject", ()) if cert else ()
+            cred = {"DN": "/" + "/".join(f"{k}={v}" for rdn in subject for k, v in rdn)}
+            if method != "ping" or args:
+                raise tornado.web.HTTPError(501)
+            if mode == "executor":
+                result = await tornado.ioloop.IOLoop.current().run_in_executor(executor, export_ping, cred)
+            else:
+                result = export_ping(cred)
+            self.set_header("Content-Type", "application/json")
+            self.finish(encode(result))
+
+    app = tornado.web.Application([(r"/(Bench)/(Ping)", PingHandler)])
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pki["server_cert"], pki["server_key"])
+    ctx.load_verify_locations(pki["ca"])
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    server = tornado.httpserver.HTTPServer(app, ssl_options=ctx)
+    sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+    server.add_sockets(sockets)
+    portfile.write_text(str(sockets[0].getsockname()[1]))
+    tornado.ioloop.IOLoop.current().start()
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-ccnet-site":
+        serve_ccnet_site(json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "--serve-tornado":
+        serve_tornado(json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per level")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per level")
+    parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
+    parser.add_argument("--inline", action="store_true", help="also measure Tornado without executor")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the twistd daemon rows")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    options = parser.parse_args()
+    levels = [int(x) for x in options.levels.split(",")]
+    try:
+        import tornado
+
+        tornado_version: str | None = tornado.version
+    except ImportError:
+        tornado_version = None
+        print("rpc_bench: tornado is not installed: measuring ccnet only "
+              "(.venv/bin/pip install 'tornado>=6,<7' for the comparison)", file=sys.stderr)
+
+    results: dict[str, list[dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="rpc-bench-") as tmp:
+        folder = Path(tmp)
+        pki = make_pki(folder)
+        servers: list[tuple[str, Any]] = [("ccnet", lambda: start_ccnet_site(folder, pki))]
+        if not options.no_daemon:
+            servers.append(("ccnet-daemon", lambda: start_ccnet(folder, pki)))
+        if tornado_version:
+            servers.append(("tornado", lambda: start_tornado(folder, pki, inline=False)))
+            if options.inline:
+                servers.append(("tornado-inline", lambda: start_tornado(folder, pki, inline=True)))
+        for name, start in servers:
+            proc, port = start()
+            try:
+                results[name] = [measure(port, c, options.warmup, options.duration, pki) for c in levels]
+            finally:
+                stop(proc)
+
+    if options.json:
+        print(json.dumps({"tornado": tornado_version, "results": results}, indent=2))
+        return 0
+    print(f"RPC ping, mutual TLS, keep-alive; {options.duration:g} s per level; tornado {tornado_version or '-'}")
+    print(f"{'server':<16}{'conc':>6}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, rows in results.items():
+        for row in rows:
+            print(f"{name:<16}{row['concurrency']:>6}{row['calls_per_s']:>11.0f}"
+                  f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['errors']:>8}")
+    pairs = [(a, b) for a in results if a.startswith("ccnet") for b in results if b.startswith("tornado")]
+    for ours, other in pairs:
+        for mine, theirs in zip(results[ours], results[other], strict=True):
+            print(f"{ours} / {other} at concurrency {mine['concurrency']}: "
+                  f"throughput {mine['calls_per_s'] / theirs['calls_per_s']:.2f}x, "
+                  f"p99 {mine['p99_ms']:.2f} vs {theirs['p99_ms']:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+"""ccnet: one Twisted daemon for mPlane, DIRAC-style RPC and CC messaging."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""CC server configuration: ``[cc]`` (or the original ``[ccserver]``), ``[routes]``
+and every handler section the routes name.
+
+Key names are the original ccserver ones, so an existing ini ports over with at
+most the section renamed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ccnet.cc.handlers import HandlerLookupError, resolve_handler
+from ccnet.cc.message import DEFAULT_MAX_BODY
+from ccnet.cc.routing import BUILTIN_HANDLER_ROLES, ROLES, RouteError, RouteTable, role_error
+from ccnet.config import ConfigError, IniFile, SectionReader
+
+__all__ = [
+    "ZMQ_ENDPOINT_HELP",
+    "valid_zmq_endpoint",
+    "zmq_endpoint",
+    "CCConfig", "ZmqOptions", "CMSOptions", "HandlerSpec", "parse", "parse_zmq", "DEFAULT_SOCKET"]
+
+DEFAULT_SOCKET = "tcp://127.0.0.1:10000"
+
+#: skytools/ccserver keys that ccnet accepts but does not need (twistd owns
+#: logging and the pid file of the process).
+IGNORED_KEYS = (
+    "logfile",
+    "use_skylog",
+    "skylog_locations",
+    "loop_delay",
+    "syslog",
+    "syslog_ident",
+    "syslog_name",
+    "infofile",
+    "infofile-level",
+)
+
+_ZMQ_ENDPOINT = re.compile(
+    r"^(tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$"
+)
+
+
+@dataclass(frozen=True)
+class ZmqOptions:
+    """zmq_* keys (original names and defaults)."""
+
+    nthreads: int = 1
+    linger: int = 500
+    hwm: int = 100
+    rcvbuf: int = 0
+    sndbuf: int = 0
+    tcp_keepalive: int = 1
+    tcp_keepalive_intvl: int = 15
+    tcp_keepalive_idle: int = 240
+    tcp_keepalive_cnt: int = 4
+
+
+@dataclass(frozen=True)
+class CMSOptions:
+    """cms-* keys; names are keystore entries (``NAME.crt``, ``private/NAME.key``)."""
+
+    keystore: Path | None = None
+    sign: str | None = None
+    verify_ca: tuple[str, ...] = ()
+    encrypt: str | None = None
+    decrypt: str | None = None
+    time_window: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.sign or self.verify_ca or self.encrypt or self.decrypt)
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    section: str
+    handler: str  # as written in the config
+    factory: Any  # provides ICCHandlerFactory
+    options: Any
+
+
+@dataclass(frozen=True)
+class CCConfig:
+    path: Path
+    section: str
+    socket: str
+    role: str | None
+    stats_period: float
+    cc_stats: int
+    error_replies: bool
+    max_body: int
+    job_name: str
+    pidfile: Path | None
+    zmq: ZmqOptions
+    cms: CMSOptions
+    routes: RouteTable
+    handlers: tuple[HandlerSpec, ...] = ()
+    ignored: tuple[str, ...] = ()
+
+    def handler(self, section: str) -> HandlerSpec:
+        for spec in self.handlers:
+            if spec.section == section:
+                return spec
+        raise KeyError(section)
+
+
+ZMQ_ENDPOINT_HELP = "a ZMQ endpoint such as tcp://127.0.0.1:10000 (port * = any free port)"
+
+
+def valid_zmq_endpoint(value: str) -> bool:
+    return bool(_ZMQ_ENDPOINT.match(value))
+
+
+def zmq_endpoint(sect: SectionReader, key: str, default: Any) -> str:
+    value = sect.get_str(key, default)
+    if value is not None and not valid_zmq_endpoint(value):
+        raise sect.error(key, ZMQ_ENDPOINT_HELP, value)
+    return value
+
+
+def parse_zmq(sect: SectionReader, base: ZmqOptions | None = None) -> ZmqOptions:
+    """Read zmq_* keys; missing ones come from ``base`` (the server's)."""
+    b = base or ZmqOptions()
+    return ZmqOptions(
+        nthreads=sect.get_int("zmq_nthreads", b.nthreads, minimum=1),
+        linger=sect.get_int("zmq_linger", b.linger, minimum=-1),
+        hwm=sect.get_int("zmq_hwm", b.hwm, minimum=1),
+        rcvbuf=sect.get_size("zmq_rcvbuf", b.rcvbuf),
+        sndbuf=sect.get_size("zmq_sndbuf", b.sndbuf),
+        tcp_keepalive=sect.get_int("zmq_tcp_keepalive", b.tcp_keepalive, minimum=-1),
+        tcp_keepalive_intvl=sect.get_int("zmq_tcp_keepalive_intvl", b.tcp_keepalive_intvl),
+        tcp_keepalive_idle=sect.get_int("zmq_tcp_keepalive_idle", b.tcp_keepalive_idle),
+        tcp_keepalive_cnt=sect.get_int("zmq_tcp_keepalive_cnt", b.tcp_keepalive_cnt),
+    )
+
+
+def _parse_cms(sect: SectionReader, ini: IniFile) -> CMSOptions:
+    keystore = sect.get_path("cms-keystore", None)
+    sign = sect.get_str("cms-sign", "") or None
+    verify_ca = tuple(sect.get_list("cms-verify-ca", []))
+    encrypt = sect.get_str("cms-encrypt", "") or None
+    decrypt = sect.get_str("cms-decrypt", "") or None
+    window = sect.get_float("cms-time-window", 0.0, minimum=0)
+    opts = CMSOptions(keystore, sign, verify_ca, encrypt, decrypt, window)
+    if not opts.enabled:
+        return opts
+    if keystore is None:
+        raise sect.error("cms-keystore", "a keystore folder when any cms-* key is set")
+    if not keystore.is_dir():
+        raise sect.error("cms-keystore", "an existing folder", str(keystore))
+    if encrypt and not sign:
+        raise sect.error("cms-encrypt", "cms-sign as well: encrypted messages must be signed")
+    if decrypt and not verify_ca:
+        raise sect.error("cms-decrypt", "cms-verify-ca as well: decrypted messages must be verified")
+
+    def need(key: str, rel: str) -> None:
+        if not (keystore / rel).is_file():  # type: ignore[operator]
+            raise sect.error(key, f"a readable {rel} in the keystore", str(keystore / rel))  # type: ignore[operator]
+
+    for key, name in (("cms-sign", sign), ("cms-decrypt", decrypt)):
+        if name:
+            need(key, f"{name}.crt")
+            need(key, f"private/{name}.key")
+    if encrypt:
+        need("cms-encrypt", f"{encrypt}.crt")
+    for name in verify_ca:
+        need("cms-verify-ca", f"{name}.crt")
+    return opts
+
+
+def parse(ini: IniFile) -> CCConfig | None:
+    """Parse the CC part of the config; ``None`` when neither [cc] nor [ccserver] exists."""
+    present = [s for s in ("cc", "ccserver") if ini.has_section(s)]
+    if not present:
+        return None
+    if len(present) > 1:
+        raise ini.error("ccserver", None, "either [cc] or [ccserver], not both")
+    name = present[0]
+    sect = ini.section(name)
+    socket = zmq_endpoint(sect, "cc-socket", DEFAULT_SOCKET)
+    role_raw = sect.get_str("cc-role", "") or None
+    if role_raw is not None and role_raw not in ROLES:
+        raise sect.error("cc-role", "local or remote (unset = insecure, everything allowed)", role_raw)
+    job_name = sect.get_str("job_name", ini.path.stem if ini.path.suffix else "ccserver")
+    pidfile = sect.get_path("pidfile", None)
+    stats_period = sect.get_float("stats-period", 30.0, minimum=0)
+    cc_stats = sect.get_int("cc-stats", 1, minimum=0)
+    error_replies = sect.get_bool("error-replies", True)
+    max_body = sect.get_size("max-body-size", DEFAULT_MAX_BODY)
+    zmq_opts = parse_zmq(sect)
+    cms = _parse_cms(sect, ini)
+    ignored = tuple(k for k in IGNORED_KEYS if sect.has(k))
+    for k in ignored:
+        sect.get_str(k)
+    sect.finish()
+
+    routes = _parse_routes(ini)
+    cc = CCConfig(
+        path=ini.path,
+        section=name,
+        socket=socket,
+        role=role_raw,
+        stats_period=stats_period,
+        cc_stats=cc_stats,
+        error_replies=error_replies,
+        max_body=max_body,
+        job_name=job_name,
+        pidfile=pidfile,
+        zmq=zmq_opts,
+        cms=cms,
+        routes=routes,
+        ignored=ignored,
+    )
+    specs = [_parse_handler(ini, section, cc) for section in routes.sections()]
+    return replace(cc, handlers=tuple(specs))
+
+
+def _parse_routes(ini: IniFile) -> RouteTable:
+    if not ini.has_section("routes"):
+        return RouteTable(())
+    sect = ini.section("routes")
+    pairs = []
+    for key in sect.keys():
+        sections = sect.get_list(key)
+        if not sections:
+            raise sect.error(key, "one or more handler section names")
+        for s in sections:
+            if not ini.has_section(s):
+                raise sect.error(key, f"handler sections that exist; no section [{s}]")
+        pairs.append((key, sections))
+    try:
+        table = RouteTable.build(pairs)
+    except RouteError as exc:
+        raise sect.error(None, str(exc)) from None
+    sect.finish()
+    return table
+
+
+def _parse_handler(ini: IniFile, section: str, cc: CCConfig) -> HandlerSpec:
+    sect = ini.section(section)
+    # Legacy 'plugin =' wins over 'handler =' as in the original ccserver.
+    key = "plugin" if sect.has("plugin") else "handler"
+    if sect.has("plugin") and sect.has("handler"):
+        sect.get_str("handler")
+    name = sect.get_str(key)
+    try:
+        factory = resolve_handler(name)
+    except HandlerLookupError as exc:
+        raise sect.error(key, f"a known handler ({exc})", name) from None
+    short = getattr(factory, "handler_name", name)
+    allowed = getattr(factory, "cc_roles", BUILTIN_HANDLER_ROLES.get(short, frozenset(ROLES)))
+    problem = role_error(cc.role, section, short, allowed)
+    if problem is not None:
+        raise ConfigError(ini.path, section, key, problem)
+    options = factory.parse_config(sect, ini, cc)
+    sect.finish()
+    return HandlerSpec(section, name, factory, options)

@@ -1,0 +1,303 @@
+"""The CC proxy server: a txzmq ROUTER on ``cc-socket`` dispatching to handlers.
+
+Message flow: frames → :func:`ccnet.cc.message.parse` → route lookup
+(:class:`ccnet.cc.routing.RouteTable`) → optional decrypt/verify
+(:class:`ccnet.cc.crypto.CMSCodec`, only when a handler on the route reads the
+payload, as the original) → every handler in dispatch order.  Anything that
+goes wrong is answered with one ``error`` reply along the request's route
+(unless ``error-replies = no``), logged with the peer, and counted.
+"""
+
+from __future__ import annotations
+
+import socket as _socket
+from collections.abc import Mapping
+from typing import Any, cast
+
+import zmq
+from twisted.application.service import IService, Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ccnet.cc.config import CCConfig
+from ccnet.cc.crypto import CMSCodec, CryptoError
+from ccnet.cc.handler import CCRequest, HandlerError, ICCHandler, ICCServer
+from ccnet.cc.message import BodyError, CCMessage, Invalid, error_body, make_body, parse
+from ccnet.cc.stats import CCStats
+from ccnet.cc.transport import ZmqSocket, make_factory, router
+
+__all__ = ["build", "CCServer", "CCService", "CCStartError"]
+
+log = Logger()
+
+#: Invalid-frame log lines per window (seconds); the rest only show in counters,
+#: so a broken or hostile client cannot flood the log.
+INVALID_LOG_LIMIT = 20
+INVALID_LOG_WINDOW = 60.0
+
+
+class CCStartError(RuntimeError):
+    """The CC server cannot start (e.g. cc-socket cannot be bound)."""
+
+
+def _peer(route: tuple[bytes, ...]) -> str:
+    return route[0].hex() if route else "-"
+
+
+@implementer(ICCServer)
+class CCServer:
+    """The dispatcher bound to one ROUTER socket (usable without twistd)."""
+
+    def __init__(
+        self,
+        config: CCConfig,
+        reactor: Any,
+        hostname: str | None = None,
+        runtime: Any = None,
+        clock: Any = None,
+        zmq_factory: Any = None,
+    ) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.clock = clock if clock is not None else reactor
+        self.runtime = runtime
+        self.hostname = hostname or _socket.gethostname()
+        self.stats = CCStats(per_type=True)
+        self.codec = CMSCodec.from_options(config.cms)
+        # One ZmqFactory (ZMQ context) per reactor.  A caller running several
+        # servers in one reactor passes a shared one and shuts it down itself.
+        self.zmq_factory: Any = zmq_factory
+        self._owns_factory = zmq_factory is None
+        self.socket: ZmqSocket | None = None
+        self.endpoint: str | None = None
+        self.handlers: dict[str, Any] = {}
+        self._stats_loop: task.LoopingCall | None = None
+        self._invalid_logged = 0
+        self._invalid_window = float("-inf")
+        for spec in config.handlers:
+            handler = spec.factory(spec.section, spec.options, self)
+            if not ICCHandler.providedBy(handler):
+                raise TypeError(f"handler [{spec.section}] ({spec.handler}) does not provide ICCHandler")
+            self.handlers[spec.section] = handler
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> str:
+        """Bind the ROUTER, start handlers and the stats timer; returns the bound endpoint."""
+        if self.zmq_factory is None:
+            self.zmq_factory = make_factory(self.reactor, self.config.zmq)
+        self.socket = router(self.zmq_factory, self.config.zmq, self.frames_received)
+        # Hard per-frame cap in libzmq (the peer is disconnected) so a huge frame
+        # is never buffered; up to it, oversize messages get an error reply.
+        self.socket.socket.set(zmq.MAXMSGSIZE, 2 * self.config.max_body)
+        try:
+            self.endpoint = self.socket.bind(self.config.socket)
+        except zmq.ZMQError as exc:
+            self.socket.shutdown()
+            self.socket = None
+            raise CCStartError(
+                f"[{self.config.section}] cc-socket = {self.config.socket}: cannot bind ({exc})"
+            ) from None
+        if self.config.role is None:
+            log.warn("cc-role is not set: running insecure, every handler allowed")
+        if self.config.ignored:
+            log.info("cc: keys handled by twistd/ccnet instead: {keys}", keys=", ".join(self.config.ignored))
+        log.info(
+            "cc listening on {endpoint} (role {role}, {n} handler sections)",
+            endpoint=self.endpoint, role=self.config.role or "insecure", n=len(self.handlers),
+        )
+        for h in self.handlers.values():
+            h.start()
+        if self.config.stats_period > 0 and self.config.cc_stats > 0:
+            self._stats_loop = task.LoopingCall(self.log_stats)
+            self._stats_loop.clock = self.clock
+            self._stats_loop.start(self.config.stats_period, now=False)
+        return self.endpoint
+
+    @defer.inlineCallbacks
+    def stop(self) -> Any:
+        if self._stats_loop is not None and self._stats_loop.running:
+            self._stats_loop.stop()
+        for h in self.handlers.values():
+            try:
+                yield defer.maybeDeferred(h.stop)
+            except Exception:
+                log.failure("cc handler [{section}] failed to stop", section=h.name)
+        if self.socket is not None and self.socket.factory is not None:
+            self.socket.shutdown()
+        self.socket = None
+        if self._owns_factory and self.zmq_factory is not None:
+            self.zmq_factory.shutdown()
+            self.zmq_factory = None
+
+    def log_stats(self) -> None:
+        period = self.stats.take_period()
+        if self.config.cc_stats < 2:
+            # cc-stats = 1 (the original default) logs totals; 2 adds per-type counters.
+            period = {k: v for k, v in period.items() if ".msg." not in k}
+        log.info(
+            "cc stats: {stats}",
+            stats=" ".join(f"{k}={v}" for k, v in sorted(period.items())) or "idle",
+            cc_stats=period,
+        )
+
+    # ------------------------------------------------------------------ ICCServer
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        if self.socket is None or not self.socket.try_send(frames):
+            self.stats.count("dropped", None)
+            log.warn("cc: send queue full, reply to {peer} dropped", peer=frames[0].hex() if frames else "-")
+
+    def encode(
+        self, route: tuple[bytes, ...], req: str, fields: Mapping[str, Any], blob: bytes | None = None
+    ) -> CCMessage:
+        body = make_body(req, fields, self.hostname, self._wallclock())
+        return self.codec.encode(tuple(route), body, blob)
+
+    def reply(
+        self, request: CCRequest, req: str, fields: Mapping[str, Any], blob: bytes | None = None
+    ) -> None:
+        self.send_frames(self.encode(request.route, req, fields, blob).frames())
+
+    def error_reply(self, request: CCRequest, msg: str) -> None:
+        self._error(request.route, request.type, msg)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _wallclock(self) -> float:
+        return float(self.clock.seconds())
+
+    def _error(self, route: tuple[bytes, ...], mtype: str | None, msg: str) -> None:
+        """The one place errors become replies."""
+        if not self.config.error_replies or not route:
+            return
+        if mtype is not None and (mtype == "error" or mtype.startswith("error.")):
+            return  # never answer an error with an error: two CCs would ping-pong
+        body = error_body(msg, mtype, self.hostname, self._wallclock())
+        try:
+            out = self.codec.encode(route, body)
+        except Exception:
+            log.failure("cc: cannot build error reply")
+            return
+        self.send_frames(out.frames())
+
+    def frames_received(self, frames: list[bytes]) -> None:
+        started = self._wallclock()
+        parsed = parse(frames, self.config.max_body)
+        if isinstance(parsed, Invalid):
+            self._invalid(parsed)
+            return
+        msg = parsed
+        sections = self.config.routes.lookup(msg.type)
+        if not sections:
+            self.stats.count("dropped", msg.type, msg.size)
+            log.warn("dropping msg, no route: {type} from {peer}", type=msg.type, peer=_peer(msg.route))
+            self._error(msg.route, msg.type, f"no route for message type {msg.type}")
+            return
+        handlers = [self.handlers[s] for s in sections]
+        request = CCRequest(msg, started)
+        runnable = handlers
+        if any(h.reads_payload for h in handlers):
+            try:
+                payload, signer = self.codec.decode(msg, started)
+            except (CryptoError, BodyError) as exc:
+                self.stats.count("error", msg.type, msg.size)
+                log.warn(
+                    "cc: rejected {type} from {peer}: {reason}",
+                    type=msg.type, peer=_peer(msg.route), reason=str(exc),
+                )
+                self._error(msg.route, msg.type, f"rejected {msg.type}: {exc}")
+                runnable = [h for h in handlers if not h.reads_payload]
+                if not runnable:
+                    return
+            else:
+                request.payload = payload
+                request.signer = signer.as_dict() if signer else None
+        # Fast path: handlers that return plainly need no Deferred machinery.
+        pending: list[defer.Deferred[bool]] = []
+        ok = True
+        for h in runnable:
+            try:
+                result = h.handle(request)
+            except Exception:
+                ok = self._handler_failed(Failure(), h, request) and ok
+                continue
+            if isinstance(result, defer.Deferred):
+                result.addCallbacks(lambda _: True, self._handler_failed, errbackArgs=(h, request))
+                pending.append(result)
+        if pending:
+            d = defer.gatherResults(pending)
+            d.addCallback(lambda oks: self._done([ok, *oks], request))
+        else:
+            self._done([ok], request)
+
+    def _handler_failed(self, failure: Failure, handler: Any, request: CCRequest) -> bool:
+        mtype, peer = request.type, _peer(request.route)
+        if failure.check(HandlerError):
+            self.stats.count("error", mtype)
+            log.warn(
+                "cc handler [{section}] refused {type} from {peer}: {reason}",
+                section=handler.name, type=mtype, peer=peer, reason=failure.getErrorMessage(),
+            )
+            self._error(request.route, mtype, failure.getErrorMessage())
+        else:
+            self.stats.count("crashed", mtype)
+            log.failure(
+                "cc handler [{section}] crashed on {type} from {peer}",
+                failure, section=handler.name, type=mtype, peer=peer,
+            )
+            self._error(request.route, mtype, f"handler [{handler.name}] failed on {mtype}")
+        return False
+
+    def _done(self, oks: list[bool], request: CCRequest) -> None:
+        elapsed = self._wallclock() - request.received
+        self.stats.observe(request.type, max(elapsed, 0.0))
+        if all(oks):
+            self.stats.count("ok", request.type, request.msg.size)
+
+    def _invalid(self, bad: Invalid) -> None:
+        self.stats.count("invalid", bad.type, bad.size)
+        now = self._wallclock()
+        if now - self._invalid_window >= INVALID_LOG_WINDOW:
+            self._invalid_window, self._invalid_logged = now, 0
+        if self._invalid_logged < INVALID_LOG_LIMIT:
+            self._invalid_logged += 1
+            log.warn("Invalid CC message from {peer}: {reason}", peer=_peer(bad.route), reason=bad.reason)
+        if bad.replyable:
+            self._error(bad.route, bad.type, f"invalid message: {bad.reason}")
+
+
+@implementer(IService)
+class CCService(Service):
+    """twistd service wrapper: binds on start, unbinds on stop."""
+
+    def __init__(self, server: CCServer) -> None:
+        self.setName("cc")
+        self.server = server
+
+    def startService(self) -> None:  # noqa: N802 (IService)
+        super().startService()
+        self.server.start()
+
+    def stopService(self) -> Any:  # noqa: N802 (IService)
+        super().stopService()
+        return self.server.stop()
+
+
+def build(runtime: Any, cc_config: CCConfig) -> list[IService]:
+    """Entry point for ccnet.service: the CC proxy as a list of services."""
+    hostname = None
+    config = getattr(runtime, "config", None)
+    daemon = getattr(config, "daemon", None)
+    if daemon is not None:
+        hostname = getattr(daemon, "hostname", None)
+    server = CCServer(cc_config, runtime.reactor, hostname=hostname, runtime=runtime)
+    # Metrics: exposed through the runtime's registry when the daemon has one.
+    register = getattr(runtime, "register_metrics", None)
+    if callable(register):
+        register("cc", server.stats.prometheus)
+    # cast: mypy does not know that @implementer(IService) classes provide IService
+    return [cast(IService, CCService(server))]
+

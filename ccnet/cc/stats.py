@@ -1,0 +1,143 @@
+"""CC counters and latency (pure).
+
+Counter names follow the original ccserver stats: ``count``, ``bytes``,
+``count.<outcome>`` and, per type, ``count.<outcome>.msg.<type>``.  Outcomes:
+``ok`` (handled), ``dropped`` (no route / queue overflow), ``crashed`` (handler
+exception), ``error`` (rejected with an error reply: bad payload, signature),
+``invalid`` (unparseable frames).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from dataclasses import dataclass, field
+
+__all__ = ["CCStats", "LATENCY_BUCKETS", "OUTCOMES"]
+
+OUTCOMES = ("ok", "dropped", "crashed", "error", "invalid")
+#: Histogram bucket upper bounds, seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class _Latency:
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    count: int = 0
+    total: float = 0.0
+    maximum: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.count += 1
+        self.total += seconds
+        self.maximum = max(self.maximum, seconds)
+
+    def quantile(self, q: float) -> float:
+        """Upper bucket bound holding the q-quantile (inf when over the last)."""
+        if not self.count:
+            return 0.0
+        target = q * self.count
+        seen = 0
+        for i, n in enumerate(self.buckets):
+            seen += n
+            if seen >= target:
+                return LATENCY_BUCKETS[i] if i < len(LATENCY_BUCKETS) else float("inf")
+        return float("inf")
+
+
+class CCStats:
+    """Totals since start plus a period view that the stats log line resets.
+
+    The hot path only bumps one ``(outcome, type)`` cell; the original's counter
+    names are derived when someone reads them.
+    """
+
+    def __init__(self, per_type: bool = True) -> None:
+        self.per_type = per_type
+        self._cells: dict[tuple[str, str | None], int] = {}
+        self._bytes = 0
+        self._last_cells: dict[tuple[str, str | None], int] = {}
+        self._last_bytes = 0
+        self.latency: dict[str, _Latency] = {}
+        self.queue_depth: dict[str, int] = {}
+        #: Total handling time, as the original ``seconds`` counter.
+        self.seconds = 0.0
+
+    def count(self, outcome: str, mtype: str | None = None, nbytes: int = 0) -> None:
+        key = (outcome, mtype)
+        cells = self._cells
+        cells[key] = cells.get(key, 0) + 1
+        self._bytes += nbytes
+
+    def observe(self, mtype: str, seconds: float) -> None:
+        lat = self.latency.get(mtype)
+        if lat is None:
+            lat = self.latency[mtype] = _Latency()
+        lat.observe(seconds)
+        self.seconds += seconds
+
+    def _named(self, cells: dict[tuple[str, str | None], int], nbytes: int) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for (outcome, mtype), n in cells.items():
+            if not n:
+                continue
+            out["count"] += n
+            out[f"count.{outcome}"] += n
+            if self.per_type and mtype:
+                out[f"count.{outcome}.msg.{mtype}"] += n
+        if nbytes:
+            out["bytes"] = nbytes
+        return out
+
+    @property
+    def totals(self) -> Counter[str]:
+        """Counters since start, by the original names (``count.ok.msg.echo``)."""
+        return self._named(self._cells, self._bytes)
+
+    def take_period(self) -> dict[str, int]:
+        """Counters since the previous call (for the periodic stats log line)."""
+        last = self._last_cells
+        diff = {k: v - last.get(k, 0) for k, v in self._cells.items()}
+        named = self._named(diff, self._bytes - self._last_bytes)
+        self._last_cells, self._last_bytes = dict(self._cells), self._bytes
+        return dict(named)
+
+    def snapshot(self) -> dict[str, object]:
+        lat = {
+            t: {"count": v.count, "avg": v.total / v.count if v.count else 0.0,
+                "p99": v.quantile(0.99), "max": v.maximum}
+            for t, v in self.latency.items()
+        }
+        return {"counters": dict(self.totals), "seconds": self.seconds, "latency": lat, "queues": dict(self.queue_depth)}
+
+    def prometheus(self, prefix: str = "ccnet_cc") -> str:
+        """Prometheus text exposition of the totals and latency histograms."""
+        lines = [f"# TYPE {prefix}_messages_total counter"]
+        totals = self.totals
+        for k, v in sorted(totals.items()):
+            parts = k.split(".")
+            if parts[0] != "count" or len(parts) == 1:
+                continue
+            outcome = parts[1]
+            mtype = ".".join(parts[3:]) if len(parts) > 3 else None
+            if mtype is None and self.per_type:
+                continue  # per-type series sum to the totals
+            label = f'outcome="{outcome}"' + (f',type="{mtype}"' if mtype else "")
+            lines.append(f"{prefix}_messages_total{{{label}}} {v}")
+        lines.append(f"# TYPE {prefix}_bytes_total counter")
+        lines.append(f"{prefix}_bytes_total {totals.get('bytes', 0)}")
+        lines.append(f"# TYPE {prefix}_latency_seconds histogram")
+        for t, h in sorted(self.latency.items()):
+            acc = 0
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), h.buckets, strict=True):
+                acc += n
+                le = "+Inf" if bound == float("inf") else repr(bound)
+                lines.append(f'{prefix}_latency_seconds_bucket{{type="{t}",le="{le}"}} {acc}')
+            lines.append(f'{prefix}_latency_seconds_sum{{type="{t}"}} {h.total}')
+            lines.append(f'{prefix}_latency_seconds_count{{type="{t}"}} {h.count}')
+        if self.queue_depth:
+            lines.append(f"# TYPE {prefix}_queue_depth gauge")
+            for name, depth in sorted(self.queue_depth.items()):
+                lines.append(f'{prefix}_queue_depth{{handler="{name}"}} {depth}')
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""mPlane: the information model, the supervisor (component and client sides), authorization."""

@@ -1,0 +1,1 @@
+"""The mPlane core registry, shipped as package data (core.json)."""

@@ -1,0 +1,507 @@
+"""The mPlane supervisor as twisted.web resources (component side, client side, operator view).
+
+Thin: HTTP in, ``SupervisorState`` calls, HTTP out. Every request is authorized by the
+verified TLS identity of the caller (never by a header such as the SDK's
+``Forged-MPlane-Identity``). Paths default to the mPlane SDK's so unmodified SDK
+components and clients work; the RI fork's client paths are served as well.
+
+Component polls are held open (long-poll) for components that registered the SDK's
+``callback`` capability or asked with ``?wait=N``: a specification submitted by a
+client is handed over the moment it arrives. Each reply to an SDK component ends with
+a ``callback`` specification telling it to poll again at once (its parser stops at the
+callback entry, so it must come last).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from twisted.application import service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from ccnet.mplane.authz import AuthzError, Policy
+from ccnet.mplane.config import SupervisorConfig
+from ccnet.mplane.model import (
+    CONTENT_TYPE,
+    Envelope,
+    ExceptionMessage,
+    Message,
+    ModelError,
+    RegistryStore,
+    Statement,
+    parse_json,
+    to_json,
+)
+from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
+from ccnet.web import request_identity
+
+__all__ = ["build", "SupervisorResource", "SupervisorService"]
+
+log = Logger()
+
+MAX_BODY = 16 * 1024 * 1024
+
+
+class HTTPError(Exception):
+    def __init__(self, code: int, text: str, token: str | None = None) -> None:
+        super().__init__(text)
+        self.code, self.text, self.token = code, text, token
+
+
+class SupervisorService(service.Service):
+    """Opens the state (schema migration, reload after restart) and expires old results."""
+
+    def __init__(self, state: SupervisorState, store: Any, clock: Any, expiry_interval: float,
+                 preload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+        self.setName("mplane-supervisor")
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self.ready: defer.Deferred[None] = defer.Deferred()
+        self._expiry_interval = expiry_interval
+        self._preload = preload
+        self._loop: task.LoopingCall | None = None
+        self._started = False
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        if self._started:
+            return
+        self._started = True
+        d = defer.ensureDeferred(self._open())
+        d.addCallbacks(self._opened, self._failed)
+
+    async def _open(self) -> None:
+        await self.store.migrate("mplane", MIGRATIONS)
+        await self.state.load()
+        if self._preload is not None:
+            await self._preload()
+
+    def _opened(self, _: Any) -> None:
+        log.info("mPlane supervisor state loaded: {components} components, {capabilities} capabilities, "
+                 "{measurements} measurements", components=len(self.state.components),
+                 capabilities=len(self.state.capabilities), measurements=len(self.state.measurements))
+        if self.state.result_expiry > 0:
+            self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self.state.expire()))
+            self._loop.clock = self.clock
+            self._loop.start(self._expiry_interval, now=True).addErrback(
+                lambda f: log.failure("result expiry failed", f))
+        self.ready.callback(None)
+
+    def _failed(self, failure: Failure) -> None:
+        log.failure("mPlane supervisor cannot open its state", failure)
+        self.ready.errback(failure)
+
+    def stopService(self) -> None:  # noqa: N802 (Twisted API)
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
+class SupervisorResource(Resource):
+    """Root of the supervisor site. ``/health`` and other children may be added with putChild."""
+
+    def __init__(self, state: SupervisorState, cfg: SupervisorConfig, ready: defer.Deferred[None],
+                 reactor: Any, users: Callable[[], Any], version: str = "") -> None:
+        super().__init__()
+        self.state = state
+        self.cfg = cfg
+        self.reactor = reactor
+        self._users = users
+        self._ready = ready
+        self._is_ready = False
+        ready.addCallback(self._set_ready)
+        self.version = version
+        self._leaf = _Dispatch(self)
+
+    def _set_ready(self, _: Any) -> None:
+        self._is_ready = True
+
+    def getChild(self, path: bytes, request: Request) -> IResource:  # noqa: N802 (Twisted API)
+        # Hand the whole remaining path to the dispatcher: routes are matched there.
+        assert request.prepath is not None and request.postpath is not None
+        request.prepath.pop()
+        request.postpath.insert(0, path)
+        return self._leaf  # type: ignore[return-value]
+
+    def render(self, request: Request) -> Any:
+        return self._leaf.render(request)
+
+    # ------------------------------------------------------------------ helpers
+
+    def peer(self, request: Request) -> Peer:
+        identity = request_identity(request)
+        if identity is None:
+            raise HTTPError(403, "A verified client certificate is required")
+        record = self._users().lookup(identity)
+        extra = record.properties if record is not None else frozenset()
+        names = (identity.dotted, identity.dn)
+        return Peer(identity.dotted, names, self.state.policy.roles_of(names, extra), identity.dn)
+
+    def base_url(self, request: Request) -> str:
+        if self.cfg.url:
+            return self.cfg.url
+        host = request.getHeader("host")
+        if not host:
+            addr = request.getHost()
+            host = f"{addr.host}:{addr.port}"
+        return f"https://{host}"
+
+    async def wait_ready(self) -> None:
+        if not self._is_ready:
+            await self._ready
+
+
+class _Dispatch(Resource):
+    """One leaf that maps (method, path) to a handler: routes are data."""
+
+    isLeaf = True
+
+    def __init__(self, root: SupervisorResource) -> None:
+        super().__init__()
+        self.root = root
+        p = root.cfg
+        self.routes: dict[tuple[bytes, str], Callable[..., Coroutine[Any, Any, bytes]]] = {
+            (b"POST", p.registration_path): self.register,
+            (b"GET", p.specification_path): self.poll,
+            (b"POST", p.result_path): self.component_result,
+            (b"GET", p.client_capability_path): self.capabilities,
+            (b"GET", p.sdk_capability_path): self.capabilities,
+            (b"POST", p.client_specification_path): self.client_message,
+            (b"POST", p.sdk_capability_path): self.client_message,
+            (b"POST", p.client_result_path): self.client_message,
+            (b"POST", ""): self.client_message,
+            (b"GET", p.client_result_path): self.client_results,
+            (b"GET", ""): self.operator_html,
+            (b"GET", "api/status"): self.operator_json,
+        }
+        self.prefixes = [p.client_specification_path, p.sdk_capability_path]
+
+    def render(self, request: Request) -> Any:
+        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        method = request.method
+        if method == b"HEAD":
+            method = b"GET"
+        handler = self.routes.get((method, path))
+        sub = None
+        if handler is None:
+            for prefix in self.prefixes:
+                if path.startswith(prefix + "/") and method == b"POST":
+                    handler, sub = self.client_message, path[len(prefix) + 1:]
+                    break
+        if handler is None:
+            known = {p for (_, p) in self.routes}
+            code = 405 if path in known else 404
+            request.setResponseCode(code)
+            request.setHeader(b"content-type", b"text/plain")
+            return b"Method not allowed\n" if code == 405 else b"Not found\n"
+        d = defer.ensureDeferred(self._run(handler, request, sub))
+        finished = request.notifyFinish()
+        finished.addErrback(lambda _: d.cancel())
+        return server.NOT_DONE_YET
+
+    async def _run(self, handler: Callable[..., Coroutine[Any, Any, bytes]], request: Request,
+                   sub: str | None) -> None:
+        who = "-"
+        try:
+            await self.root.wait_ready()
+            peer = self.root.peer(request)
+            who = peer.identity
+            body = await (handler(request, peer, sub) if sub is not None else handler(request, peer))
+        except defer.CancelledError:
+            return
+        except HTTPError as exc:
+            body = self._error(request, exc)
+        except Exception:
+            log.failure("mPlane supervisor request {method} {path} failed", method=request.method,
+                        path=request.path)
+            body = self._error(request, HTTPError(500, "Internal error"))
+        # Component polls are frequent and routine; everything else is logged at info.
+        emit = log.debug if handler == self.poll else log.info
+        emit("mPlane {method} {path} by {peer}: {code}", method=request.method.decode(),
+             path=request.path.decode("utf-8", "replace"), peer=who, code=request.code)
+        if not request.finished and not getattr(request, "_disconnected", False):
+            request.write(body)
+            request.finish()
+
+    @staticmethod
+    def _error(request: Request, exc: HTTPError) -> bytes:
+        request.setResponseCode(exc.code)
+        if exc.code == 400 and exc.text.startswith("Invalid format"):
+            request.setHeader(b"content-type", b"text/plain")
+            return exc.text.encode() + b"\n"
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        return to_json(ExceptionMessage(exc.token, exc.text)).encode()
+
+    # ------------------------------------------------------------------ I/O helpers
+
+    @staticmethod
+    def read_message(request: Request) -> Message:
+        ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
+        if ctype != CONTENT_TYPE:
+            raise HTTPError(400, "Invalid format: the body must be application/x-mplane+json")
+        content = request.content
+        if content is None:
+            raise HTTPError(400, "Invalid format: no body")
+        content.seek(0)
+        raw = content.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise HTTPError(413, "Message too large")
+        try:
+            return parse_json(raw)
+        except ModelError as exc:
+            raise HTTPError(400, f"Invalid message: {exc}") from None
+
+    @staticmethod
+    def reply(request: Request, msg: Message | dict[str, Any], code: int = 200) -> bytes:
+        request.setResponseCode(code)
+        # Exactly this value: the SDK client drops replies with any other (even "; charset=").
+        request.setHeader(b"content-type", CONTENT_TYPE.encode())
+        if isinstance(msg, dict):
+            return json.dumps(msg, sort_keys=True).encode()
+        return to_json(msg).encode()
+
+    # ------------------------------------------------------------------ component side
+
+    async def register(self, request: Request, peer: Peer) -> bytes:
+        state = self.root.state
+        if not state.may_register(peer):
+            raise HTTPError(403, f"{peer.identity} may not register capabilities")
+        msg = self.read_message(request)
+        outcome = await state.register(peer, msg)
+        log.info("mPlane registration from {component}: {outcome}", component=peer.identity,
+                 outcome={k: v["registered"] for k, v in outcome.items()})
+        return self.reply(request, outcome)
+
+    async def poll(self, request: Request, peer: Peer) -> bytes:
+        state = self.root.state
+        if not state.known_component(peer.identity):
+            request.setResponseCode(428)
+            request.setHeader(b"content-type", b"text/plain")
+            return b"Register your capabilities first\n"
+        link = f"{self.root.base_url(request)}/{self.root.cfg.result_path}"
+        work = await state.take_work(peer.identity, link)
+        fast = state.wants_fast_polls(peer.identity)
+        hold = self._hold(request, fast)
+        if not work and hold > 0:
+            await self._wait_for_work(peer.identity, hold)
+            if request.finished or getattr(request, "_disconnected", False):
+                return b""
+            work = await state.take_work(peer.identity, link)
+        contents: list[Message] = list(work)
+        if fast:
+            contents.append(callback_spec("now + 0s" if self.root.cfg.long_poll > 0 else "now + 1s"))
+        return self.reply(request, Envelope(contents))
+
+    def _hold(self, request: Request, fast: bool) -> float:
+        cfg_hold = self.root.cfg.long_poll
+        args = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
+        if "wait" in args:
+            try:
+                return max(0.0, min(float(args["wait"][0]), cfg_hold))
+            except ValueError:
+                raise HTTPError(400, "wait must be a number of seconds") from None
+        # SDK components without the callback capability cannot be told to poll again at
+        # once; answering immediately keeps their own 5 s rhythm (the fallback).
+        return cfg_hold if fast else 0.0
+
+    async def _wait_for_work(self, component: str, hold: float) -> None:
+        d: defer.Deferred[None] = defer.Deferred()
+
+        def wake() -> None:
+            if not d.called:
+                d.callback(None)
+
+        cancel = self.root.state.listen(component, wake)
+        timer = self.root.reactor.callLater(hold, wake)
+        try:
+            await d
+        finally:
+            cancel()
+            if timer.active():
+                timer.cancel()
+
+    async def component_result(self, request: Request, peer: Peer) -> bytes:
+        state = self.root.state
+        if not state.known_component(peer.identity):
+            raise HTTPError(403, f"{peer.identity} has not registered as a component")
+        msg = self.read_message(request)
+        if isinstance(msg, Statement) and msg.kind == "withdrawal":
+            n = await state.withdraw(peer, msg)
+            return self.reply(request, {"withdrawn": n})
+        problem = await state.accept(peer, msg)  # stored before we answer
+        if problem is not None:
+            raise HTTPError(403, problem, getattr(msg, "token", None))
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/plain")
+        return b""
+
+    # ------------------------------------------------------------------ client side
+
+    def _link_base(self, request: Request) -> str:
+        return f"{self.root.base_url(request)}/{self.root.cfg.client_specification_path}"
+
+    async def capabilities(self, request: Request, peer: Peer) -> bytes:
+        offered = self.root.state.offered(peer, self._link_base(request))
+        return self.reply(request, Envelope([shown for _, shown in offered]))
+
+    async def client_message(self, request: Request, peer: Peer, cap_key: str | None = None) -> bytes:
+        msg = self.read_message(request)
+        return self.reply(request, await self._client_reply(peer, msg, cap_key))
+
+    async def _client_reply(self, peer: Peer, msg: Message, cap_key: str | None) -> Message:
+        state = self.root.state
+        if isinstance(msg, Envelope):
+            return Envelope([await self._client_reply(peer, m, cap_key) for m in msg.contents])
+        if isinstance(msg, Statement):
+            if msg.kind == "specification":
+                reply = await state.submit(peer, msg, cap_key)
+                log.info("mPlane specification {label} from {client}: {outcome}", label=msg.label,
+                         client=peer.identity, outcome=reply.kind if not isinstance(reply, ExceptionMessage)
+                         else reply.message)
+                return reply
+            if msg.kind == "redemption":
+                return state.redeem(peer, msg)
+            if msg.kind == "interrupt":
+                return await state.interrupt(peer, msg)
+        return ExceptionMessage(getattr(msg, "token", None),
+                                f"Unexpected message type {msg.kind} (send a specification, redemption or interrupt)")
+
+    async def client_results(self, request: Request, peer: Peer) -> bytes:
+        args = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
+        values = args.get("token") or args.get("label") or []
+        token = values[0] if values else None
+        if token:
+            return self.reply(request, self.root.state.redeem(peer, token))
+        return self.reply(request, Envelope(self.root.state.client_results(peer)))
+
+    # ------------------------------------------------------------------ operator view
+
+    async def operator_json(self, request: Request, peer: Peer) -> bytes:
+        status = self.root.state.status(peer)
+        status["version"] = self.root.version
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(status, sort_keys=True, indent=1).encode()
+
+    async def operator_html(self, request: Request, peer: Peer) -> bytes:
+        s = self.root.state.status(peer)
+        e = html.escape
+
+        def table(title: str, rows: list[dict[str, Any]], cols: list[str]) -> str:
+            head = "".join(f"<th>{e(c)}</th>" for c in cols)
+            body = "".join("<tr>" + "".join(f"<td>{e(_cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+            if not rows:
+                body = f"<tr><td colspan='{len(cols)}'>none</td></tr>"
+            return f"<h2>{e(title)} ({len(rows)})</h2><table><tr>{head}</tr>{body}</table>"
+
+        page = (
+            "<!DOCTYPE html><html><head><meta charset='utf-8'><title>ccnet mPlane supervisor</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}</style></head><body>"
+            f"<h1>ccnet mPlane supervisor</h1><p>You are {e(s['identity'])} "
+            f"(roles: {e(', '.join(s['roles']) or 'none')}). Read-only; JSON at "
+            "<a href='/api/status'>/api/status</a>.</p>"
+            + table("Components", s["components"], ["identity", "capabilities", "last_seen", "callback"])
+            + table("Capabilities", s["capabilities"], ["label", "component", "verb", "when", "parameters", "results"])
+            + table("Pending specifications", s["pending"], ["label", "token", "component", "state", "client", "created"])
+            + table("Recent results", s["results"], ["label", "token", "component", "state", "rows", "message", "updated"])
+            + "</body></html>"
+        )
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        return page.encode("utf-8")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _registry_fetcher(reactor: Any) -> Callable[[str], Coroutine[Any, Any, bytes]]:
+    async def fetch(url: str) -> bytes:
+        import treq
+
+        resp = await treq.get(url, reactor=reactor, timeout=30)
+        if resp.code != 200:
+            raise ModelError(f"registry {url}: HTTP {resp.code}")
+        return bytes(await resp.content())
+    return fetch
+
+
+def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
+    """The supervisor's root resource and the service that opens/expires its state."""
+    registries = RegistryStore()
+    remote: list[str] = []
+    for ref in cfg.registries:
+        if ref.startswith(("http://", "https://")):
+            remote.append(ref)
+        else:
+            try:
+                registries.load(ref if "://" in ref else str(runtime.config.path.parent / Path(ref)))
+            except ModelError as exc:
+                raise ValueError(f"[supervisor] registries: {exc}") from None
+    try:
+        policy = Policy.from_files(cfg.users, cfg.caps, cfg.admin_role)
+    except AuthzError as exc:
+        raise ValueError(f"[supervisor]: {exc}") from None
+    reactor = runtime.reactor
+    state = SupervisorState(runtime.store, registries, policy, reactor.seconds,
+                            result_expiry=cfg.result_expiry, component_role=cfg.component_role)
+
+    async def preload() -> None:
+        fetch = _registry_fetcher(reactor)
+        for url in remote:
+            raw = await fetch(url)
+            registries.add(_parse_registry(raw, url, registries))
+
+    svc = SupervisorService(state, runtime.store, reactor,
+                            expiry_interval=max(1.0, min(3600.0, cfg.result_expiry / 10 or 3600.0)),
+                            preload=preload if remote else None)
+    def reload_policy() -> None:
+        # SIGHUP: re-read users/caps; a broken file keeps the old policy.
+        try:
+            state.policy = Policy.from_files(cfg.users, cfg.caps, cfg.admin_role)
+        except AuthzError as exc:
+            log.error("mPlane authorization files not reloaded: {error}", error=str(exc))
+            return
+        log.info("mPlane authorization reloaded: {summary}", summary=dict(state.policy.summary()))
+
+    if hasattr(runtime, "on_reload"):
+        runtime.on_reload(reload_policy)
+    resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
+    services: list[Any] = [svc]
+    if cfg.components:
+        from ccnet.mplane.pull import ComponentPuller
+
+        if runtime.tls is None:
+            raise ValueError("[supervisor] components: calling components needs the [tls] section")
+        services.append(ComponentPuller(state, list(cfg.components), reactor, runtime.tls,
+                                        refresh=max(1.0, cfg.component_refresh),
+                                        redeem_every=max(0.05, cfg.redeem_interval)))
+    return resource, services
+
+
+def _parse_registry(raw: bytes, url: str, registries: RegistryStore) -> Any:
+    from ccnet.mplane.model import Registry
+
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ModelError(f"registry {url}: not JSON ({exc})") from None
+    return Registry.from_dict(doc, resolve=registries.get, source=f"registry {url}")

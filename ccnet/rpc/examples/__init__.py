@@ -1,0 +1,1 @@
+"""Example RPC services shipped with ccnet and used by the sample configuration."""

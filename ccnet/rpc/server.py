@@ -1,0 +1,92 @@
+"""Build the ``[rpc]`` part of the daemon: the site root resource and its services."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import IService, Service
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ccnet.rpc.config import RPCConfig
+from ccnet.rpc.resource import RPCResource
+from ccnet.rpc.service import MountedService
+
+__all__ = ["ThreadPoolService", "build", "build_resource"]
+
+log = Logger(namespace="ccnet.rpc")
+
+
+@implementer(IService)
+class ThreadPoolService(Service):
+    """Starts and stops the bounded pool that runs blocking exports."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self.setName("rpc-threads")
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:  # noqa: N802 (Twisted API)
+        super().stopService()
+        self.pool.stop()
+
+
+def build_resource(
+    runtime: Any, cfg: RPCConfig, pool: ThreadPool, *, allow_proxies: bool | None = None
+) -> RPCResource:
+    """The ``[rpc]`` root resource for ``runtime`` (also used by tests and the bench)."""
+    if allow_proxies is None:
+        allow_proxies = cfg.allow_proxies
+    if allow_proxies is None:
+        tls_cfg = getattr(getattr(runtime, "config", None), "tls", None)
+        allow_proxies = bool(getattr(tls_cfg, "allow_proxies", False))
+    mounted = {}
+    for svc in cfg.services:
+        mounted[svc.name] = MountedService(
+            svc.name,
+            svc.service_class,
+            reactor=runtime.reactor,
+            pool=pool,
+            options=svc.options,
+            config_rules=svc.authorization,
+            runtime=runtime,
+            base_url=cfg.url or "",
+            config_dir=str(Path(cfg.path).parent) if cfg.path != "<string>" else "",
+        )
+        log.info(
+            "RPC service {service} ({cls}) exports {methods}",
+            service=svc.name,
+            cls=svc.class_path,
+            methods=", ".join(mounted[svc.name].table.names()),
+        )
+
+    def base_url(request: Request) -> str:
+        if cfg.url:
+            return cfg.url
+        host = request.getHost()
+        hostname = getattr(getattr(runtime.config, "daemon", None), "hostname", None)
+        return f"https://{hostname or getattr(host, 'host', 'localhost')}:{getattr(host, 'port', 8443)}"
+
+    return RPCResource(
+        mounted,
+        # Read per request: the users mapping is swapped on reload (SIGHUP).
+        lambda: runtime.users,
+        max_body=cfg.max_body,
+        allow_proxies=allow_proxies,
+        trust_ssl_headers=cfg.trust_ssl_headers,
+        base_url=base_url,
+    )
+
+
+def build(runtime: Any, cfg: RPCConfig) -> tuple[RPCResource, list[IService]]:
+    """Entry point for ``ccnet.service``: (site root resource, services to start)."""
+    pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
+    resource = build_resource(runtime, cfg, pool)
+    services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
+    return resource, services

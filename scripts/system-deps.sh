@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs, only when something is missing.
+set -eu
+need=()
+command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: missing ${need[*]} (install them; tests needing them will skip)" >&2
+    exit 0
+fi
+echo "system-deps: installing ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq >/dev/null || true
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || \
+    echo "system-deps: apt-get failed; tests needing ${need[*]} will skip" >&2

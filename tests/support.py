@@ -1,0 +1,215 @@
+"""Shared test fixtures: the suite-wide PKI and a real daemon in a subprocess."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ccnet.pki import PKI
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+PG_DSN = os.environ.get("CCNET_TEST_PG_DSN", "postgresql://postgres@127.0.0.1/test")
+
+
+@dataclass
+class TestPKI:
+    """Certificates for the whole suite, made once per trial run (per worker folder)."""
+
+    dir: Path
+    other_dir: Path
+    pki: PKI
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.pki.ca_cert_path
+
+    @property
+    def crl(self) -> Path:
+        return self.pki.crl_path
+
+    @property
+    def other_ca_cert(self) -> Path:
+        return self.other_dir / "ca.crt"
+
+    def cert(self, name: str) -> Path:
+        if name == "foreign":
+            return self.other_dir / "foreign.crt"
+        return self.pki.cert_path(name)
+
+    def key(self, name: str) -> Path:
+        if name == "foreign":
+            return self.other_dir / "private" / "foreign.key"
+        return self.pki.key_path(name)
+
+    def pair(self, name: str) -> tuple[str, str]:
+        """(cert, key) as strings, the shape requests' ``cert=`` wants."""
+        return str(self.cert(name)), str(self.key(name))
+
+
+_PKI: TestPKI | None = None
+_PKI_LOCK = threading.Lock()
+
+
+def test_pki() -> TestPKI:
+    """The suite-wide PKI under the trial working folder, created on first use."""
+    global _PKI
+    with _PKI_LOCK:
+        base = Path.cwd() / "suite-pki"
+        if _PKI is not None and _PKI.dir == base / "main" and (base / "done").exists():
+            return _PKI
+        pki = PKI(base / "main")
+        other = PKI(base / "other")
+        if not (base / "done").exists():
+            now = dt.datetime.now(dt.UTC)
+            pki.init("/C=IT/O=ccnet/CN=ccnet test CA", force=True)
+            pki.issue("server", "server", ["DNS:localhost", "IP:127.0.0.1", "IP:::1"])
+            pki.issue("supervisor", "supervisor", text_preamble=True)
+            pki.issue("component", "component", text_preamble=True)
+            pki.issue("client", "client", text_preamble=True)
+            pki.issue("client", "admin", text_preamble=True)
+            pki.issue("client", "expired", not_before=now - dt.timedelta(days=10),
+                      not_after=now - dt.timedelta(days=1))
+            pki.issue("client", "notyet", not_before=now + dt.timedelta(days=1),
+                      not_after=now + dt.timedelta(days=10))
+            pki.issue("client", "revoked")
+            pki.revoke("revoked")
+            # A server-only certificate presented as a client: wrong EKU.
+            pki.issue("server", "serveronly", subject="/C=IT/O=ccnet/OU=Servers/CN=serveronly")
+            _rewrite_eku_server_only(pki, "serveronly")
+            pki.issue("service", "ccservice")
+            pki.issue("server", "wronghost", ["DNS:elsewhere.example"])
+            other.init("/C=IT/O=Elsewhere/CN=other CA", force=True)
+            other.issue("client", "foreign")
+            (base / "done").write_text("ok")
+        _PKI = TestPKI(base / "main", base / "other", pki)
+        return _PKI
+
+
+def _rewrite_eku_server_only(pki: PKI, name: str) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert = x509.load_pem_x509_certificate(pki.cert_path(name).read_bytes())
+    key = serialization.load_pem_private_key(pki.key_path(name).read_bytes(), None)
+    ca_key = serialization.load_pem_private_key(pki.ca_key_path.read_bytes(), None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(key.public_key())  # type: ignore[arg-type,union-attr]
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+    )
+    new = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    pki.cert_path(name).write_bytes(new.public_bytes(serialization.Encoding.PEM))
+
+
+def free_port() -> int:
+    """A TCP port free right now on 127.0.0.1 (for tools that must be told a port)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tls_section(pki: TestPKI, name: str = "server", crl: bool = True) -> str:
+    lines = [
+        "[tls]",
+        f"ca = {pki.ca_cert}",
+        f"cert = {pki.cert(name)}",
+        f"key = {pki.key(name)}",
+    ]
+    if crl:
+        lines.append(f"crl = {pki.crl}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Daemon:
+    """``twistd -n ccnet`` in a subprocess, with its log lines collected."""
+
+    config: Path
+    process: subprocess.Popen[str]
+    lines: list[str] = field(default_factory=list)  # raw output
+    messages: list[str] = field(default_factory=list)  # JSON events formatted as text
+    ports: dict[str, int] = field(default_factory=dict)
+
+    def _reader(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if line.startswith("{"):
+                try:
+                    from twisted.logger import eventFromJSON, formatEvent
+
+                    line = formatEvent(eventFromJSON(line))
+                except ValueError:
+                    pass
+            self.messages.append(line)
+            m = re.search(r"ccnet (\S+) listening on \S+:(\d+)", line)
+            if m:
+                self.ports[m.group(1)] = int(m.group(2))
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(" ready: " in line for line in self.messages):
+                return
+            if self.process.poll() is not None:
+                time.sleep(0.2)
+                raise RuntimeError("daemon exited early:\n" + "".join(self.lines))
+            time.sleep(0.05)
+        raise RuntimeError("daemon not ready in time:\n" + "".join(self.lines))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return "\n".join(m.rstrip("\n") for m in self.messages)
+
+
+def twistd_command(config: Path, *extra: str) -> list[str]:
+    return [
+        str(VENV_BIN / "twistd"), "-n", "--pidfile=", "--logfile=-", "ccnet", "--config", str(config), *extra
+    ]
+
+
+def start_daemon(config_text: str, folder: Path, *extra: str, env: dict[str, str] | None = None,
+                 wait: bool = True) -> Daemon:
+    """Write ``config_text`` to ``folder/ccnet.ini`` and run the daemon on it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / "ccnet.ini"
+    config.write_text(config_text)
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO)
+    full_env.pop("NOTIFY_SOCKET", None)
+    if env:
+        full_env.update(env)
+    process = subprocess.Popen(
+        twistd_command(config, *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, cwd=str(folder), env=full_env,
+    )
+    daemon = Daemon(config, process)
+    threading.Thread(target=daemon._reader, daemon=True).start()
+    if wait:
+        daemon.wait_ready()
+    return daemon

@@ -1,0 +1,5 @@
+"""twistd plugin: ``twistd -n ccnet --config conf/ccnet.ini``."""
+
+from ccnet.plugin import ServiceMaker
+
+ccnet = ServiceMaker()
