@@ -19,6 +19,7 @@ from ccnet.config import ConfigError, IniFile, SectionReader
 
 __all__ = [
     "ZMQ_ENDPOINT_HELP",
+    "parse_handler",
     "valid_zmq_endpoint",
     "zmq_endpoint",
     "CCConfig", "ZmqOptions", "CMSOptions", "HandlerSpec", "parse", "parse_zmq", "DEFAULT_SOCKET"]
@@ -215,7 +216,7 @@ def parse(ini: IniFile) -> CCConfig | None:
         routes=routes,
         ignored=ignored,
     )
-    specs = [_parse_handler(ini, section, cc) for section in routes.sections()]
+    specs = [parse_handler(ini, section, cc) for section in routes.sections()]
     return replace(cc, handlers=tuple(specs))
 
 
@@ -240,7 +241,7 @@ def _parse_routes(ini: IniFile) -> RouteTable:
     return table
 
 
-def _parse_handler(ini: IniFile, section: str, cc: CCConfig) -> HandlerSpec:
+def parse_handler(ini: IniFile, section: str, cc: CCConfig) -> HandlerSpec:
     sect = ini.section(section)
     # Legacy 'plugin =' wins over 'handler =' as in the original ccserver.
     key = "plugin" if sect.has("plugin") else "handler"

@@ -1,0 +1,147 @@
+"""``handler = tailwriter``: append ``pub.logtail`` chunks to per-host files.
+
+A chunk carries filename, data (or blob), comp, fpos (its offset in the
+source file), st_dev/st_ino (the source file's identity) and op_mode.  It is
+appended to ``dstdir/<host>/<basename>`` (same layout keys as infowriter:
+``dstmask``, ``host-subdirs``) and fsynced, and the next expected offset is
+kept next to it in ``<file>.pos``, so a resent chunk (sender retry after a
+lost acknowledgement) is not appended twice, also across restarts.  When the
+source file is a new one (other inode, offset 0), the previous output is
+renamed with a ``.%Y-%m-%d_%H-%M-%S`` suffix first.  A gap (fpos ahead of
+what was written) is logged and the chunk appended, as the original did.
+The sender is acknowledged with ``reply.pub.logtail`` {filename, fpos, next}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.logger import Logger
+from zope.interface import implementer, provider
+
+from ccnet.cc.handler import CCHandler, CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
+from ccnet.cc.handlers.infowriter import destination
+from ccnet.cc.handlers.payload import decompress, field_number, field_str, infofile_content
+from ccnet.cc.handlers.workers import WorkerPool
+
+__all__ = ["TailWriterHandler", "TailWriterOptions", "append_chunk", "handler_class"]
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class TailWriterOptions:
+    dstdir: Path
+    dstmask: str | None
+    host_subdirs: bool
+    worker_threads: int
+    max_chunk: int
+
+
+def _read_pos(pos: Path) -> dict[str, Any]:
+    try:
+        return json.loads(pos.read_text())  # type: ignore[no-any-return]
+    except (OSError, ValueError):
+        return {}
+
+
+def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino: Any) -> tuple[str, int]:
+    """Blocking: append ``data`` (source offset ``fpos``); returns (status, next offset)."""
+    root = dstdir.resolve()
+    if not dst.parent.resolve().is_relative_to(root):
+        raise HandlerError(f"suspicious file path {dst}: leaves dstdir")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    pos_file = dst.with_name(dst.name + ".pos")
+    pos = _read_pos(pos_file)
+    same_source = pos.get("dev") == dev and pos.get("ino") == ino
+    expected = int(pos.get("next", 0)) if same_source else 0
+    status = "written"
+    if pos and not same_source and dst.exists():
+        suffix = time.strftime(".%Y-%m-%d_%H-%M-%S")
+        os.replace(dst, dst.with_name(dst.name + suffix))
+    elif same_source and fpos < expected:
+        if fpos + len(data) <= expected:
+            return "duplicate", expected
+        data = data[expected - fpos:]  # partly seen: keep only the new tail
+        fpos = expected
+    elif same_source and fpos > expected:
+        log.warn("tailwriter: gap in {dst}: expected offset {e}, got {f}", dst=str(dst), e=expected, f=fpos)
+        status = "gap"
+    with open(dst, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    nxt = fpos + len(data)
+    tmp = pos_file.with_name(pos_file.name + ".new")
+    tmp.write_text(json.dumps({"dev": dev, "ino": ino, "next": nxt}))
+    os.replace(tmp, pos_file)
+    return status, nxt
+
+
+@provider(ICCHandlerFactory)
+@implementer(ICCHandler)
+class TailWriterHandler(CCHandler):
+    handler_name = "tailwriter"
+    cc_roles = frozenset({"remote"})
+    reads_payload = True
+
+    @classmethod
+    def parse_config(cls, section: Any, ini: Any, cc: Any) -> TailWriterOptions:
+        opts = TailWriterOptions(
+            dstdir=section.get_path("dstdir"),
+            dstmask=section.get_str("dstmask", "") or None,
+            host_subdirs=section.get_bool("host-subdirs", True),
+            worker_threads=section.get_int("worker-threads", 10, minimum=1),
+            max_chunk=section.get_size("max-chunk-size", 64 * 1024 * 1024),
+        )
+        # Original buffering keys: every chunk is written and fsynced at once here.
+        for k in ("buffer-bytes", "write-interval", "close-interval"):
+            if section.has(k):
+                section.get_str(k)
+        return opts
+
+    def __init__(self, name: str, options: TailWriterOptions, server: Any) -> None:
+        super().__init__(name, options, server)
+        self.workers = WorkerPool(server.reactor, f"cc-{name}", options.worker_threads)
+
+    def start(self) -> None:
+        self.options.dstdir.mkdir(parents=True, exist_ok=True)
+        self.workers.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+
+    def handle(self, request: CCRequest) -> Any:
+        if not (request.type == "pub.logtail" or request.type.startswith("pub.logtail.")):
+            raise HandlerError(f"tailwriter writes pub.logtail, not {request.type}")
+        p = request.payload or {}
+        o = self.options
+        host = field_str(p, "hostname")
+        filename = field_str(p, "filename")
+        fpos = int(field_number(p, "fpos"))
+        if not 0 <= fpos < 1 << 62:
+            raise HandlerError("pub.logtail: field 'fpos' is negative")
+        dev, ino = p.get("st_dev"), p.get("st_ino")
+        raw, comp = infofile_content(p, request.msg.blob)
+        dst = destination(o.dstdir, host, filename, o.dstmask, o.host_subdirs)
+
+        def work() -> tuple[str, int]:
+            return append_chunk(o.dstdir, dst, decompress(raw, comp, o.max_chunk), fpos, dev, ino)
+
+        d = self.workers.run(work, key=dst)
+
+        def ack(result: tuple[str, int]) -> None:
+            status, nxt = result
+            self.server.reply(request, f"reply.{request.type}",
+                              {"filename": filename, "fpos": fpos, "next": nxt, "status": status})
+
+        d.addCallback(ack)
+        return d
+
+
+handler_class = TailWriterHandler
