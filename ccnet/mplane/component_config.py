@@ -1,0 +1,137 @@
+"""The ``[component]`` section and its ``[probe:NAME]`` sections, parsed once.
+
+::
+
+    [component]
+    # component-initiated workflow: register with, and poll, this supervisor
+    supervisor = https://sup.example.org:8888
+    # client-initiated workflow: listen for specifications (SDK clients, supervisors with components =)
+    listen = ssl:1228
+    # who may use which capability (also checked for the supervisor before registering):
+    # SDK config with [Roles]/[Authorizations], or RI users.conf / caps.conf; none = any verified peer
+    users =
+    caps =
+    # seconds a poll may wait at the supervisor for work (long-poll)
+    long-poll = 20
+    # reconnect back-off, seconds: first wait and upper bound (doubles in between)
+    retry-min = 0.5
+    retry-max = 30
+    registration-path = register/capability
+    specification-path = show/specification
+    result-path = register/result
+
+    [probe:ping]
+    module = ccnet.mplane.probes.ping
+    ip4addr = 127.0.0.1
+
+    [probe:tstat]
+    module = ccnet.mplane.probes.tstat
+
+Probe sections may also be spelled like the SDK's (``[module_ping]``). ``module`` defaults
+to ``ccnet.mplane.probes.NAME``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ccnet.config import IniFile
+from ccnet.mplane.config import _seconds
+from ccnet.mplane.model import ModelError
+from ccnet.mplane.probes import IProbeFactory
+
+__all__ = ["ComponentConfig", "ProbeConfig", "parse"]
+
+PROBE_PREFIXES = ("probe:", "module_")
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    name: str
+    module: str
+    factory: Any  # provides IProbeFactory
+    options: Any
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    probes: tuple[ProbeConfig, ...]
+    supervisor: str | None = None
+    listen: str | None = None
+    users: Path | None = None
+    caps: Path | None = None
+    long_poll: float = 20.0
+    retry_min: float = 0.5
+    retry_max: float = 30.0
+    registration_path: str = "register/capability"
+    specification_path: str = "show/specification"
+    result_path: str = "register/result"
+
+    def url(self, path: str) -> str:
+        assert self.supervisor is not None
+        return f"{self.supervisor}/{path}"
+
+
+def _probe(ini: IniFile, section_name: str) -> ProbeConfig:
+    sect = ini.section(section_name)
+    name = section_name.split(":", 1)[1] if section_name.startswith("probe:") else section_name[len("module_"):]
+    if not name:
+        raise sect.error(None, "a probe name after the prefix, e.g. [probe:ping]")
+    module = sect.get_str("module", f"ccnet.mplane.probes.{name}")
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as exc:
+        raise sect.error("module", f"an importable probe module ({exc})", module) from None
+    factory = getattr(mod, "probe_factory", None)
+    if factory is None or not IProbeFactory.providedBy(factory):
+        raise sect.error("module", "a module with probe_factory providing ccnet.mplane.probes.IProbeFactory",
+                         module)
+    options = factory.configure(sect)
+    sect.finish()
+    return ProbeConfig(name, module, factory, options)
+
+
+def parse(ini: IniFile) -> ComponentConfig | None:
+    if not ini.has_section("component"):
+        return None
+    sect = ini.section("component")
+    kwargs: dict[str, Any] = {}
+    sup = sect.get_str("supervisor", "").strip().rstrip("/")
+    if sup and not sup.startswith("https://"):
+        raise sect.error("supervisor", "an https:// URL of the supervisor", sup)
+    kwargs["supervisor"] = sup or None
+    kwargs["listen"] = sect.get_endpoint("listen", None)
+    if kwargs["supervisor"] is None and kwargs["listen"] is None:
+        raise sect.error("supervisor", "supervisor = https://... (component-initiated) and/or "
+                                       "listen = ssl:PORT (client-initiated)")
+    kwargs["users"] = sect.get_readable_file("users", None)
+    kwargs["caps"] = sect.get_readable_file("caps", None)
+    for attr, key, default in (("long_poll", "long-poll", "20"), ("retry_min", "retry-min", "0.5"),
+                               ("retry_max", "retry-max", "30")):
+        raw = sect.get_str(key, default)
+        try:
+            value = _seconds(raw)
+        except ModelError:
+            raise sect.error(key, "seconds, or a duration such as 30s", raw) from None
+        if value < 0:
+            raise sect.error(key, "a value >= 0", raw)
+        kwargs[attr] = value
+    if kwargs["retry_min"] <= 0:
+        raise sect.error("retry-min", "a value > 0", str(kwargs["retry_min"]))
+    for attr, key, default in (("registration_path", "registration-path", "register/capability"),
+                               ("specification_path", "specification-path", "show/specification"),
+                               ("result_path", "result-path", "register/result")):
+        path = sect.get_str(key, default).strip().strip("/")
+        if not path or any(c in path for c in "?#"):
+            raise sect.error(key, "a URL path such as register/capability", path)
+        kwargs[attr] = path
+    sect.finish()
+    probes = [_probe(ini, name) for name in ini.section_names()
+              if name.startswith(PROBE_PREFIXES)]
+    if not probes:
+        raise ini.error("component", None, "at least one probe section, e.g. [probe:ping] with "
+                                           "module = ccnet.mplane.probes.ping")
+    return ComponentConfig(tuple(probes), **kwargs)

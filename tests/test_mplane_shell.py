@@ -1,0 +1,237 @@
+"""``ccnet-client`` driven like a user would: -c one-liners and commands on stdin."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from ccnet.mplane.model import Statement, When
+from ccnet.mplane.shell import ClientShell, format_table
+from tests.support import REPO
+from tests.test_mplane_component_support import Component, wait_until
+from tests.test_mplane_support import Supervisor
+
+USERS = "IT.ccnet.Clients.client: guest\nIT.ccnet.Clients.admin: admin\n"
+CAPS = "ping: guest\n"
+
+
+def run_shell(sup: Supervisor, args: list[str], stdin: str = "", name: str = "client") -> subprocess.CompletedProcess[str]:
+    pki = sup.pki
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "ccnet.mplane.shell", "--url", f"https://localhost:{sup.port}",
+            "--cert", str(pki.cert(name)), "--key", str(pki.key(name)), "--ca", str(pki.ca_cert), *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=90, env=env)
+
+
+class _FakeClient:
+    url = "https://fake"
+
+    def __init__(self) -> None:
+        self.caps = [Statement("capability", label=label, when=When.parse("now ... future / 1s"),
+                               parameters={"destination.ip4": "*", "source.ip4": "127.0.0.1"},
+                               results=["delay.twoway.icmp.count"]) for label in ("ping-average-ip4", "ping-detail-ip4")]
+        self.submitted: list[Statement] = []
+
+    async def capabilities(self) -> list[Statement]:
+        return self.caps
+
+    async def capability(self, label: str) -> Statement:
+        return next(c for c in self.caps if c.label == label)
+
+    def specification(self, cap: Statement, when: str, params: dict[str, str]) -> Statement:
+        return cap.derive("specification", when=When.parse(when), parameters=dict(params), token="t")
+
+    async def submit(self, spec: Statement, cap: Any = None) -> Statement:
+        self.submitted.append(spec)
+        return spec.derive("receipt", token="t")
+
+
+def _sync(fn: Any) -> Any:
+    coro = fn()
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the fake client never waits")
+
+
+class CompletionTests(unittest.TestCase):
+    def setUp(self) -> None:
+        self.client = _FakeClient()
+        self.shell = ClientShell(self.client, _sync, stdout=io.StringIO())  # type: ignore[arg-type]
+
+    def test_capability_labels_complete(self) -> None:
+        self.assertEqual(self.shell.complete_showcap("ping-a", "showcap ping-a", 8, 14), ["ping-average-ip4"])
+        self.assertEqual(self.shell.complete_runcap("", "runcap ", 7, 7), ["ping-average-ip4", "ping-detail-ip4"])
+
+    def test_parameter_names_complete_after_the_label(self) -> None:
+        line = "runcap ping-average-ip4 dest"
+        self.assertEqual(self.shell.complete_runcap("dest", line, len(line) - 4, len(line)), ["destination.ip4="])
+        self.assertEqual(self.shell.complete_set("so", "set so", 4, 6), ["source.ip4"])
+
+    def test_default_scope_is_one_period_of_the_capability(self) -> None:
+        self.shell.onecmd("runcap ping-average-ip4 destination.ip4=127.0.0.1")
+        self.assertEqual(str(self.client.submitted[0].when), "now + 1s / 1s")
+
+
+class FormatTests(unittest.TestCase):
+    def test_table_columns_line_up(self) -> None:
+        text = format_table(["label", "n"], [["ping-average-ip4", 2], ["x", 10]])
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "label             n")
+        self.assertEqual(lines[2], "ping-average-ip4  2")
+        self.assertEqual(lines[3], "x                 10")
+
+
+class _WithComponent(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        folder = Path(self.mktemp()).resolve()
+        self.sup = Supervisor(folder / "sup", users=USERS, caps=CAPS, long_poll=10.0)
+        yield self.sup.start()
+        self.addCleanup(self.sup.stop)
+        comp = Component(folder / "comp", f"https://localhost:{self.sup.port}", extra="retry-min = 0.1\n")
+        yield comp.start()
+        self.addCleanup(comp.stop)
+        yield wait_until(lambda: len(self.sup.state.capabilities) == 2, "registration")
+
+    def shell(self, args: list[str], stdin: str = "", name: str = "client") -> defer.Deferred[Any]:
+        return deferToThread(run_shell, self.sup, args, stdin, name)
+
+
+class ShellTests(_WithComponent):
+
+    @defer.inlineCallbacks
+    def test_one_liner_runs_a_capability_and_prints_the_result_as_json(self) -> Any:
+        out = yield self.shell(["-c", 'runcap ping-average-ip4 destination.ip4=127.0.0.1 when="now + 2s / 1s"',
+                                "--wait", "--json"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        result = json.loads(out.stdout)
+        self.assertEqual(result["result"], "measure")
+        self.assertEqual(result["label"], "ping-average-ip4")
+        self.assertEqual(result["resultvalues"][0][3], "2")
+
+    @defer.inlineCallbacks
+    def test_commands_on_stdin_list_set_run_and_show_measurements(self) -> Any:
+        script = "\n".join([
+            "listcap",
+            "showcap ping-detail-ip4",
+            "set destination.ip4 127.0.0.1",
+            "when now + 2s / 1s",
+            "show",
+            "runcap ping-detail-ip4",
+            "listmeas",
+            "showmeas ping-detail-ip4",
+            "quit",
+            "listcap",
+        ]) + "\n"
+        out = yield self.shell(["--wait"], script)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        text = out.stdout
+        self.assertIn("ping-average-ip4  measure  now ... future / 1s", text)
+        self.assertIn("destination.ip4  127.0.0.1 ... 127.0.0.255", text)
+        self.assertIn("destination.ip4  127.0.0.1", text)
+        self.assertIn("when             now + 2s / 1s", text)
+        self.assertIn("result ping-detail-ip4", text)
+        self.assertIn("time", text)
+        self.assertIn("delay.twoway.icmp.us", text)
+        self.assertIn("done", text)
+        # quit stops reading: the second listcap never ran.
+        self.assertEqual(text.count("ping-average-ip4  measure"), 1)
+
+    @defer.inlineCallbacks
+    def test_missing_parameter_in_one_liner_is_an_error_naming_it(self) -> Any:
+        out = yield self.shell(["-c", "runcap ping-average-ip4"])
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("destination.ip4", out.stderr)
+
+    @defer.inlineCallbacks
+    def test_value_outside_the_constraint_is_refused_before_sending(self) -> Any:
+        out = yield self.shell(["-c", "runcap ping-average-ip4 destination.ip4=10.0.0.1"])
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("violates constraint", out.stderr)
+        self.assertEqual(self.sup.state.counters["specifications"], 0)
+
+    @defer.inlineCallbacks
+    def test_admin_sees_the_supervisor_console_with_who_submitted_what(self) -> Any:
+        out = yield self.shell(["-c", "runcap ping-average-ip4 destination.ip4=127.0.0.1 when='now + 1s / 1s'",
+                                "--wait"])
+        self.assertEqual(out.returncode, 0, out.stderr)
+        out = yield self.shell(["-c", "components; capabilities; pending; finished"], name="admin")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertIn("IT.ccnet.Components.component", out.stdout)
+        self.assertIn("ping-detail-ip4", out.stdout)
+        self.assertIn("IT.ccnet.Clients.client", out.stdout)
+        self.assertIn("done", out.stdout)
+
+    @defer.inlineCallbacks
+    def test_unknown_command_fails_but_the_shell_goes_on(self) -> Any:
+        out = yield self.shell([], "frobnicate\nwhen now + 2s\nwhen\n")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("unknown command 'frobnicate'", out.stderr)
+        self.assertIn("now + 2s", out.stdout)
+
+
+def run_in_terminal(sup: Supervisor, keys: list[bytes], home: Path) -> tuple[str, int]:
+    """The shell on a pseudo-terminal (interactive mode, readline); type ``keys`` one line at a time."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    pki = sup.pki
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(home), TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-m", "ccnet.mplane.shell", "--url", f"https://localhost:{sup.port}",
+                             "--cert", str(pki.cert("client")), "--key", str(pki.key("client")),
+                             "--ca", str(pki.ca_cert)], stdin=slave, stdout=slave, stderr=slave, env=env,
+                            close_fds=True)
+    os.close(slave)
+    out = b""
+
+    def read_until(marker: bytes, seconds: float = 30) -> None:
+        nonlocal out
+        deadline = time.monotonic() + seconds
+        while marker not in out and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    out += os.read(master, 65536)
+                except OSError:
+                    return
+    try:
+        for key in keys:
+            read_until(b"|mplane| ")
+            out = out.replace(b"|mplane| ", b"|prompt| ", 1)
+            os.write(master, key)
+        read_until(b"\x00", 5)  # drain until it exits
+        code = proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    return out.decode("utf-8", "replace"), code
+
+
+class TerminalTests(_WithComponent):
+    """Interactive mode: readline completion of labels, history kept across sessions."""
+
+    @defer.inlineCallbacks
+    def test_tab_completes_labels_and_history_is_saved(self) -> Any:
+        home = Path(self.mktemp()).resolve()
+        home.mkdir()
+        out, code = yield deferToThread(run_in_terminal, self.sup, [b"showcap ping-av\t\r", b"quit\r"], home)
+        self.assertEqual(code, 0, out)
+        self.assertIn("capability ping-average-ip4 (measure)", out)
+        history = (home / ".ccnet_client_history").read_text()
+        self.assertIn("showcap ping-average-ip4", history)
