@@ -459,7 +459,9 @@ def _parse_store(ini: IniFile, daemon: DaemonConfig) -> StoreConfig:
         if raw != ":memory:":
             url = f"sqlite:///{ini.resolve(raw)}"
     elif not url.startswith(("postgresql://", "postgres://")):
-        raise sect.error("url", "sqlite:///PATH or postgresql://user@host/db", url)
+        from ccnet.store import redact_url
+
+        raise sect.error("url", "sqlite:///PATH or postgresql://user@host/db", redact_url(url))
     return StoreConfig(url)
 
 
@@ -469,6 +471,9 @@ def _parse_metrics(ini: IniFile) -> MetricsConfig | None:
     sect = ini.section("metrics")
     cfg = MetricsConfig(listen=sect.get_endpoint("listen", "tcp:9100:interface=127.0.0.1"))
     sect.finish()
+    if parse_listen(cfg.listen).tls:
+        # /metrics and /ready are plain HTTP for scrapers; keep them on a private address.
+        raise sect.error("listen", "a plain tcp: endpoint such as tcp:9100:interface=127.0.0.1", cfg.listen)
     return cfg
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,12 +17,24 @@ from typing import Any
 from twisted.enterprise import adbapi
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "redact_url"]
 
 log = Logger()
 
 _PLACEHOLDER = re.compile(r"\?")
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced, fit for logs and error messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class StoreError(Exception):
@@ -45,6 +58,8 @@ class Store:
         self.dialect = dialect
         self.url = url
         self.closed = False
+        #: Called with (seconds, ok) after every interaction (the daemon feeds /metrics).
+        self.observer: Callable[[float, bool], None] | None = None
 
     @classmethod
     def open(cls, url: str, reactor: Any = None) -> Store:
@@ -71,7 +86,7 @@ class Store:
                 cp_noisy=False,
             )
             return cls._started(pool, reactor, "postgresql", url)
-        raise StoreError(f"store url {url!r}: expected sqlite:///PATH or postgresql://...")
+        raise StoreError(f"store url {redact_url(url)!r}: expected sqlite:///PATH or postgresql://...")
 
     @classmethod
     def _started(cls, pool: adbapi.ConnectionPool, reactor: Any, dialect: str, url: str) -> Store:
@@ -101,8 +116,18 @@ class Store:
 
     def _interact(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred[Any]:
         if self.closed:
-            return defer.fail(StoreError(f"store {self.url} is closed"))
-        return self._pool.runInteraction(fn, *args, **kw)
+            return defer.fail(StoreError(f"store {redact_url(self.url)} is closed"))
+        d: defer.Deferred[Any] = self._pool.runInteraction(fn, *args, **kw)
+        observer = self.observer
+        if observer is not None:
+            started = time.monotonic()
+
+            def seen(result: Any) -> Any:
+                observer(time.monotonic() - started, not isinstance(result, Failure))
+                return result
+
+            d.addBoth(seen)
+        return d
 
     def run_interaction(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred[Any]:
         """Run ``fn(cursor, *args)`` in one transaction in the pool's thread.
@@ -115,6 +140,12 @@ class Store:
         """Apply the statements not applied yet for ``component``; fire with the new version."""
 
         def work(cursor: Any) -> int:
+            # One transaction for the whole step: SQLite would otherwise commit each DDL
+            # statement on its own and leave a half-migrated schema behind a failure.
+            if self.dialect == "sqlite":
+                cursor.execute("BEGIN IMMEDIATE")
+            else:
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ccnet_schema:{component}",))
             cursor.execute(
                 "CREATE TABLE IF NOT EXISTS ccnet_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )

@@ -170,6 +170,10 @@ class TLSMaterial:
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
         # Idle connections (long-polls, keep-alive) then hold no OpenSSL buffers.
         ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
+        # A resumed session has no verified chain to read the identity (and proxy
+        # chain) from, so every connection does a full handshake.
+        ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+        ctx.set_options(SSL.OP_NO_TICKET)
         ctx.use_certificate(loaded.cert_chain[0])
         for extra in loaded.cert_chain[1:]:
             ctx.add_extra_chain_cert(extra)

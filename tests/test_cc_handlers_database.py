@@ -39,9 +39,9 @@ def _pg(sql: str) -> None:
 class BuildCallTests(TestCase):
     def test_positional_named_and_json_string_params(self) -> None:
         c = build_call({"req": "db", "function": "s.f", "params": [1, "a"], "return": "all"}, ["*"])
-        self.assertEqual(c.sql, 'select * from "s"."f"(%s, %s)')
+        self.assertEqual(c.sql, 'select "s"."f"(%s, %s)')
         c = build_call({"req": "db", "function": "f", "params": '{"a": 1}'}, ["f"])
-        self.assertEqual((c.sql, c.params), ('select * from "f"(a := %(a)s)', {"a": 1}))
+        self.assertEqual((c.sql, c.params), ('select "f"(a := %(a)s)', {"a": 1}))
 
     def test_bad_requests_are_refused_with_reasons(self) -> None:
         cases = [
@@ -100,7 +100,8 @@ class DatabaseHandlerTests(ServerMixin, TestCase):
         (rep,) = yield self.ask(srv, [[b"Q000001", b"", b"db.stats", msg, b""]])
         self.assertEqual(rep[:3], [b"Q000001", b"", b"reply.db.stats"])
         d = reply_body(rep)
-        self.assertEqual(d["data"], [["h1", 5]])
+        # `select fn(...)` as the original: one column holding the function's record.
+        self.assertEqual(d["data"], [[["h1", "5"]]])
         self.assertEqual((d["rowcount"], d["ident"]), (1, "x1"))
         self.assertEqual(d["statusmessage"], "SELECT 1")
         rows = yield threads.deferToThread(self._rows)
@@ -115,7 +116,7 @@ class DatabaseHandlerTests(ServerMixin, TestCase):
         srv = self.server(handler="dbhandler")
         msg = body("db", function=f"{self.schema}.add", params={"h": "h2", "n": 3}, **{"return": "one"})
         (rep,) = yield self.ask(srv, [[b"", b"db", msg, b""]])
-        self.assertEqual(reply_body(rep)["data"], ["h2", 3])
+        self.assertEqual(reply_body(rep)["data"], [["h2", "3"]])
 
     @defer.inlineCallbacks
     def test_return_json_makes_the_function_result_the_reply(self) -> Any:

@@ -121,3 +121,19 @@ class FilterDelayDisposerTests(ServerMixin, TestCase):
                                       [b"", b"echo.request", body("echo.request"), b""]])
         self.assertEqual(rep[1], b"echo.response")
         self.assertEqual(srv.handlers["x"].disposed, 1)
+
+
+class TailWriterRotationTests(TestCase):
+    def test_rotations_in_the_same_second_keep_every_chunk(self) -> None:
+        from ccnet.cc.handlers.tailwriter import append_chunk
+
+        root = Path(self.mktemp()).absolute()
+        root.mkdir()
+        dst = root / "host" / "app.log"
+        # Two sources alternating on one destination force a rotation at every chunk.
+        for i in range(8):
+            source = (1, 100 + i % 2)
+            status, _ = append_chunk(root, dst, f"chunk{i}\n".encode(), 0, *source)
+            self.assertEqual(status, "written")
+        kept = sorted(p.read_text() for p in dst.parent.iterdir() if not p.name.endswith((".pos", ".new")))
+        self.assertEqual(kept, [f"chunk{i}\n" for i in range(8)])

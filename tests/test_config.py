@@ -105,6 +105,9 @@ class ConfigErrorTests(unittest.TestCase):
     def test_bad_metrics_endpoint(self) -> None:
         self.assertConfigError("[metrics]\nlisten = ssl:abc\n", "metrics", "listen", "PORT")
 
+    def test_metrics_listener_is_plain_http(self) -> None:
+        self.assertConfigError("[metrics]\nlisten = ssl:9100\n", "metrics", "listen", "plain tcp:")
+
     def test_relative_paths_resolve_against_the_config_folder(self) -> None:
         ini = IniFile.from_string("[ccnet]\nstate-dir = var\nusers = users.conf\n", self.folder / "x.ini")
         (self.folder / "users.conf").write_text("")

@@ -47,6 +47,9 @@ class WireFormTests(unittest.TestCase):
         text = '{"__dCls": "Popen", "__dMod": "subprocess", "args": "true"}'
         self.assertRaises(CodecError, decode, text)
 
+    def test_absurdly_nested_args_are_a_codec_error(self) -> None:
+        self.assertRaises(CodecError, decode, "[" * 200000 + "]" * 200000)
+
     def test_registered_class_round_trips(self) -> None:
         codec = JCodec([Point])
         p = Point()

@@ -178,6 +178,9 @@ class CredentialTests(unittest.TestCase):
         self.assertRaises(CredentialsError, build_credentials, ident("gateway", "Hosts"), USERS,
                           ["/C=IT/O=ccnet/OU=Clients/CN=alice", "wheel"])
 
+    def test_hosts_extra_credentials_refused_for_a_user(self) -> None:
+        self.assertRaises(CredentialsError, build_credentials, ident("alice"), USERS, "hosts")
+
     def test_hosts_extra_credentials_make_a_host_group(self) -> None:
         cred = build_credentials(ident("gateway", "Hosts"), USERS, "hosts").cred_dict
         self.assertEqual(cred["group"], "hosts")

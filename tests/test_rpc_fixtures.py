@@ -45,6 +45,11 @@ properties = NormalUser
 dn = {ADMIN_DN}
 group = dirac_admin
 properties = NormalUser, CSAdministrator
+
+[user:gateway]
+dn = /C=IT/O=ccnet/OU=Servers/CN=server
+group = hosts
+properties = TrustedHost
 """
 
 # RFC 3820 proxyCertInfo, policy languages.

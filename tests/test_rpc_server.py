@@ -206,11 +206,11 @@ class StatusCodeTests(unittest.TestCase):
 class TrustedHeaderTests(unittest.TestCase):
     """trust-ssl-headers: a TLS-terminating proxy passes the client certificate on."""
 
-    async def _whoami_with_admin_header(self, site: RPCSite) -> Any:
+    async def _whoami_with_admin_header(self, site: RPCSite, sender: str = "server") -> Any:
         from urllib.parse import quote
 
         pem = quote(site.pki.cert("admin").read_text())
-        agent = client_agent(site, "client")
+        agent = client_agent(site, sender)
         response = await treq.post(
             site.url(), data={"method": "whoami"}, agent=agent,
             headers={"X-SSL-CERT": pem, "X-Ssl_client_verify": "SUCCESS"},
@@ -221,7 +221,12 @@ class TrustedHeaderTests(unittest.TestCase):
         trusting = start_rpc_site(self, SERVICES, rpc_options="trust-ssl-headers = yes")
         self.assertEqual((await self._whoami_with_admin_header(trusting))["Value"]["DN"], ADMIN_DN)
         default = start_rpc_site(self, SERVICES)
-        self.assertEqual((await self._whoami_with_admin_header(default))["Value"]["DN"], CLIENT_DN)
+        self.assertEqual((await self._whoami_with_admin_header(default, "client"))["Value"]["DN"], CLIENT_DN)
+
+    async def test_header_from_a_peer_without_trusted_host_is_ignored(self) -> None:
+        trusting = start_rpc_site(self, SERVICES, rpc_options="trust-ssl-headers = yes")
+        body = await self._whoami_with_admin_header(trusting, "client")
+        self.assertEqual(body["Value"]["DN"], CLIENT_DN)
 
 
 class AnonymousListenerTests(unittest.TestCase):

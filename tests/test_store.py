@@ -113,3 +113,21 @@ class StoreURLTests(unittest.TestCase):
         self.addCleanup(store.close)
         d = store.run("SELECT 1")
         return self.assertFailure(d, Exception)
+
+
+class MigrationAtomicityTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_failed_migration_leaves_nothing_behind(self) -> Any:
+        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'm.db'}", reactor)
+        self.addCleanup(store.close)
+        broken = ["CREATE TABLE a (x TEXT)", "CREATE TABLE b (oops"]
+        yield self.assertFailure(store.migrate("atomic", broken), Exception)
+        fixed = ["CREATE TABLE a (x TEXT)", "CREATE TABLE b (y TEXT)"]
+        version = yield store.migrate("atomic", fixed)
+        self.assertEqual(version, 2)
+
+    def test_passwords_are_not_shown(self) -> None:
+        from ccnet.store import redact_url
+
+        self.assertEqual(redact_url("postgresql://u:s3cret@db/x"), "postgresql://u:***@db/x")
+        self.assertEqual(redact_url("postgresql://u@db/x"), "postgresql://u@db/x")

@@ -153,6 +153,32 @@ class TLSListenerTests(unittest.TestCase):
         yield self.assertFailure(deferToThread(connect_12), ssl.SSLError)
 
     @defer.inlineCallbacks
+    def test_session_reuse_still_identifies_the_client(self) -> Any:
+        import socket
+        import ssl
+
+        port = yield self.listen(material(self.pki))
+
+        def two_connections() -> list[Any]:
+            ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+            ctx.load_cert_chain(*self.pki.pair("client"))
+            session = None
+            identities = []
+            for _ in range(2):
+                with socket.create_connection(("127.0.0.1", port)) as raw:
+                    with ctx.wrap_socket(raw, server_hostname="127.0.0.1", session=session) as tls:
+                        tls.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                        data = b""
+                        while chunk := tls.recv(65536):
+                            data += chunk
+                        session = tls.session
+                identities.append(json.loads(data.split(b"\r\n\r\n", 1)[1])["identity"])
+            return identities
+
+        identities = yield deferToThread(two_connections)
+        self.assertEqual(identities, ["/C=IT/O=ccnet/OU=Clients/CN=client"] * 2)
+
+    @defer.inlineCallbacks
     def test_client_rejects_server_with_wrong_host_name(self) -> Any:
         port = yield self.listen(material(self.pki, "wronghost"))
         agent = https_agent(reactor, material(self.pki, "client"))

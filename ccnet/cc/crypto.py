@@ -191,6 +191,21 @@ def _find_signer_cert(sid: Any, certs: list[x509.Certificate]) -> x509.Certifica
     raise CryptoError("signer certificate not included in the signature")
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    """Only a CA certificate may vouch for another (as ``openssl cms -verify`` insists)."""
+    try:
+        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not basic.ca:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return bool(usage.key_cert_sign)
+
+
 def _check_chain(
     leaf: x509.Certificate, pool: list[x509.Certificate], cas: list[x509.Certificate], now: datetime
 ) -> tuple[datetime, datetime]:
@@ -209,7 +224,7 @@ def _check_chain(
                 except (ValueError, TypeError, InvalidSignature):
                     continue
                 return start, end
-        parents = [p for p in pool if p.subject == cert.issuer and p != cert]
+        parents = [p for p in pool if p.subject == cert.issuer and p != cert and _is_ca(p)]
         for p in parents:
             try:
                 cert.verify_directly_issued_by(p)

@@ -246,9 +246,10 @@ class Outbox:
             for w in waiters:
                 w.callback(None)
 
-        def failed(f: Any) -> None:
+        def failed(f: Any) -> Any:
             self._writes.discard(d)
             log.failure("mPlane component cannot store a message for the supervisor", f)
+            return f  # the caller must know: an unstored message is not queued
 
         d.addCallbacks(stored, failed)
         return d
@@ -433,6 +434,7 @@ class SupervisorLink(service.Service):
             d.addCallback(lambda _: log.info(
                 "mPlane component: {kind} for {token} queued for the supervisor ({n} waiting)",
                 kind=msg.kind, token=job.token, n=len(self.outbox)))
+        d.addErrback(lambda _: None)  # logged by put(); the journal reports the job after a restart
 
     # -- delivery ------------------------------------------------------------
 
@@ -458,7 +460,14 @@ class SupervisorLink(service.Service):
                 if code != 200:
                     log.warn("mPlane supervisor refused the message for {token}: {error}; dropped",
                              token=item.token, error=HTTPStatusError(code, body))
-                await self.outbox.remove(item)
+                try:
+                    await self.outbox.remove(item)
+                except Exception as exc:
+                    # Delivered but not yet forgotten: keep the loop alive and try again.
+                    log.warn("mPlane component cannot drop a delivered message: {error}", error=str(exc))
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.cfg.retry_max)
+                    continue
                 self.delivered += 1
                 backoff = self.cfg.retry_min
             else:

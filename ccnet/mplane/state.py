@@ -112,12 +112,14 @@ class WriteBatcher:
                     cursor.execute(sql(statement), params)
 
         def done(result: Any) -> None:
-            self._busy = False
+            # Still busy while the waiters run: a write() they make must queue, not start a
+            # second transaction beside ours (it could commit out of order).
             for _, d in batch:
                 if isinstance(result, Failure):
                     d.errback(result)
                 else:
                     d.callback(None)
+            self._busy = False
             if self._pending:
                 self._flush()
 
@@ -220,6 +222,9 @@ class SupervisorState:
         self.on_work: Callable[[str], None] | None = None
         self.counters: dict[str, int] = {"registrations": 0, "specifications": 0, "results": 0,
                                          "exceptions": 0, "denied": 0}
+        #: (event, capability label) -> count, for /metrics; labels come from accepted
+        #: capabilities only, so clients cannot grow the label set.
+        self.by_capability: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ persistence
 
@@ -297,6 +302,18 @@ class SupervisorState:
         if self.on_work is not None:
             self.on_work(component)
 
+    def _count(self, event: str, label: str | None) -> None:
+        key = (event, label or "-")
+        self.by_capability[key] = self.by_capability.get(key, 0) + 1
+
+    def queue_depths(self) -> dict[str, int]:
+        """Specifications waiting to be handed to each component (not yet sent)."""
+        depths: dict[str, int] = {}
+        for m in self.measurements.values():
+            if m.state == QUEUED:
+                depths[m.component] = depths.get(m.component, 0) + 1
+        return depths
+
     # ------------------------------------------------------------------ component side
 
     def may_register(self, peer: Peer) -> bool:
@@ -339,6 +356,8 @@ class SupervisorState:
             outcome[name] = {"registered": "ok"}
         await self.batcher.write([self._component_op(comp)] + [self._capability_op(r) for r in changed])
         self.counters["registrations"] += len(changed)
+        for r in changed:
+            self._count("registrations", r.label)
         return outcome
 
     async def withdraw(self, peer: Peer, msg: Statement) -> int:
@@ -400,6 +419,7 @@ class SupervisorState:
                 done = end is None or end.timestamp() <= now
                 m.state, m.reply, m.updated = (DONE if done else RUNNING), msg, now
                 self.counters["results"] += 1
+                self._count("results", m.spec.label)
                 await self._save_measurement(m)
                 return None
             # A batch of separate replies: store each.
@@ -413,12 +433,14 @@ class SupervisorState:
         if isinstance(msg, ExceptionMessage):
             m.state, m.reply = FAILED, msg
             self.counters["exceptions"] += 1
+            self._count("exceptions", m.spec.label)
         elif isinstance(msg, Statement) and msg.kind == "receipt":
             if m.state not in FINAL:
                 m.state = RUNNING
         elif isinstance(msg, Statement) and msg.kind == "result":
             m.state, m.reply = DONE, msg
             self.counters["results"] += 1
+            self._count("results", m.spec.label)
         else:
             return f"expected a receipt, result or exception, got a {msg.kind}"
         m.updated = now
@@ -499,6 +521,7 @@ class SupervisorState:
         self._by_client[(peer.identity, token)] = mid
         await self._save_measurement(m)
         self.counters["specifications"] += 1
+        self._count("specifications", chosen.label)
         self._wake(chosen.component)
         return m.receipt()
 

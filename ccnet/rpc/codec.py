@@ -105,6 +105,8 @@ class JCodec:
             raise
         except (ValueError, TypeError, KeyError, binascii.Error) as e:
             raise CodecError(f"invalid JEncode data: {e}") from e
+        except RecursionError:
+            raise CodecError("invalid JEncode data: nested too deeply") from None
 
     def _object_hook(self, data: dict[str, Any]) -> Any:
         kind = data.get(_CLASS_KEY)

@@ -129,7 +129,10 @@ def build_credentials(
             # The delegating host vouches for one group: rules see only that one.
             record = dataclasses.replace(delegated, group=group, groups=frozenset({group}))
     elif extra_credentials == HOSTS_GROUP and record is not None:
-        record = dataclasses.replace(record, group=HOSTS_GROUP, groups=record.groups | {HOSTS_GROUP})
+        # DIRAC: only a registered host may act as a host; a user asking for it is refused.
+        if HOSTS_GROUP not in record.groups:
+            raise CredentialsError('extraCredentials "hosts" is only for host certificates')
+        record = dataclasses.replace(record, group=HOSTS_GROUP)
     elif extra_credentials is not None and not isinstance(extra_credentials, str):
         raise CredentialsError("extraCredentials must be \"hosts\" or [DN, group]")
 

@@ -39,6 +39,7 @@ from twisted.web.resource import Resource
 
 from ccnet.identity import Identity, UserMap
 from ccnet.rpc.codec import CodecError, encode
+from ccnet.rpc.credentials import TRUSTED_HOST
 from ccnet.rpc.dispatch import CallPlan, CallRequest, plan_call
 from ccnet.rpc.result import (
     S_ERROR,
@@ -103,7 +104,7 @@ class RPCRequest(server.Request):
             and not self.body_too_large
         ):
             self.content.seek(0)
-            self._form = parse_qs(self.content.read(), keep_blank_values=True)
+            self._form = _parse_form(self.content.read())
             self.content.seek(0)
             # Hidden from twisted.web's own body parsing, put back before rendering.
             self._form_type = ctype
@@ -137,6 +138,16 @@ class RPCRequest(server.Request):
             self.content = _Discard()  # type: ignore[assignment]
             return
         super().handleContentChunk(data)
+
+
+def _parse_form(raw: bytes) -> dict[bytes, list[bytes]]:
+    """``parse_qs`` for bytes that survives any %-escaped byte.
+
+    ``parse_qs(bytes)`` re-encodes each value as ASCII and raises on ``%C3%AD`` (UTF-8
+    text), which dropped the connection without a reply; latin-1 maps bytes 1:1 both ways.
+    """
+    form = parse_qs(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+    return {k.encode("latin-1"): [v.encode("latin-1") for v in vs] for k, vs in form.items()}
 
 
 class RPCSite(server.Site):
@@ -179,6 +190,8 @@ class RPCResource(Resource):
         self._base_url = base_url or _url_from_request
         self._clock = clock
         self._leaf = _CallResource(self)
+        #: Told (service, method, status, seconds) once per call; the daemon feeds /metrics.
+        self.on_call: Callable[[str, str, int, float], None] | None = None
 
     def make_site(self) -> RPCSite:
         """The Site to serve this resource with (body limit, fast form parsing, one log line)."""
@@ -195,11 +208,17 @@ class RPCResource(Resource):
 
     # -- helpers used by the leaf ----------------------------------------------------
     def identity(self, request: server.Request) -> Identity | None:
-        if self._trust_ssl_headers:
+        peer = request_identity(request)
+        if self._trust_ssl_headers and self._vouches(peer):
             forwarded = _identity_from_headers(request)
             if forwarded is not None:
                 return forwarded
-        return request_identity(request)
+        return peer
+
+    def _vouches(self, peer: Identity | None) -> bool:
+        """Only a TLS peer mapped with TrustedHost (the proxy itself) may forward a client."""
+        record = self._users().lookup(peer) if peer is not None else None
+        return record is not None and TRUSTED_HOST in record.properties
 
 
 class _CallResource(Resource):
@@ -428,6 +447,8 @@ class _Call:
 
     def _log(self, status: int, note: str = "") -> None:
         elapsed = (self.root._clock() - self.started) * 1000.0
+        if self.root.on_call is not None:
+            self.root.on_call(self.service, self.method, status, elapsed / 1000.0)
         peer = _peer(self.request)
         # The text is built once here (cheaper than re-parsing a many-field format per
         # event); the fields stay in the event for JSON logs and filters.

@@ -102,7 +102,7 @@ def build_call(p: dict[str, Any], allowed: Sequence[str]) -> DBCall:
     if isinstance(params, list):
         if len(params) > _MAX_PARAMS:
             raise HandlerError(f"too many params (at most {_MAX_PARAMS})")
-        sql = f"select * from {qfn}({', '.join(['%s'] * len(params))})"
+        sql = f"select {qfn}({', '.join(['%s'] * len(params))})"  # as CC's dbhandler
         args: Any = [_jsonish(v) for v in params]
     elif isinstance(params, dict):
         if len(params) > _MAX_PARAMS:
@@ -110,7 +110,7 @@ def build_call(p: dict[str, Any], allowed: Sequence[str]) -> DBCall:
         for k in params:
             if not _PARAM_KEY.match(k):
                 raise HandlerError(f"param name {k!r} is not [A-Za-z0-9_]+")
-        sql = f"select * from {qfn}({', '.join(f'{k} := %({k})s' for k in params)})"
+        sql = f"select {qfn}({', '.join(f'{k} := %({k})s' for k in params)})"
         args = {k: _jsonish(v) for k, v in params.items()}
     else:
         raise HandlerError("field 'params' must be a list, an object or a JSON string of one")

@@ -62,8 +62,18 @@ def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino:
     expected = int(pos.get("next", 0)) if same_source else 0
     status = "written"
     if pos and not same_source and dst.exists():
-        suffix = time.strftime(".%Y-%m-%d_%H-%M-%S")
-        os.replace(dst, dst.with_name(dst.name + suffix))
+        # Keep the previous file under a name that is never reused: two rotations in one
+        # second must not overwrite each other's (acknowledged) data.
+        rotated = dst.with_name(dst.name + time.strftime(".%Y-%m-%d_%H-%M-%S"))
+        serial = 0
+        while True:
+            try:
+                os.link(dst, rotated)
+                break
+            except FileExistsError:
+                serial += 1
+                rotated = rotated.with_name(f"{rotated.name.split('~')[0]}~{serial}")
+        os.unlink(dst)
     elif same_source and fpos < expected:
         if fpos + len(data) <= expected:
             return "duplicate", expected
