@@ -362,6 +362,8 @@ class DaemonConfig:
     users: Path | None
     hostname: str
     shutdown_grace: float
+    idle_timeout: float = 75.0
+    write_stall: float = 120.0
 
 
 @dataclass(frozen=True)
@@ -442,6 +444,8 @@ def _parse_daemon(ini: IniFile) -> DaemonConfig:
         users=sect.get_readable_file("users", None),
         hostname=sect.get_str("hostname", socket.gethostname()),
         shutdown_grace=sect.get_float("shutdown-grace", 10.0, minimum=0),
+        idle_timeout=sect.get_float("idle-timeout", 75.0, minimum=1),
+        write_stall=sect.get_float("write-stall", 120.0, minimum=1),
     )
     sect.finish()
     return cfg

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import importlib
+import io
 import os
 import signal
+import struct
+import termios
 from typing import Any
 
 from twisted.application import service
@@ -13,31 +17,135 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import Request, Site
 
 from ccnet import __version__, sdnotify
 from ccnet.config import Config, ListenSpec, parse_listen
 from ccnet.identity import UserMap
 from ccnet.runtime import Runtime
 from ccnet.store import Store
-from ccnet.tls import ServerTLS, TLSMaterial
+from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
 from ccnet.web import HealthResource, access_log_line
 
-__all__ = ["CCNetService", "ListenerService", "make_service"]
+__all__ = ["IDLE_TIMEOUT", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
 
 log = Logger()
+
+#: Seconds an HTTP(S) connection may sit without sending a byte (TLS handshake included:
+#: the HTTP channel's timer starts when the TCP connection is accepted). Bounds what
+#: slow or stuck clients can hold. twisted.web pauses the timer while a request is being
+#: answered, so long-polls and slow calls are not cut by it.
+IDLE_TIMEOUT = 75.0
+
+#: Seconds a connection may have reply bytes waiting without the peer taking any: a client
+#: that stops reading is disconnected (its memory is bounded anyway, its socket is not).
+WRITE_STALL = 120.0
+
+#: Body limit of HTTPS sites whose protocol module sets no ``MAX_BODY``.
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+
+def _tls_failure_reason(reason: Failure) -> str | None:
+    """OpenSSL's short reason for a handshake that failed (``wrong version number``, ...)."""
+    from OpenSSL import SSL
+
+    if not reason.check(SSL.Error):
+        return None
+    errors = reason.value.args[0] if reason.value.args else None
+    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and len(errors[-1]) == 3:
+        return str(errors[-1][2]) or "TLS error"
+    return "TLS error"
+
+
+class BoundedRequest(Request):
+    """A request whose body may not exceed ``max_body`` bytes.
+
+    Plain twisted.web spools any body to a temporary file before the resource can look
+    at it, so a client could fill the disk. This answers 413 and closes the connection
+    as soon as the announced length (or the chunked body so far) is over the limit.
+    """
+
+    max_body = 16 * 1024 * 1024
+    _refused = False
+    _seen = 0
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
+        if length is not None and length > self.max_body:
+            self._refuse()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+        if self._refused:
+            return
+        self._seen += len(data)
+        if self._seen > self.max_body:
+            self._refuse()
+            return
+        super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if not self._refused:
+            super().process()
+
+    def _refuse(self) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        if self.content is not None:
+            self.content.close()
+        self.content = io.BytesIO()  # type: ignore[assignment]
+        body = b"request body too large\n"
+        transport: Any = self.channel.transport
+        # Written raw (as twisted.web's own 400 for broken requests): the request has
+        # not been parsed yet, and the connection is closed right after.
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/plain\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        transport.loseConnection()
+
+
+def bounded_request(max_body: int) -> type[BoundedRequest]:
+    return type("BoundedRequest", (BoundedRequest,), {"max_body": max_body})
+
+
+class _TrackingProtocol(policies.ProtocolWrapper):
+    #: (send-progress mark, when first seen) while reply bytes are waiting; see WRITE_STALL.
+    _ccnet_stall: Any = None
+    #: Reply bytes written so far (before TLS): grows whenever the reply makes progress.
+    _ccnet_written = 0
+
+    def write(self, data: bytes) -> None:
+        self._ccnet_written += len(data)
+        super().write(data)
+
+    def writeSequence(self, data: Any) -> None:  # noqa: N802 (Twisted API)
+        data = list(data)
+        self._ccnet_written += sum(len(d) for d in data)
+        super().writeSequence(data)
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
+        why = _tls_failure_reason(reason)
+        # Certificate rejections are counted, with the finer X509 reason, by ServerTLS.
+        if why is not None and why != "certificate verify failed":
+            failures = self.factory.handshake_failures
+            failures[why] = failures.get(why, 0) + 1
+        super().connectionLost(reason)
 
 
 class _TrackingFactory(policies.WrappingFactory):
     """Knows the open connections, so stopping can drain them."""
 
-    protocol = policies.ProtocolWrapper
+    protocol = _TrackingProtocol
 
     noisy = False
 
     def __init__(self, wrapped: Any) -> None:
         super().__init__(wrapped)
         self.drained: list[defer.Deferred[None]] = []
+        #: TLS handshakes that failed for another reason than the client certificate.
+        self.handshake_failures: dict[str, int] = {}
 
     def unregisterProtocol(self, p: Any) -> None:  # noqa: N802 (Twisted API)
         super().unregisterProtocol(p)
@@ -52,6 +160,31 @@ class _TrackingFactory(policies.WrappingFactory):
         d: defer.Deferred[None] = defer.Deferred()
         self.drained.append(d)
         return d
+
+
+def _socket_transport(protocol: Any) -> Any:
+    """The TCP transport under ``protocol`` (through the TLS layer when there is one)."""
+    transport = getattr(protocol, "transport", None)
+    for _ in range(4):
+        if transport is None or hasattr(transport, "dataBuffer"):
+            return transport
+        transport = getattr(transport, "transport", None)
+    return None
+
+
+def _kernel_unsent(transport: Any) -> int:
+    """Bytes in the socket's send queue not yet taken by the peer (Linux TIOCOUTQ), or -1."""
+    try:
+        raw = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError, ValueError):
+        return -1
+    return int(struct.unpack("i", raw)[0])
+
+
+def _pending(transport: Any) -> int:
+    """Bytes the TCP transport still holds for the peer (Twisted's FileDescriptor buffers)."""
+    buffered = len(getattr(transport, "dataBuffer", b""))
+    return buffered - int(getattr(transport, "offset", 0)) + int(getattr(transport, "_tempDataLen", 0))
 
 
 def _idle(protocol: Any) -> bool:
@@ -69,12 +202,14 @@ class ListenerService(service.Service):
     """
 
     def __init__(self, reactor: Any, name: str, spec: ListenSpec, factory: Any, tls: ServerTLS | None,
-                 grace: float = 10.0) -> None:
+                 grace: float = 10.0, write_stall: float | None = None) -> None:
         self.setName(name)
         self.reactor = reactor
         self.spec = spec
         self.tls = tls
         self.grace = grace
+        self.write_stall = WRITE_STALL if write_stall is None else write_stall
+        self._stalls: task.LoopingCall | None = None
         self.connections = _TrackingFactory(factory)
         self.factory = tls.wrap(self.connections) if (spec.tls and tls is not None) else self.connections
         self.port: Any = None
@@ -84,11 +219,44 @@ class ListenerService(service.Service):
     def address(self) -> Any:
         return self.port.getHost() if self.port is not None else None
 
+    @property
+    def up(self) -> bool:
+        """Listening right now (False before the bind and once stopping began)."""
+        return self.port is not None and bool(self.running)
+
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
         endpoint = endpoints.serverFromString(self.reactor, self.spec.endpoint)
         d = endpoint.listen(self.factory)
         d.addCallbacks(self._listening, self._failed)
+        if self.write_stall > 0:
+            self._stalls = task.LoopingCall(self._cut_stalled)
+            self._stalls.clock = self.reactor
+            self._stalls.start(max(0.05, self.write_stall / 4), now=False)
+
+    def _cut_stalled(self) -> None:
+        """Abort connections whose peer has taken none of the waiting reply bytes for
+        ``write_stall`` seconds (checked every quarter of it)."""
+        now = self.reactor.seconds()
+        for protocol in list(self.connections.protocols):
+            transport = _socket_transport(protocol)
+            if transport is None:
+                continue
+            pending = _pending(transport)
+            # Any progress changes the mark: more reply written (monotonic), or the peer
+            # taking bytes (from Twisted's buffer or the kernel's send queue, which only
+            # shrink between writes).
+            mark = (getattr(protocol, "_ccnet_written", 0), pending, _kernel_unsent(transport))
+            seen = getattr(protocol, "_ccnet_stall", None)
+            if pending <= 0:
+                protocol._ccnet_stall = None
+            elif seen is None or seen[0] != mark:
+                protocol._ccnet_stall = (mark, now)
+            elif now - seen[1] >= self.write_stall:
+                log.warn("{listener}: peer {peer} took none of {pending} reply bytes for {stall}s, disconnecting",
+                         listener=self.name, peer=str(transport.getPeer()), pending=pending,
+                         stall=self.write_stall)
+                transport.abortConnection()
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -114,6 +282,8 @@ class ListenerService(service.Service):
     @defer.inlineCallbacks
     def stopService(self) -> Any:  # noqa: N802 (Twisted API)
         super().stopService()
+        if self._stalls is not None and self._stalls.running:
+            self._stalls.stop()
         if self.port is not None:
             port, self.port = self.port, None
             yield port.stopListening()
@@ -196,20 +366,30 @@ class CCNetService(service.MultiService):
     def reload(self) -> None:
         """SIGHUP: re-read TLS material, the users mapping and whatever parts registered."""
         runtime = self.runtime
+        # Read and check everything first, then swap: a bad edit in one file must not
+        # leave the daemon half on new settings and half on old ones.
         try:
             if runtime.tls is not None:
-                runtime.tls.reload()
-            if runtime.config.daemon.users is not None:
-                runtime.users = UserMap.load(runtime.config.daemon.users)
-            for hook in runtime.reload_hooks:
-                hook()
+                check_tls_files(runtime.tls.cfg)
+            users = UserMap.load(runtime.config.daemon.users) if runtime.config.daemon.users else None
         except Exception as exc:
-            # Keep serving with what we had: a bad edit must not take the daemon down.
             log.failure("reload failed, keeping the previous settings: {error}", error=str(exc))
             return
+        if runtime.tls is not None:
+            runtime.tls.reload()
+        if users is not None:
+            runtime.users = users
+        for hook in runtime.reload_hooks:
+            try:
+                hook()
+            except Exception as exc:
+                # Each part reloads all-or-nothing; TLS and users above are already new.
+                log.failure("reload of {part} failed, it keeps its previous settings: {error}",
+                            part=getattr(hook, "__qualname__", repr(hook)), error=str(exc))
         log.info("ccnet reloaded")
 
-    def stopService(self) -> defer.Deferred[None]:  # noqa: N802 (Twisted API)
+    @defer.inlineCallbacks
+    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
         # twistd re-raises SIGTERM after a clean shutdown (exit status -15); a daemon that
         # drained and stopped as asked exits 0, which is what systemd and scripts expect.
         if getattr(self.runtime.reactor, "_exitSignal", None) == signal.SIGTERM:
@@ -219,9 +399,29 @@ class CCNetService(service.MultiService):
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None
-        d = defer.maybeDeferred(super().stopService)
-        d.addBoth(lambda _: self.runtime.store.close())
-        return d
+        # Listeners first, and wait for their in-flight requests: the parts behind them
+        # (thread pools, the supervisor's state, CC handlers) must still be there to answer.
+        # Then the rest stop (flushing their queues), and the store closes last.
+        draining = [defer.maybeDeferred(listener.stopService)
+                    for listener in self.listeners.values() if listener.running]
+        yield defer.DeferredList(draining, consumeErrors=True)
+        try:
+            yield defer.maybeDeferred(super().stopService)
+        finally:
+            yield self.runtime.store.close()
+            log.info("ccnet stopped")
+
+
+def _cc_routes_reloader(server: Any, path: Any) -> Any:
+    def reload_routes() -> None:
+        from ccnet.cc.config import parse as parse_cc
+        from ccnet.config import IniFile
+
+        new = parse_cc(IniFile.load(path))
+        if new is not None:
+            server.reload_routes(new)
+
+    return reload_routes
 
 
 def _build(module: str, runtime: Runtime, cfg: Any) -> Any:
@@ -242,20 +442,26 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
     )
     root = CCNetService(runtime)
     services = config.enabled_services()
+    idle_timeout = config.daemon.idle_timeout
+    creators: dict[str, ServerTLS] = {}
 
-    def https(name: str, resource: Resource, listen: str) -> None:
+    def https(name: str, resource: Resource, listen: str, max_body: int) -> None:
         resource.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
         spec = parse_listen(listen)
         creator = tls.server(config.anonymous.get(name, False), name) if tls is not None else None
+        if creator is not None:
+            creators[name] = creator
         # A protocol may bring its own Site (e.g. RPC: early 413, lean form parsing).
         if hasattr(resource, "make_site"):
             site = resource.make_site()
         else:
-            site = Site(resource, logFormatter=access_log_line)
+            site = Site(resource, requestFactory=bounded_request(max_body), logFormatter=access_log_line)
         site.displayTracebacks = False
         site.noisy = False
+        site.timeOut = idle_timeout
         root.add_listener(
-            ListenerService(reactor, name, spec, site, creator, config.daemon.shutdown_grace)
+            ListenerService(reactor, name, spec, site, creator, config.daemon.shutdown_grace,
+                            config.daemon.write_stall)
         )
 
     for name, module in (("supervisor", "ccnet.mplane.supervisor"), ("rpc", "ccnet.rpc.server")):
@@ -265,19 +471,80 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         resource, extra = _build(module, runtime, cfg)
         for svc in extra:
             svc.setServiceParent(root)
-        https(name, resource, cfg.listen)
+        https(name, resource, cfg.listen,
+              getattr(importlib.import_module(module), "MAX_BODY", DEFAULT_MAX_BODY))
+    def adopt(svc: Any) -> None:
+        if isinstance(svc, ListenerService):
+            root.add_listener(svc)
+        else:
+            svc.setServiceParent(root)
+
     if config.cc is not None:
         for svc in _build("ccnet.cc.server", runtime, config.cc):
-            svc.setServiceParent(root)
+            adopt(svc)
+            server = getattr(svc, "server", None)
+            if hasattr(server, "reload_routes"):
+                runtime.on_reload(_cc_routes_reloader(server, config.cc.path))
     if config.component is not None:
         for svc in _build("ccnet.mplane.component", runtime, config.component):
-            svc.setServiceParent(root)
+            adopt(svc)
     if config.metrics is not None:
         metrics_root = _build("ccnet.metrics", runtime, config.metrics)
         metrics_root.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
-        site = Site(metrics_root, logFormatter=access_log_line)
+        # Operations endpoints are GET only: no body worth more than a few bytes.
+        site = Site(metrics_root, requestFactory=bounded_request(64 * 1024), logFormatter=access_log_line)
         site.noisy = False
+        site.timeOut = idle_timeout
         root.add_listener(
-            ListenerService(reactor, "metrics", parse_listen(config.metrics.listen), site, None)
+            ListenerService(reactor, "metrics", parse_listen(config.metrics.listen), site, None,
+                            config.daemon.shutdown_grace, config.daemon.write_stall)
         )
+        if hasattr(metrics_root, "watch_listeners"):
+            metrics_root.watch_listeners(lambda: listener_states(root))
+        runtime.register_metrics("daemon", daemon_metrics(root, store, creators))
     return root
+
+
+def listener_states(root: CCNetService) -> dict[str, bool]:
+    """Every listening part by name: True while it accepts connections.
+
+    HTTPS/HTTP listeners are ours; the CC proxy binds its ZeroMQ ROUTER itself, so it
+    counts as up while its service runs with a bound socket.
+    """
+    states = {name: listener.up for name, listener in root.listeners.items()}
+    for svc in root:
+        server = getattr(svc, "server", None)
+        if server is not None and hasattr(server, "endpoint") and hasattr(server, "socket"):
+            states[str(svc.name)] = bool(svc.running and server.socket is not None)
+    return states
+
+
+def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerTLS]) -> Any:
+    """The daemon-wide series: listeners, connections, TLS rejections, store latency."""
+    from ccnet.metrics import Counter, Gauge, Histogram, render
+
+    store_latency = Histogram("ccnet_store_seconds", "Store interaction latency.", ["outcome"])
+    store.observer = lambda seconds, ok: store_latency.observe(seconds, "ok" if ok else "error")
+    listening = Gauge(
+        "ccnet_listener_up", "1 while the listener accepts connections.", ["listener"],
+        source=lambda: [((n, ), 1 if up else 0) for n, up in listener_states(root).items()],
+    )
+    connections = Gauge(
+        "ccnet_listener_connections", "Open connections per listener.", ["listener"],
+        source=lambda: [((n, ), len(s.connections.protocols)) for n, s in root.listeners.items()],
+    )
+
+    def render_all() -> str:
+        rejected = Counter("ccnet_tls_handshake_failures_total",
+                           "Failed TLS handshakes by listener and reason (certificate reasons from "
+                           "the X509 check, others from OpenSSL).", ["listener", "reason"])
+        for name, creator in sorted(creators.items()):
+            for reason, n in sorted(creator.rejections.items()):
+                rejected.inc(name, reason, amount=n)
+            listener = root.listeners.get(name)
+            if listener is not None:
+                for reason, n in sorted(listener.connections.handshake_failures.items()):
+                    rejected.inc(name, reason, amount=n)
+        return render([listening, connections, rejected, store_latency])
+
+    return render_all

@@ -175,6 +175,34 @@ class InfoWriterHandlerTests(ServerMixin, TestCase):
         self.assertEqual(srv.stats.totals["count.crashed"], 0)
 
     @defer.inlineCallbacks
+    def test_disk_full_gives_error_replies_and_keeps_the_old_file(self) -> Any:
+        import subprocess
+
+        dst = Path(self.mktemp()).absolute()
+        dst.mkdir(parents=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(dst)],
+                                 capture_output=True, text=True)
+        if mounted.returncode != 0:
+            raise self.skipTest(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+        self.addCleanup(subprocess.run, ["umount", "-l", str(dst)], capture_output=True)
+        srv = self.start_server(CC.format(dst=dst, extra="host-subdirs = yes"))
+        old = os.urandom(60_000)
+        (rep,) = yield self.ask(srv, [info("f", 1.0, old)])
+        self.assertEqual(reply_body(rep)["status"], "written")
+        # Newer version too big for what is left: refused, the previous one untouched.
+        (rep,) = yield self.ask(srv, [info("f", 2.0, os.urandom(400_000))])
+        self.assertEqual(rep[1], b"error")
+        self.assertIn("No space left", reply_body(rep)["msg"])
+        self.assertEqual((dst / "me" / "f").read_bytes(), old)
+        self.assertEqual([p.name for p in (dst / "me").iterdir()], ["f"])  # no temp file left
+        # Once space is back, the same writer keeps serving.
+        small = b"small enough"
+        (rep,) = yield self.ask(srv, [info("g", 3.0, small)])
+        self.assertEqual(reply_body(rep)["status"], "written")
+        self.assertEqual((dst / "me" / "g").read_bytes(), small)
+        self.assertEqual(srv.stats.totals["count.crashed"], 0)
+
+    @defer.inlineCallbacks
     def test_discovery_is_kept_per_host(self) -> Any:
         srv, dst = self.server()
         (rep,) = yield self.ask(srv, [[b"", b"pub.discovery", body("pub.discovery", facts={"os": "Linux"}), b""]])

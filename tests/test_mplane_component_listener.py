@@ -33,7 +33,7 @@ class ListeningComponentTests(unittest.TestCase):
             """)
         yield self.comp.start()
         self.addCleanup(self.comp.stop)
-        yield self.comp.top.services[0].listening
+        yield self.comp.listeners[0].listening
         self.url = f"https://localhost:{self.comp.listener_port()}"
 
     def client(self, name: str = "client") -> MPlaneClient:

@@ -42,6 +42,7 @@ class Component:
         self.cfg = cfg
         self.name = name
         self.top: Any = None
+        self.listeners: list[Any] = []
 
     @defer.inlineCallbacks
     def start(self) -> Any:
@@ -50,8 +51,11 @@ class Component:
         self.store = Store.open(f"sqlite:///{self.folder / 'component.db'}", reactor)
         runtime = SimpleNamespace(reactor=reactor, store=self.store, tls=material(test_pki(), self.name),
                                   users=UserMap.empty(), version="test")
-        (self.top,) = compmod.build(runtime, self.cfg)
+        self.top, *self.listeners = compmod.build(runtime, self.cfg)
         self.top.startService()
+        for listener in self.listeners:
+            listener.startService()
+            yield listener.listening
         yield self.top.ready
         self.core = self.top.core
         self.link = next((s for s in self.top if isinstance(s, compmod.SupervisorLink)), None)
@@ -59,13 +63,15 @@ class Component:
     @defer.inlineCallbacks
     def stop(self) -> Any:
         if self.top is not None and self.top.running:
+            for listener in self.listeners:
+                yield listener.stopService()
             yield self.top.stopService()
             yield self.store.close()
 
     def listener_port(self) -> int:
         from ccnet.service import ListenerService
 
-        svc = next(s for s in self.top if isinstance(s, ListenerService))
+        svc = next(s for s in self.listeners if isinstance(s, ListenerService))
         return int(svc.address.port)
 
 

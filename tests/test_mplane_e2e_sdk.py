@@ -58,7 +58,7 @@ class SDKClientTests(unittest.TestCase):
         comp = Component(self.folder / "comp", None, extra="listen = ssl:0:interface=127.0.0.1\n")
         yield comp.start()
         self.addCleanup(comp.stop)
-        yield comp.top.services[0].listening
+        yield comp.listeners[0].listening
         url = f"https://localhost:{comp.listener_port()}/capability"
         out = yield deferToThread(run_sdk_client, self.python, test_pki(), url, "ping-average-ip4", "now + 2s / 1s")
         self.check_result(out)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket as _socket
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 import zmq
@@ -131,6 +132,20 @@ class CCServer:
         if self._owns_factory and self.zmq_factory is not None:
             self.zmq_factory.shutdown()
             self.zmq_factory = None
+
+    def reload_routes(self, new: CCConfig) -> None:
+        """SIGHUP: adopt ``new``'s [routes] without touching the socket or the handlers.
+
+        Adding or removing handler sections needs a restart; routes naming a section this
+        proxy does not run are refused (ValueError) and the old routes stay.
+        """
+        missing = sorted({s for _, secs in new.routes.routes for s in secs} - set(self.handlers))
+        if missing:
+            raise ValueError(
+                f"[routes] names handler sections not running here: {', '.join(missing)} (restart to add them)"
+            )
+        self.config = replace(self.config, routes=new.routes)
+        log.info("cc routes reloaded: {n} patterns", n=len(new.routes.routes))
 
     def log_stats(self) -> None:
         period = self.stats.take_period()

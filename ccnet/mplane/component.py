@@ -611,6 +611,7 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
     core = ComponentCore(reactor, probes, policy, lambda: runtime.users)
     outbox = Outbox(runtime.store) if cfg.supervisor else None
     top = ComponentService(core, outbox)
+    parts: list[Any] = [top]
     if cfg.supervisor and outbox is not None:
         SupervisorLink(core, cfg, outbox, reactor, runtime.tls).setServiceParent(top)
     if cfg.listen:
@@ -619,12 +620,14 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
         site = Site(ListenerResource(core))
         site.noisy = False
         spec = parse_listen(cfg.listen)
-        ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component")).setServiceParent(top)
+        # Returned beside the component so the daemon counts it as one of its listeners
+        # (READY=1, /ready, draining on stop).
+        parts.append(ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component")))
     if callable(getattr(runtime, "register_metrics", None)):
         runtime.register_metrics("mplane-component", lambda: component_metrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),
              probes=", ".join(p.name for p in probes))
-    return [top]
+    return parts
 
 
 def component_metrics(top: ComponentService) -> str:

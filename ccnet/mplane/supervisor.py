@@ -484,6 +484,8 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
 
     if hasattr(runtime, "on_reload"):
         runtime.on_reload(reload_policy)
+    if callable(getattr(runtime, "register_metrics", None)):
+        runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
     resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
     services: list[Any] = [svc]
     if cfg.components:
@@ -495,6 +497,26 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
                                         refresh=max(1.0, cfg.component_refresh),
                                         redeem_every=max(0.05, cfg.redeem_interval)))
     return resource, services
+
+
+def supervisor_metrics(state: SupervisorState) -> str:
+    """Prometheus text for the supervisor: events by capability, queues, sizes."""
+    from ccnet.metrics import Counter, Gauge, render
+
+    events = Counter("ccnet_mplane_events_total",
+                     "Registrations, specifications, results and exceptions by capability.",
+                     ["event", "capability"])
+    for (event, label), n in sorted(state.by_capability.items()):
+        events.inc(event, label, amount=n)
+    denied = Counter("ccnet_mplane_denied_total", "Specifications refused (no capability visible).")
+    denied.inc(amount=state.counters.get("denied", 0))
+    queued = Gauge("ccnet_mplane_queue_depth", "Specifications not yet handed to the component.",
+                   ["component"], source=lambda: [((c,), n) for c, n in state.queue_depths().items()])
+    sizes = Gauge("ccnet_mplane_objects", "Components, capabilities and measurements held.", ["kind"])
+    sizes.set(len(state.components), "components")
+    sizes.set(len(state.capabilities), "capabilities")
+    sizes.set(len(state.measurements), "measurements")
+    return render([events, denied, queued, sizes])
 
 
 def _parse_registry(raw: bytes, url: str, registries: RegistryStore) -> Any:

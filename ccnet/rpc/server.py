@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,35 @@ class ThreadPoolService(Service):
     def stopService(self) -> None:  # noqa: N802 (Twisted API)
         super().stopService()
         self.pool.stop()
+
+
+def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
+    """Count calls by service/method/status and time them; the source for ``/metrics``.
+
+    Methods are counted under the name the client sent only when the service exports
+    it, so a client cannot grow the label set without bound.
+    """
+    from ccnet.metrics import Counter, Gauge, Histogram, render
+
+    calls = Counter("ccnet_rpc_calls_total", "RPC calls by service, method and HTTP status.",
+                    ["service", "method", "status"])
+    latency = Histogram("ccnet_rpc_call_seconds", "RPC call latency.", ["service", "method"])
+    queued = Gauge("ccnet_rpc_threadpool_queue_depth", "Blocking calls waiting for a thread.",
+                   source=lambda: [((), pool.q.qsize())])
+    busy = Gauge("ccnet_rpc_threadpool_busy", "Threads running blocking calls.",
+                 source=lambda: [((), len(pool.working))])
+
+    def on_call(service: str, method: str, status: int, seconds: float) -> None:
+        mounted = resource.services.get(service)
+        if mounted is None:
+            service, method = "-", "-"
+        elif mounted.table.get(method) is None:
+            method = "-"
+        calls.inc(service, method, status)
+        latency.observe(seconds, service, method)
+
+    resource.on_call = on_call
+    return lambda: render([calls, latency, queued, busy])
 
 
 def build_resource(
@@ -88,5 +118,8 @@ def build(runtime: Any, cfg: RPCConfig) -> tuple[RPCResource, list[IService]]:
     """Entry point for ``ccnet.service``: (site root resource, services to start)."""
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
+    register = getattr(runtime, "register_metrics", None)
+    if callable(register):
+        register("rpc", rpc_metrics(resource, pool))
     services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
     return resource, services

@@ -113,11 +113,16 @@ def write_atomic(dstdir: Path, dst: Path, body: bytes, mtime: float, bakext: str
         if st.st_mtime_ns >= mtime_ns:
             return "skipped"
     tmp = dst.with_name(dst.name + ".new")
-    with open(tmp, "wb") as f:
-        f.write(body)
-        f.flush()
-        os.fsync(f.fileno())
-    os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.utime(tmp, ns=(mtime_ns, mtime_ns))
+    except OSError as exc:
+        # Disk full, quota, I/O error: the previous version stays as it was, nothing half-written.
+        tmp.unlink(missing_ok=True)
+        raise HandlerError(f"cannot write {dst.name}: {exc.strerror}") from None
     if bakext and dst.exists():
         bak = dst.with_name(dst.name + bakext)
         try:

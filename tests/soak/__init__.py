@@ -1,0 +1,1 @@
+"""Long runs, only with CCNET_SOAK=1 (``make soak``)."""

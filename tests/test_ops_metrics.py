@@ -1,0 +1,171 @@
+"""``[metrics]``: the Prometheus text an operator scrapes, and ``/ready`` telling the truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import requests
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+from twisted.web.test.requesthelper import DummyRequest
+
+from ccnet.config import IniFile, parse_config
+from ccnet.metrics import Counter, Gauge, Histogram, ReadyResource, render
+from ccnet.service import make_service
+from tests.support import test_pki, tls_section
+from tests.test_ops_support import SPEC, OpsDaemon, tls_get
+
+
+class PrometheusTextTests(unittest.TestCase):
+    def test_counter_lines_carry_escaped_labels(self) -> None:
+        c = Counter("x_total", "Things.", ["who"])
+        c.inc('a"b\\c\nd')
+        c.inc('a"b\\c\nd', amount=2)
+        text = render([c])
+        self.assertIn("# TYPE x_total counter", text)
+        self.assertIn('x_total{who="a\\"b\\\\c\\nd"} 3', text)
+
+    def test_unlabelled_counter_is_exposed_as_zero_before_first_event(self) -> None:
+        self.assertIn("\ny_total 0\n", render([Counter("y_total", "Y.")]))
+
+    def test_histogram_buckets_are_cumulative_with_sum_and_count(self) -> None:
+        h = Histogram("lat_seconds", "Latency.", ["op"], buckets=(0.1, 1.0))
+        for v in (0.05, 0.5, 5.0):
+            h.observe(v, "get")
+        lines = render([h]).splitlines()
+        self.assertIn('lat_seconds_bucket{op="get",le="0.1"} 1', lines)
+        self.assertIn('lat_seconds_bucket{op="get",le="1.0"} 2', lines)
+        self.assertIn('lat_seconds_bucket{op="get",le="+Inf"} 3', lines)
+        self.assertIn('lat_seconds_sum{op="get"} 5.55', lines)
+        self.assertIn('lat_seconds_count{op="get"} 3', lines)
+
+    def test_gauge_reads_its_source_when_rendered(self) -> None:
+        depth = {"q": 1}
+        g = Gauge("depth", "Depth.", ["queue"], source=lambda: [(("q",), depth["q"])])
+        depth["q"] = 7
+        self.assertIn('depth{queue="q"} 7', render([g]))
+
+    def test_wrong_label_count_is_a_programming_error(self) -> None:
+        with self.assertRaises(ValueError):
+            Counter("z_total", "Z.", ["a", "b"]).inc("only-one")
+
+
+class _Store:
+    def __init__(self, answer: Any) -> None:
+        self.answer = answer
+
+    def ping(self) -> Any:
+        return self.answer
+
+
+class _Runtime:
+    def __init__(self, store: Any, clock: Any = reactor) -> None:
+        self.store = store
+        self.reactor = clock
+
+
+def _ready(resource: ReadyResource) -> tuple[int, dict[str, Any]]:
+    request = DummyRequest([b""])
+    resource.render_GET(request)  # type: ignore[arg-type]
+    return request.responseCode or 200, json.loads(b"".join(request.written))
+
+
+class ReadyResourceTests(unittest.TestCase):
+    def test_ready_when_store_answers_and_every_listener_listens(self) -> None:
+        code, body = _ready(ReadyResource(_Runtime(_Store(True)), lambda: {"rpc": True, "cc": True}))
+        self.assertEqual((code, body), (200, {"ready": True, "store": True}))
+
+    def test_503_names_the_listener_that_is_not_listening(self) -> None:
+        code, body = _ready(ReadyResource(_Runtime(_Store(True)), lambda: {"rpc": False, "metrics": True}))
+        self.assertEqual(code, 503)
+        self.assertEqual(body, {"ready": False, "store": True, "not_listening": ["rpc"]})
+
+    def test_503_when_the_store_fails(self) -> None:
+        code, body = _ready(ReadyResource(_Runtime(_Store(defer.fail(OSError("gone")))), dict))
+        self.assertEqual((code, body["store"]), (503, False))
+
+    def test_503_when_the_store_hangs_past_the_probe_timeout(self) -> None:
+        clock = task.Clock()
+        resource = ReadyResource(_Runtime(_Store(defer.Deferred()), clock), dict, store_timeout=5)
+        request = DummyRequest([b""])
+        resource.render_GET(request)  # type: ignore[arg-type]
+        self.assertEqual(request.written, [])
+        clock.advance(5)
+        self.assertEqual(request.responseCode, 503)
+
+
+class InProcessReadyTests(unittest.TestCase):
+    """make_service wires /ready to the real listeners and store."""
+
+    @defer.inlineCallbacks
+    def test_ready_turns_503_when_a_listener_stops_and_when_the_store_closes(self) -> Any:
+        pki = test_pki()
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir()
+        text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(pki)
+                + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
+                + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
+        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.ready
+        url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/ready"
+        first = yield deferToThread(requests.get, url, timeout=10)
+        self.assertEqual(first.status_code, 200)
+        yield service.listeners["rpc"].stopService()
+        second = yield deferToThread(requests.get, url, timeout=10)
+        self.assertEqual((second.status_code, second.json()["not_listening"]), (503, ["rpc"]))
+        yield service.runtime.store.close()
+        third = yield deferToThread(requests.get, url, timeout=10)
+        self.assertEqual((third.status_code, third.json()["store"]), (503, False))
+
+
+class DaemonMetricsTests(unittest.TestCase):
+    """One real daemon with every protocol: each one's series show up after traffic."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_metrics_cover_every_protocol_tls_failures_and_the_store(self) -> Any:
+        pki = test_pki()
+        d = OpsDaemon(pki, Path(self.mktemp()).absolute())
+        self.addCleanup(d.stop)
+
+        def traffic() -> str:
+            assert d.rpc("Framework/Notebook", "set", "metrics-key", "v").json()["OK"]
+            d.rpc("Framework/Notebook", "noSuchMethod")
+            d.rpc("Framework/Notebook", "x" * 40)
+            assert d.register_ping().status_code == 200
+            assert d.mplane("POST", "register/specification", SPEC).status_code == 200
+            assert d.cc_echo() == "echo.response"
+            assert tls_get(pki, d.port("rpc"), "expired") == 0
+            assert tls_get(pki, d.port("supervisor"), "revoked") == 0
+            assert tls_get(pki, d.port("rpc"), None) == 0
+            return d.metrics()
+
+        text = yield deferToThread(traffic)
+        for line in (
+            'ccnet_rpc_calls_total{service="Framework/Notebook",method="set",status="200"} 1',
+            # Unknown method names collapse to "-": clients cannot grow the label set.
+            'ccnet_rpc_calls_total{service="Framework/Notebook",method="-",status="501"} 2',
+            'ccnet_rpc_call_seconds_count{service="Framework/Notebook",method="set"} 1',
+            'ccnet_mplane_events_total{event="registrations",capability="ping-average-ip4"} 1',
+            'ccnet_mplane_events_total{event="specifications",capability="ping-average-ip4"} 1',
+            'ccnet_mplane_queue_depth{component="IT.ccnet.Components.component"} 1',
+            'ccnet_cc_messages_total{outcome="ok",type="echo.request"} 1',
+            'ccnet_tls_handshake_failures_total{listener="rpc",reason="certificate has expired"} 1',
+            'ccnet_tls_handshake_failures_total{listener="supervisor",reason="certificate revoked"} 1',
+            'ccnet_tls_handshake_failures_total{listener="rpc",reason="peer did not return a certificate"} 1',
+            'ccnet_listener_up{listener="rpc"} 1',
+            'ccnet_listener_up{listener="cc"} 1',
+        ):
+            self.assertIn(line, text)
+        for family in ("ccnet_store_seconds_bucket{outcome=\"ok\"", "ccnet_cc_latency_seconds_bucket",
+                       "ccnet_rpc_threadpool_queue_depth", "ccnet_process_resident_memory_bytes",
+                       "ccnet_process_open_fds", 'ccnet_info{version="'):
+            self.assertIn(family, text)
+        ready = yield deferToThread(requests.get, d.url("metrics", "/ready"), timeout=10)
+        self.assertEqual((ready.status_code, ready.json()), (200, {"ready": True, "store": True}))
