@@ -13,35 +13,11 @@ import zmq
 from twisted.internet import defer, reactor, task, threads
 
 from ccnet.cc.config import parse
-from ccnet.cc.message import make_body
 from ccnet.cc.server import CCServer
 from ccnet.config import IniFile
+from tests.test_cc_server import body, exchange  # noqa: F401 (shared with the handler tests)
 
 _CTX = zmq.Context.instance()
-
-
-def body(req: str, **extra: Any) -> bytes:
-    return json.dumps(make_body(req, extra, hostname="client", now=time.time())).encode()
-
-
-def exchange(endpoint: str, messages: list[list[bytes]], replies: int, timeout: float = 5.0) -> list[list[bytes]]:
-    """Plain pyzmq DEALER: send, collect up to ``replies`` answers (run in a thread)."""
-    s = _CTX.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
-    s.connect(endpoint)
-    try:
-        for m in messages:
-            s.send_multipart(m)
-        out = []
-        for _ in range(replies):
-            try:
-                out.append(s.recv_multipart())
-            except zmq.Again:
-                break
-        return out
-    finally:
-        s.close()
 
 
 def reply_body(frames: list[bytes]) -> dict[str, Any]:

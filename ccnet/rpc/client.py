@@ -16,8 +16,7 @@ failures proving the call never reached a server move on (see :mod:`.clientcore`
 from __future__ import annotations
 
 import errno
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,10 +35,8 @@ from zope.interface import implementer
 from ccnet.rpc.clientcore import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
-    URLRotation,
-    call_fields,
+    RPCClientBase,
     decode_reply,
-    service_urls,
 )
 from ccnet.rpc.codec import JCodec
 from ccnet.rpc.result import S_ERROR, S_OK
@@ -131,7 +128,7 @@ def _tls_failure(failure: Failure) -> bool:
     return any(r.check(SSL.Error) for r in reasons)
 
 
-class RPCClient:
+class RPCClient(RPCClientBase):
     """A DIRAC ``TornadoClient`` for the reactor: every call returns a Deferred of a dict."""
 
     def __init__(
@@ -153,20 +150,14 @@ class RPCClient:
             from twisted.internet import reactor as default_reactor
 
             reactor = default_reactor
-        if ca is None:
-            raise ValueError("ca= (a CA bundle file or folder) is required to verify the server")
-        self.urls = service_urls(url_or_urls)
-        self.rotation = URLRotation(self.urls)
-        self.timeout = timeout
-        self.clientVO = clientVO
-        self.extraCredentials = extraCredentials
-        self.codec = codec or JCodec()
+        super().__init__(url_or_urls, ca=ca, timeout=timeout, clientVO=clientVO,
+                         extraCredentials=extraCredentials, codec=codec)
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
         self._pool.maxPersistentPerHost = 16
         self._agent = Agent(
             reactor,
-            contextFactory=_Policy(ClientCredentials(cert, key, ca)),
+            contextFactory=_Policy(ClientCredentials(cert, key, ca)),  # type: ignore[arg-type]  # checked by the base
             connectTimeout=connect_timeout,
             pool=self._pool,
         )
@@ -182,25 +173,11 @@ class RPCClient:
         fields = self._fields("streamToClient", args, raw=True)
         return defer.ensureDeferred(self._call("streamToClient", fields, dest))
 
-    def __getattr__(self, name: str) -> Callable[..., Deferred[dict[str, Any]]]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return functools.partial(self.executeRPC, name)
-
     def close(self) -> Deferred[None]:
         """Close kept-alive connections (call before the reactor stops, e.g. in tests)."""
         return self._pool.closeCachedConnections()
 
     # -- internals --------------------------------------------------------------------
-    def _fields(self, method: str, args: tuple[Any, ...], raw: bool) -> dict[str, str]:
-        return call_fields(
-            method,
-            args,
-            self.codec,
-            client_vo=self.clientVO,
-            extra_credentials=self.extraCredentials,
-            raw_content=raw,
-        )
 
     async def _call(
         self, method: str, fields: dict[str, str], dest: str | Path | IO[bytes] | None

@@ -9,7 +9,8 @@ HTTP 503) move on to the next URL: a call that may have run is never sent twice.
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ccnet.rpc.codec import CodecError, JCodec
@@ -17,6 +18,7 @@ from ccnet.rpc.result import S_ERROR, isReturnStructure, strip_private
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "RPCClientBase",
     "RETRY_STATUSES",
     "URLRotation",
     "call_fields",
@@ -85,6 +87,45 @@ def call_fields(
     if raw_content:
         fields["rawContent"] = "True"
     return fields
+
+
+class RPCClientBase:
+    """Settings and call shaping shared by the reactor client and the blocking one."""
+
+    def __init__(
+        self,
+        url_or_urls: str | Iterable[str],
+        *,
+        ca: Any,
+        timeout: float,
+        clientVO: str | None,  # noqa: N803 (DIRAC keyword)
+        extraCredentials: Any,  # noqa: N803 (DIRAC keyword)
+        codec: JCodec | None,
+    ) -> None:
+        if ca is None:
+            raise ValueError("ca= (a CA bundle file or folder) is required to verify the server")
+        self.urls = service_urls(url_or_urls)
+        self.rotation = URLRotation(self.urls)
+        self.timeout = timeout
+        self.clientVO = clientVO
+        self.extraCredentials = extraCredentials
+        self.codec = codec or JCodec()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        # client.whoami() is sugar for client.executeRPC("whoami"), as in DIRAC.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return functools.partial(self.executeRPC, name)  # type: ignore[attr-defined]
+
+    def _fields(self, method: str, args: tuple[Any, ...], raw: bool) -> dict[str, str]:
+        return call_fields(
+            method,
+            args,
+            self.codec,
+            client_vo=self.clientVO,
+            extra_credentials=self.extraCredentials,
+            raw_content=raw,
+        )
 
 
 def _fallback_message(status: int, url: str, method: str) -> dict[str, Any]:

@@ -14,8 +14,7 @@ No reactor is involved: each call blocks until the reply (or the timeout).
 from __future__ import annotations
 
 import errno
-import functools
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,10 +23,8 @@ import requests
 from ccnet.rpc.clientcore import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
-    URLRotation,
-    call_fields,
+    RPCClientBase,
     decode_reply,
-    service_urls,
 )
 from ccnet.rpc.codec import JCodec
 from ccnet.rpc.result import S_ERROR, S_OK
@@ -37,7 +34,7 @@ __all__ = ["SyncRPCClient"]
 _CHUNK = 64 * 1024
 
 
-class SyncRPCClient:
+class SyncRPCClient(RPCClientBase):
     """A blocking DIRAC-style RPC client with URL failover and a keep-alive session."""
 
     def __init__(
@@ -53,15 +50,9 @@ class SyncRPCClient:
         extraCredentials: Any = None,  # noqa: N803 (DIRAC keyword)
         codec: JCodec | None = None,
     ) -> None:
-        if ca is None:
-            raise ValueError("ca= (a CA bundle file or folder) is required to verify the server")
-        self.urls = service_urls(url_or_urls)
-        self.rotation = URLRotation(self.urls)
-        self.timeout = timeout
+        super().__init__(url_or_urls, ca=ca, timeout=timeout, clientVO=clientVO,
+                         extraCredentials=extraCredentials, codec=codec)
         self.connect_timeout = connect_timeout
-        self.clientVO = clientVO
-        self.extraCredentials = extraCredentials
-        self.codec = codec or JCodec()
         self._session = requests.Session()
         # Passed on every call: a session-level verify loses to $REQUESTS_CA_BUNDLE.
         self._verify = str(ca)
@@ -78,10 +69,6 @@ class SyncRPCClient:
         """``streamToClient(*args)`` streamed into ``dest`` (path or binary file object)."""
         return self._call("streamToClient", self._fields("streamToClient", args, raw=True), dest)
 
-    def __getattr__(self, name: str) -> Callable[..., dict[str, Any]]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return functools.partial(self.executeRPC, name)
 
     def close(self) -> None:
         self._session.close()
@@ -92,15 +79,6 @@ class SyncRPCClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _fields(self, method: str, args: tuple[Any, ...], raw: bool) -> dict[str, str]:
-        return call_fields(
-            method,
-            args,
-            self.codec,
-            client_vo=self.clientVO,
-            extra_credentials=self.extraCredentials,
-            raw_content=raw,
-        )
 
     def _call(self, method: str, fields: dict[str, str], dest: str | Path | IO[bytes] | None) -> dict[str, Any]:
         problems: list[str] = []
