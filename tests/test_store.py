@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,7 @@ class StoreBehaviour:
     """Mixed into one TestCase per backend."""
 
     store: Store
-
-    def open_store(self) -> Store:
-        raise NotImplementedError  # each backend's TestCase opens its own store
+    open_store: Callable[[], Store]  # each backend's TestCase says how to open its store
 
     def setUp(self) -> Any:
         self.store = self.open_store()
