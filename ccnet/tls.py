@@ -220,8 +220,11 @@ class TLSMaterial:
         )
 
     def client_options(self, hostname: str) -> Any:
+        # Intermediates go along, so peers that trust only the root can build the chain.
+        extra = {"extraCertChain": [crypto.X509.from_cryptography(c) for c in self._loaded.cert_chain[1:]]}
         return ssl.optionsForClientTLS(
-            hostname, trustRoot=self.trust_root(), clientCertificate=self.client_certificate()
+            hostname, trustRoot=self.trust_root(), clientCertificate=self.client_certificate(),
+            extraCertificateOptions=extra,
         )
 
 

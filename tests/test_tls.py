@@ -209,3 +209,64 @@ class TLSListenerTests(unittest.TestCase):
         server.reload()
         response = yield self.get(port, "client")
         self.assertEqual(response.status_code, 200)
+
+
+class IntermediateChainTests(unittest.TestCase):
+    """A client certificate issued by an intermediate CA: the chain is sent along."""
+
+    @defer.inlineCallbacks
+    def test_client_sends_its_intermediate_to_a_root_only_server(self) -> Any:
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        pki = test_pki()
+        root_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+        root_key = serialization.load_pem_private_key(pki.pki.ca_key_path.read_bytes(), None)
+        now = dt.datetime.now(dt.UTC)
+
+        def issue(subject: str, issuer: x509.Certificate, issuer_key: Any, ca: bool) -> tuple[Any, Any]:
+            key = ec.generate_private_key(ec.SECP256R1())
+            builder = (
+                x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                .issuer_name(issuer.subject if issuer is not None else None)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(minutes=5))
+                .not_valid_after(now + dt.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            )
+            if not ca:
+                builder = builder.add_extension(
+                    x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            return builder.sign(issuer_key, hashes.SHA256()), key
+
+        inter, inter_key = issue("ccnet intermediate", root_cert, root_key, True)
+        leaf, leaf_key = issue("chained-client", inter, inter_key, False)
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        pem = serialization.Encoding.PEM
+        (folder / "client.crt").write_bytes(leaf.public_bytes(pem) + inter.public_bytes(pem))
+        (folder / "client.key").write_bytes(leaf_key.private_bytes(
+            pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+        # No CRL here: with CRL checking on, the intermediate's own CRL would be required too.
+        server = material(pki, crl=False)
+        root = Resource()
+        root.putChild(b"health", HealthResource("test", ["rpc"]))
+        listener = ListenerService(reactor, "chain", parse_listen("ssl:0:interface=127.0.0.1"),
+                                   Site(root), server.server(False, "chain"))
+        listener.startService()
+        yield listener.listening
+        self.addCleanup(listener.stopService)
+        client = TLSMaterial(TLSConfig(ca=pki.ca_cert, cert=folder / "client.crt", key=folder / "client.key",
+                                       crl=None, min_version="1.2", allow_proxies=False))
+        agent = https_agent(reactor, client)
+        response = yield treq.get(f"https://127.0.0.1:{listener.address.port}/health", agent=agent)
+        body = json.loads((yield response.content()))
+        self.assertEqual(body["identity"], "/CN=chained-client")
+        yield agent._pool.closeCachedConnections()
