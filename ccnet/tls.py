@@ -97,21 +97,22 @@ def check_tls_files(cfg: TLSConfig) -> None:
     if ours != theirs:
         raise ValueError("key", f"the private key matching the certificate {cfg.cert}")
     if cfg.crl is not None:
-        data = _read(cfg.crl)
         try:
-            if b"-----BEGIN" in data:
-                x509.load_pem_x509_crl(data)
-            else:
-                x509.load_der_x509_crl(data)
+            _load_crls(cfg.crl)
         except ValueError:
-            raise ValueError("crl", f"a PEM or DER CRL in {cfg.crl}") from None
+            raise ValueError("crl", f"PEM or DER CRLs in {cfg.crl}") from None
 
 
-def _load_crl(path: Path) -> x509.CertificateRevocationList:
+def _load_crls(path: Path) -> list[x509.CertificateRevocationList]:
+    """Every CRL in the file: one DER CRL, or PEM blocks (the root's and intermediates')."""
     data = _read(path)
-    if b"-----BEGIN" in data:
-        return x509.load_pem_x509_crl(data)
-    return x509.load_der_x509_crl(data)
+    if b"-----BEGIN" not in data:
+        return [x509.load_der_x509_crl(data)]
+    marker = b"-----BEGIN X509 CRL-----"
+    blocks = [marker + part for part in data.split(marker)[1:]]
+    if not blocks:
+        raise ValueError("no CRL in the file")
+    return [x509.load_pem_x509_crl(block) for block in blocks]
 
 
 @dataclass
@@ -119,7 +120,7 @@ class _Loaded:
     cert_chain: list[x509.Certificate]
     key_pem: bytes
     ca_certs: list[x509.Certificate]
-    crl: x509.CertificateRevocationList | None
+    crls: list[x509.CertificateRevocationList]
 
 
 class TLSMaterial:
@@ -136,7 +137,7 @@ class TLSMaterial:
             cert_chain=x509.load_pem_x509_certificates(_read(self.cfg.cert)),
             key_pem=_read(self.cfg.key),
             ca_certs=x509.load_pem_x509_certificates(_read(self.cfg.ca)),
-            crl=_load_crl(self.cfg.crl) if self.cfg.crl else None,
+            crls=_load_crls(self.cfg.crl) if self.cfg.crl else [],
         )
 
     @property
@@ -184,8 +185,9 @@ class TLSMaterial:
         for ca in loaded.ca_certs:
             store.add_cert(crypto.X509.from_cryptography(ca))
         flags = 0
-        if loaded.crl is not None:
-            store.add_crl(loaded.crl)
+        for crl in loaded.crls:
+            store.add_crl(crl)
+        if loaded.crls:
             flags |= crypto.X509StoreFlags.CRL_CHECK
         if self.cfg.allow_proxies:
             flags |= crypto.X509StoreFlags.ALLOW_PROXY_CERTS

@@ -214,8 +214,14 @@ class TLSListenerTests(unittest.TestCase):
 class IntermediateChainTests(unittest.TestCase):
     """A client certificate issued by an intermediate CA: the chain is sent along."""
 
-    @defer.inlineCallbacks
     def test_client_sends_its_intermediate_to_a_root_only_server(self) -> Any:
+        return self.check_chain(with_crls=False)
+
+    def test_crl_file_may_hold_the_intermediate_crl_too(self) -> Any:
+        return self.check_chain(with_crls=True)
+
+    @defer.inlineCallbacks
+    def check_chain(self, with_crls: bool) -> Any:
         import datetime as dt
 
         from cryptography import x509
@@ -254,8 +260,20 @@ class IntermediateChainTests(unittest.TestCase):
         (folder / "client.key").write_bytes(leaf_key.private_bytes(
             pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 
-        # No CRL here: with CRL checking on, the intermediate's own CRL would be required too.
-        server = material(pki, crl=False)
+        if with_crls:
+            # With CRL checking on, the intermediate's own CRL must be in the file too.
+            crl = (
+                x509.CertificateRevocationListBuilder()
+                .issuer_name(inter.subject)
+                .last_update(now - dt.timedelta(minutes=5))
+                .next_update(now + dt.timedelta(days=1))
+                .sign(inter_key, hashes.SHA256())
+            )
+            (folder / "crls.pem").write_bytes(pki.crl.read_bytes() + crl.public_bytes(pem))
+            server = TLSMaterial(TLSConfig(ca=pki.ca_cert, cert=pki.cert("server"), key=pki.key("server"),
+                                           crl=folder / "crls.pem", min_version="1.2", allow_proxies=False))
+        else:
+            server = material(pki, crl=False)
         root = Resource()
         root.putChild(b"health", HealthResource("test", ["rpc"]))
         listener = ListenerService(reactor, "chain", parse_listen("ssl:0:interface=127.0.0.1"),
