@@ -104,6 +104,14 @@ class ProbeConfigTests(unittest.TestCase):
         core = next(c for c in tstat.capabilities() if c.label == "tstat-log_tcp_complete-core")
         self.assertEqual(len(core.results), 42)
 
+    def test_tstat_offers_the_ri_p2p_and_layer7_sets_with_the_ri_columns(self) -> None:
+        caps = {c.label: c for c in tstat.capabilities()}
+        self.assertEqual(caps["tstat-log_tcp_complete-p2p_stats"].results,
+                         ["p2p.subtype", "ed2k.data", "ed2k.signaling", "ed2k.i2r", "ed2k.r2i", "ed2k.chat"])
+        self.assertEqual(caps["tstat-log_tcp_complete-layer7"].results,
+                         ["initiator.psh_separated", "responder.psh_separated", "ssl.hello.client",
+                          "ssl.hello.server"])
+
 
 class PingRunTests(unittest.TestCase):
     timeout = 30
@@ -174,6 +182,49 @@ class TstatParsingTests(unittest.TestCase):
         with self.assertRaises(tstat.ProbeError) as ctx:
             tstat.rows_for("tstat-log_tcp_complete-end_to_end", flows)
         self.assertIn("runtime.conf", str(ctx.exception))
+
+    def extended_log(self, extra: list[str]) -> list[dict[str, str]]:
+        """The recorded core + end-to-end flow with more set columns appended; each added value
+        is its column's name in angle brackets (a parser check, not a measurement)."""
+        lines = (SAMPLE / "log_tcp_complete_2014_05_14_23_44.log").read_text().splitlines()
+        header = lines[0] + "".join(f" {name}:{57 + i}" for i, name in enumerate(extra))
+        row = lines[1] + "".join(f" <{name}>" for name in extra)
+        return tstat.parse_log(header + "\n" + row + "\n")
+
+    def test_p2p_set_columns_are_read_by_tstat_header_names(self) -> None:
+        flows = self.extended_log(["p2p_st", "ed2k_data", "ed2k_sig", "ed2k_c2s", "ed2k_c2c", "ed2k_chat"])
+        rows = tstat.rows_for("tstat-log_tcp_complete-p2p_stats", flows)
+        self.assertEqual(rows, [["<p2p_st>", "<ed2k_data>", "<ed2k_sig>", "<ed2k_c2s>", "<ed2k_c2c>",
+                                 "<ed2k_chat>"]])
+
+    def test_layer7_set_columns_are_picked_out_of_tstat_3_layout(self) -> None:
+        # tstat 3.x Layer7 set order: HTTP counters first, then PSH, TLS, DNS columns.
+        layer7 = ["http_req_cnt", "http_res_cnt", "http_res", "c_pkts_push", "s_pkts_push", "c_tls_SNI",
+                  "s_tls_SCN", "c_npnalpn", "s_npnalpn", "c_tls_sesid"]
+        rows = tstat.rows_for("tstat-log_tcp_complete-layer7", self.extended_log(layer7))
+        self.assertEqual(rows, [["<c_pkts_push>", "<s_pkts_push>", "<c_tls_SNI>", "<s_tls_SCN>"]])
+
+    def test_layer7_accepts_the_older_c_ssl_s_ssl_header_names(self) -> None:
+        flows = self.extended_log(["c_pkts_push", "s_pkts_push", "c_ssl", "s_ssl"])
+        rows = tstat.rows_for("tstat-log_tcp_complete-layer7", flows)
+        self.assertEqual(rows, [["<c_pkts_push>", "<s_pkts_push>", "<c_ssl>", "<s_ssl>"]])
+
+    def test_recorded_sample_lacks_p2p_and_layer7_sets_and_says_so(self) -> None:
+        for label, column in (("tstat-log_tcp_complete-p2p_stats", "p2p_st"),
+                              ("tstat-log_tcp_complete-layer7", "c_pkts_push")):
+            with self.assertRaises(tstat.ProbeError) as ctx:
+                tstat.rows_for(label, self.flows())
+            self.assertIn(column, str(ctx.exception))
+            self.assertIn("runtime.conf", str(ctx.exception))
+
+    def test_p2p_and_layer7_switch_their_runtime_conf_flags(self) -> None:
+        text = "log_tcp_complete = 0\ntcplog_p2p = 0\ntcplog_layer7 = 0\n"
+        p2p, _ = tstat.CAPABILITY_SETS["tstat-log_tcp_complete-p2p_stats"]
+        layer7, _ = tstat.CAPABILITY_SETS["tstat-log_tcp_complete-layer7"]
+        self.assertEqual(tstat.set_runtime_flags(text, p2p, True),
+                         "log_tcp_complete = 1\ntcplog_p2p = 1\ntcplog_layer7 = 0\n")
+        self.assertEqual(tstat.set_runtime_flags(text, layer7, True),
+                         "log_tcp_complete = 1\ntcplog_p2p = 0\ntcplog_layer7 = 1\n")
 
     def test_runtime_conf_flags_switch_without_touching_other_lines(self) -> None:
         text = "[log]\nlog_tcp_complete = 0 # core\ntcplog_end_to_end = 0\nhistogram_engine = 10\n"

@@ -2,8 +2,10 @@
 
 Capabilities (RI labels and result columns): ``tstat-log_tcp_complete-core`` (one row
 per TCP flow: addresses, ports, packet/byte counters, timings, classification),
-``tstat-log_tcp_complete-end_to_end`` (RTT and TTL statistics) and
-``tstat-log_tcp_complete-tcp_options``; ``when = now ... future``.
+``tstat-log_tcp_complete-end_to_end`` (RTT and TTL statistics),
+``tstat-log_tcp_complete-tcp_options``, ``tstat-log_tcp_complete-p2p_stats`` (tstat's P2P
+set: subtype and ED2K message counts) and ``tstat-log_tcp_complete-layer7`` (PSH-separated
+message counts, TLS/SSL hello names); ``when = now ... future``.
 
 A specification runs for its temporal scope. With tstat running (*live*), the RI's
 ``runtime.conf`` semantics apply: the log set is switched on at the start (the core set
@@ -91,7 +93,22 @@ CAPABILITY_SETS: dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]] = {
     ]),
     "tstat-log_tcp_complete-tcp_options": (("log_tcp_complete", "tcplog_options"),
                                            _options("initiator", "c_") + _options("responder", "s_")),
+    # tstat's P2P set (columns Y..Y+5), in tstat's order. The RI names its C2S ("client<->server
+    # messages") and C2C ("client<->client messages") counters ed2k.i2r and ed2k.r2i.
+    "tstat-log_tcp_complete-p2p_stats": (("log_tcp_complete", "tcplog_p2p"), [
+        ("p2p.subtype", "p2p_st"), ("ed2k.data", "ed2k_data"), ("ed2k.signaling", "ed2k_sig"),
+        ("ed2k.i2r", "ed2k_c2s"), ("ed2k.r2i", "ed2k_c2c"), ("ed2k.chat", "ed2k_chat"),
+    ]),
+    # tstat's Layer7 set: PSH-separated messages C2S/S2C (K+3, K+4), TLS client hello SNI and
+    # server certificate subject CN (K+5, K+6).
+    "tstat-log_tcp_complete-layer7": (("log_tcp_complete", "tcplog_layer7"), [
+        ("initiator.psh_separated", "c_pkts_push"), ("responder.psh_separated", "s_pkts_push"),
+        ("ssl.hello.client", "c_tls_SNI"), ("ssl.hello.server", "s_tls_SCN"),
+    ]),
 }
+
+# Older tstat releases name the same hello fields c_ssl / s_ssl in their log header.
+_ALIASES = {"c_tls_SNI": "c_ssl", "s_tls_SCN": "s_ssl"}
 
 _TIMES = {"start", "end"}
 _NATURALS_FROM_REAL = {"duration.ms"}
@@ -160,9 +177,9 @@ def rows_for(label: str, flows: list[dict[str, str]], since_ms: float | None = N
     """Result rows of capability ``label`` from parsed flows (optionally those that started in a window)."""
     _, cols = CAPABILITY_SETS[label]
     rows = []
-    usable = [f for f in flows if all(c in f for _, c in cols)]
+    usable = [f for f in flows if all(_has(f, c) for _, c in cols)]
     if flows and not usable:
-        missing = next(c for _, c in cols if c not in flows[0])
+        missing = next(c for _, c in cols if not _has(flows[0], c))
         raise ProbeError(f"the tstat logs have no {missing} column: {label} needs its log set enabled "
                          "in tstat's runtime.conf")
     for flow in usable:
@@ -171,8 +188,16 @@ def rows_for(label: str, flows: list[dict[str, str]], since_ms: float | None = N
             continue
         if until_ms is not None and first > until_ms:
             continue
-        rows.append([_value(e, flow.get(c)) for e, c in cols])
+        rows.append([_value(e, _column(flow, c)) for e, c in cols])
     return rows
+
+
+def _has(flow: dict[str, str], column: str) -> bool:
+    return column in flow or _ALIASES.get(column, column) in flow
+
+
+def _column(flow: dict[str, str], column: str) -> str | None:
+    return flow.get(column, flow.get(_ALIASES.get(column, column)))
 
 
 def sample_dir() -> Path:
