@@ -315,6 +315,21 @@ class WorkflowTests(SupervisorTestBase):
 
 class AuthorizationTests(SupervisorTestBase):
     @defer.inlineCallbacks
+    def test_another_subject_with_the_same_dotted_identity_is_refused(self) -> Any:
+        yield self.start()
+        yield self.register()
+        # /C=IT/O=ccnet/CN=Components.component joins to the component's dotted identity.
+        if not self.sup.pki.cert("lookalike").exists():
+            self.sup.pki.pki.issue("component", "lookalike", subject="/C=IT/O=ccnet/CN=Components.component")
+        lookalike = Peer(self.sup, "lookalike")
+        self.assertEqual(lookalike.identity, self.component.identity)
+        code, _, _ = yield lookalike.request("GET", "show/specification")
+        self.assertEqual(code, 403)
+        code, _, _ = yield lookalike.request("POST", "register/capability", envelope(PING_CAP))
+        self.assertEqual(code, 403)
+        yield self.poll()  # the real component is still served
+
+    @defer.inlineCallbacks
     def test_forged_identity_header_is_ignored(self) -> Any:
         yield self.start()
         yield self.register(None, PING_CAP, dict(PING_CAP, label="secret-probe"))

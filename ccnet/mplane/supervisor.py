@@ -118,6 +118,8 @@ class SupervisorResource(Resource):
         self.cfg = cfg
         self.reactor = reactor
         self._users = users
+        # dotted SDK identity -> the certificate subject first seen with it (see peer()).
+        self._subject_of: dict[str, str] = {}
         self._ready = ready
         self._is_ready = False
         ready.addCallback(self._set_ready)
@@ -143,6 +145,15 @@ class SupervisorResource(Resource):
         identity = request_identity(request)
         if identity is None:
             raise HTTPError(403, "A verified client certificate is required")
+        # Everything a peer owns is keyed by the SDK's dotted identity, which two different
+        # subjects can share (/O=a/CN=b.c and /O=a.b/CN=c): the first subject keeps it.
+        known = self.state.components.get(identity.dotted)
+        first = self._subject_of.setdefault(
+            identity.dotted, known.dn if known is not None and known.dn else identity.dn)
+        if first != identity.dn:
+            log.warn("mPlane identity {dotted} of {dn} is already used by {first}; refused",
+                     dotted=identity.dotted, dn=identity.dn, first=first)
+            raise HTTPError(403, f"identity {identity.dotted} belongs to another certificate subject")
         record = self._users().lookup(identity)
         extra = record.properties if record is not None else frozenset()
         names = (identity.dotted, identity.dn)
