@@ -97,14 +97,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def prepare_folder(dstdir: Path, dst: Path) -> None:
+    """Blocking: make ``dst``'s folder, refusing one that resolves outside ``dstdir``
+    (a symlinked folder inside dstdir must not lead a write elsewhere)."""
+    if not dst.parent.resolve().is_relative_to(dstdir.resolve()):
+        raise HandlerError(f"suspicious file path {dst}: leaves dstdir")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_atomic(dstdir: Path, dst: Path, body: bytes, mtime: float, bakext: str = "") -> str:
     """Blocking: write ``body`` to ``dst`` atomically; ``"written"`` or ``"skipped"``."""
     mtime_ns = int(mtime * 1e9)
-    # A symlinked folder inside dstdir must not lead the write elsewhere.
-    root = dstdir.resolve()
-    if not dst.parent.resolve().is_relative_to(root):
-        raise HandlerError(f"suspicious file path {dst}: leaves dstdir")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    prepare_folder(dstdir, dst)
     try:
         st = os.lstat(dst)
     except FileNotFoundError:

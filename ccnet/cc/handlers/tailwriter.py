@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from zope.interface import implementer, provider
 
 from ccnet.cc.handler import CCHandler, CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
-from ccnet.cc.handlers.infowriter import destination
+from ccnet.cc.handlers.infowriter import destination, prepare_folder
 from ccnet.cc.handlers.payload import decompress, field_number, field_str, infofile_content
 from ccnet.cc.handlers.workers import WorkerPool
 
@@ -52,10 +52,7 @@ def _read_pos(pos: Path) -> dict[str, Any]:
 
 def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino: Any) -> tuple[str, int]:
     """Blocking: append ``data`` (source offset ``fpos``); returns (status, next offset)."""
-    root = dstdir.resolve()
-    if not dst.parent.resolve().is_relative_to(root):
-        raise HandlerError(f"suspicious file path {dst}: leaves dstdir")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    prepare_folder(dstdir, dst)
     pos_file = dst.with_name(dst.name + ".pos")
     pos = _read_pos(pos_file)
     same_source = pos.get("dev") == dev and pos.get("ino") == ino
