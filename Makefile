@@ -16,7 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
-# System tools the tests use (ping for the mPlane probe, openssl for CMS interop,
+# System tools the tests use (ping and rrdtool for the mPlane probes, openssl for CMS interop,
 # systemd tools for unit checks and socket activation). Installed when missing, as root.
 deps:
 	@bash scripts/system-deps.sh

@@ -6,6 +6,7 @@ command -v ping >/dev/null 2>&1 || need+=(iputils-ping)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v systemd-socket-activate >/dev/null 2>&1 || need+=(systemd)
+command -v rrdtool >/dev/null 2>&1 || need+=(rrdtool)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: missing ${need[*]} (install them; tests needing them will skip)" >&2

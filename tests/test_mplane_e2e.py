@@ -108,9 +108,10 @@ class ThreeRoleTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_client_gets_real_results_from_a_component_daemon_through_a_supervisor_daemon(self) -> Any:
-        labels = yield self.wait_for(lambda: self.labels().addCallback(lambda x: x if len(x) == 7 else None),
-                                     "the component's 7 capabilities")
-        self.assertEqual(labels, ["ping-average-ip4", "ping-detail-ip4", "tstat-log_tcp_complete-core",
+        labels = yield self.wait_for(lambda: self.labels().addCallback(lambda x: x if len(x) == 8 else None),
+                                     "the component's 8 capabilities")
+        self.assertEqual(labels, ["ping-average-ip4", "ping-detail-ip4", "tstat-log_http_complete",
+                                  "tstat-log_tcp_complete-core",
                                   "tstat-log_tcp_complete-end_to_end", "tstat-log_tcp_complete-layer7",
                                   "tstat-log_tcp_complete-p2p_stats", "tstat-log_tcp_complete-tcp_options"])
         receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 2s / 1s",
@@ -125,6 +126,9 @@ class ThreeRoleTests(unittest.TestCase):
         receipt = yield defer.ensureDeferred(self.client.run("tstat-log_tcp_complete-core", "now"))
         flows = yield defer.ensureDeferred(self.client.watch(receipt, interval=0.05, timeout=30))
         self.assertEqual([row[0] for row in flows.resultvalues], ["192.168.1.2", "192.168.1.2"])
+        receipt = yield defer.ensureDeferred(self.client.run("tstat-log_http_complete", "now"))
+        http = yield defer.ensureDeferred(self.client.watch(receipt, interval=0.05, timeout=30))
+        self.assertEqual([(row[5], row[12]) for row in http.resultvalues][-2:], [("GET", "404"), ("POST", "201")])
         # The same daemon also listens for clients that call it directly (client-initiated).
         direct = MPlaneClient(reactor, f"https://localhost:{self.component.ports['component']}",
                               material(test_pki(), "client"), SDK_PATHS)
@@ -135,7 +139,7 @@ class ThreeRoleTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_component_survives_a_supervisor_restart_and_delivers_the_queued_result(self) -> Any:
-        yield self.wait_for(lambda: self.labels().addCallback(lambda x: len(x) == 7), "registration")
+        yield self.wait_for(lambda: self.labels().addCallback(lambda x: len(x) == 8), "registration")
         receipt = yield defer.ensureDeferred(self.client.run("ping-detail-ip4", "now + 3s / 1s",
                                                              {"destination.ip4": "127.0.0.1"}))
 
@@ -149,5 +153,5 @@ class ThreeRoleTests(unittest.TestCase):
         result = yield defer.ensureDeferred(self.client.watch(receipt, interval=0.1, timeout=30))
         self.assertEqual(result.kind, "result", result)
         self.assertEqual(len(result.resultvalues), 3)
-        yield self.wait_for(lambda: self.component.log().count("registered 7 capabilities") >= 2,
+        yield self.wait_for(lambda: self.component.log().count("registered 8 capabilities") >= 2,
                             "the component to register again")

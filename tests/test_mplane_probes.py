@@ -219,8 +219,8 @@ class TstatParsingTests(unittest.TestCase):
 
     def test_p2p_and_layer7_switch_their_runtime_conf_flags(self) -> None:
         text = "log_tcp_complete = 0\ntcplog_p2p = 0\ntcplog_layer7 = 0\n"
-        p2p, _ = tstat.CAPABILITY_SETS["tstat-log_tcp_complete-p2p_stats"]
-        layer7, _ = tstat.CAPABILITY_SETS["tstat-log_tcp_complete-layer7"]
+        p2p, _ = tstat.TCP_SETS["tstat-log_tcp_complete-p2p_stats"]
+        layer7, _ = tstat.TCP_SETS["tstat-log_tcp_complete-layer7"]
         self.assertEqual(tstat.set_runtime_flags(text, p2p, True),
                          "log_tcp_complete = 1\ntcplog_p2p = 1\ntcplog_layer7 = 0\n")
         self.assertEqual(tstat.set_runtime_flags(text, layer7, True),

@@ -53,6 +53,7 @@ from ccnet.mplane.model import (
     parse_json,
     to_json,
 )
+from ccnet.mplane.probes import IUsesTLS
 from ccnet.mplane.pull import RecordingPolicy
 from ccnet.mplane.scheduler import Job, Scheduler
 from ccnet.tls import peer_identity
@@ -601,6 +602,9 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
         raise ValueError("[component] needs the [tls] section (mutual TLS with supervisor and clients)")
     policy = Policy.from_files(cfg.users, cfg.caps) if (cfg.users or cfg.caps) else None
     probes = [p.factory.build(reactor, p.name, p.options) for p in cfg.probes]
+    for probe in probes:
+        if IUsesTLS.providedBy(probe):
+            probe.use_tls(runtime.tls)
     seen: dict[str, str] = {}
     for probe in probes:
         for cap in probe.capabilities():

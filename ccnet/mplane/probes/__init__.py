@@ -22,7 +22,7 @@ from zope.interface import Attribute, Interface
 
 from ccnet.mplane.model import Statement, When
 
-__all__ = ["IProbe", "IProbeFactory", "ProbeError", "ProbeRun", "make_result"]
+__all__ = ["IProbe", "IProbeFactory", "IUsesTLS", "ProbeError", "ProbeRun", "make_result"]
 
 
 class ProbeError(Exception):
@@ -54,6 +54,14 @@ class IProbeFactory(Interface):
 
     def build(reactor: Any, name: str, options: Any) -> IProbe:  # type: ignore[empty-body]
         """The probe, ready to run."""
+
+
+class IUsesTLS(Interface):
+    """A probe that talks to other mutual-TLS services (e.g. tstat's exporters to a
+    repository): the component hands it the daemon's TLS identity after building it."""
+
+    def use_tls(material: Any) -> None:
+        """``material`` is the daemon's :class:`ccnet.tls.TLSMaterial` (reloaded in place)."""
 
 
 @dataclass

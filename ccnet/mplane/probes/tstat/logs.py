@@ -1,51 +1,27 @@
-"""The tstat proxy: tstat's TCP log sets as mPlane capabilities (the RI's tstat-proxy).
+"""tstat's text logs, parsed (sans-IO): ``log_tcp_complete`` sets and ``log_http_complete``.
 
-Capabilities (RI labels and result columns): ``tstat-log_tcp_complete-core`` (one row
-per TCP flow: addresses, ports, packet/byte counters, timings, classification),
-``tstat-log_tcp_complete-end_to_end`` (RTT and TTL statistics),
-``tstat-log_tcp_complete-tcp_options``, ``tstat-log_tcp_complete-p2p_stats`` (tstat's P2P
-set: subtype and ED2K message counts) and ``tstat-log_tcp_complete-layer7`` (PSH-separated
-message counts, TLS/SSL hello names); ``when = now ... future``.
-
-A specification runs for its temporal scope. With tstat running (*live*), the RI's
-``runtime.conf`` semantics apply: the log set is switched on at the start (the core set
-too, which every other set needs) and the optional set off again at the end; the result
-holds the flows tstat logged in between. Without tstat (*replay*), the result holds the
-flows of the logs already in ``log-dir`` — by default the small recorded sample shipped
-with ccnet — so demos and tests get real parsed values::
-
-    [probe:tstat]
-    module = ccnet.mplane.probes.tstat
-    # live | replay | auto (live when a tstat process runs)
-    mode = auto
-    runtime-conf = /etc/tstat/runtime.conf
-    log-dir = /var/lib/tstat/logs
-    max-rows = 1000
+Columns of ``log_tcp_complete`` are read by the names in tstat's header line, so logs of
+any tstat release (and with any optional set switched on) map onto the RI's result
+columns. ``log_http_complete`` has no header; its tab-separated rows are one per HTTP
+request (method name in column 6) or response (``HTTP``), laid out as tstat 2.x/3.x
+write them (see :func:`parse_http_log`), and are paired into transactions per TCP
+connection in order, as HTTP/1.1 answers requests.
 """
 
 from __future__ import annotations
 
-import os
 import re
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
-from twisted.logger import Logger
-from zope.interface import implementer
+from ccnet.mplane.probes import ProbeError
 
-from ccnet.mplane.model import Statement, When
-from ccnet.mplane.probes import IProbe, IProbeFactory, ProbeError, ProbeRun, make_result
-
-__all__ = ["CAPABILITY_SETS", "TstatOptions", "TstatProbe", "parse_log", "probe_factory", "set_runtime_flags"]
-
-log = Logger()
-
-METADATA = {"System_type": "tStat", "System_ID": "tStat-Proxy", "System_version": "0.1"}
+__all__ = ["HTTP_COLUMNS", "HTTP_FLAGS", "TCP_SETS", "HttpLine", "find_logs", "http_rows", "parse_http_log",
+           "parse_log", "rows_for", "set_runtime_flags"]
 
 
 def _side(prefix: str, other: str) -> list[tuple[str, str]]:
@@ -76,7 +52,7 @@ def _options(who: str, p: str) -> list[tuple[str, str]]:
 
 
 # label -> (runtime.conf flags it needs, [(result element, tstat log column)])
-CAPABILITY_SETS: dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]] = {
+TCP_SETS: dict[str, tuple[tuple[str, ...], list[tuple[str, str]]]] = {
     "tstat-log_tcp_complete-core": (("log_tcp_complete",), _side("c_", "s_") + _side("s_", "c_") + [
         ("start", "first"), ("end", "last"), ("duration.ms", "durat"),
         ("initiator.TTFP.ms", "c_first"), ("responder.TTFP.ms", "s_first"),
@@ -115,11 +91,6 @@ _NATURALS_FROM_REAL = {"duration.ms"}
 _BOOLEANS = {"initiator.ip4.isinternal", "responder.ip4.isinternal", "initiator.RFC1323.ws",
              "initiator.RFC1323.ts", "initiator.SACK_set", "initiator.SYN.equal_seqno",
              "responder.RFC1323.ws", "responder.RFC1323.ts", "responder.SACK_set", "responder.SYN.equal_seqno"}
-
-
-def capabilities() -> list[Statement]:
-    return [Statement("capability", label=label, when=When.parse("now ... future"), metadata=dict(METADATA),
-                      results=[e for e, _ in cols]) for label, (_, cols) in CAPABILITY_SETS.items()]
 
 
 # ---------------------------------------------------------------------------
@@ -175,7 +146,7 @@ def _value(element: str, raw: str | None) -> Any:
 def rows_for(label: str, flows: list[dict[str, str]], since_ms: float | None = None,
              until_ms: float | None = None) -> list[list[Any]]:
     """Result rows of capability ``label`` from parsed flows (optionally those that started in a window)."""
-    _, cols = CAPABILITY_SETS[label]
+    _, cols = TCP_SETS[label]
     rows = []
     usable = [f for f in flows if all(_has(f, c) for _, c in cols)]
     if flows and not usable:
@@ -200,120 +171,123 @@ def _column(flow: dict[str, str], column: str) -> str | None:
     return flow.get(column, flow.get(_ALIASES.get(column, column)))
 
 
-def sample_dir() -> Path:
-    return Path(str(resources.files("ccnet.mplane.probes").joinpath("tstat_sample")))
-
-
-def find_logs(folder: Path) -> list[Path]:
-    """tstat's ``<time>.out/log_tcp_complete`` files (and ``log_tcp_complete*`` copies), oldest first."""
-    return sorted(p for p in folder.rglob("log_tcp_complete*") if p.is_file())
-
-
-def tstat_running() -> bool:
-    """Is a process named tstat running on this host (Linux /proc)?"""
-    try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit()]
-    except OSError:
-        return False
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/comm") as handle:
-                if handle.read().strip() == "tstat":
-                    return True
-        except OSError:
-            continue
-    return False
+def find_logs(folder: Path, name: str = "log_tcp_complete") -> list[Path]:
+    """tstat's ``<time>.out/<name>`` files (and ``<name>*`` copies), oldest first."""
+    return sorted(p for p in folder.rglob(f"{name}*") if p.is_file() and not p.name.endswith(".gz"))
 
 
 # ---------------------------------------------------------------------------
-# Config and probe
+# log_http_complete
+
+# runtime.conf flag of tstat's HTTP log.
+HTTP_FLAGS = ("log_http_complete",)
+
+# The RI's tstat-log_http_complete columns: one row per HTTP transaction.
+HTTP_COLUMNS = ["source.ip4", "source.port", "destination.ip4", "destination.port", "time",
+                "request.method", "request.hostname", "request.fqdn", "request.path", "request.referer",
+                "request.user_agent", "response.http", "response.code", "response.content_len",
+                "response.content_type", "response.content_range", "response.location"]
+
+# Request fields after (c_ip, c_port, s_ip, s_port, time, method), by row length:
+# tstat 3.x writes hostname, fqdn (when built with its DNS cache), path, referer,
+# user agent, cookie, DNT; tstat 2.x stops after the user agent.
+_REQUEST_LAYOUTS = {
+    13: ("hostname", "fqdn", "path", "referer", "user_agent", "cookie", "dnt"),
+    12: ("hostname", "path", "referer", "user_agent", "cookie", "dnt"),
+    11: ("hostname", "fqdn", "path", "referer", "user_agent"),
+    10: ("hostname", "path", "referer", "user_agent"),
+}
+# Response fields after (c_ip, c_port, s_ip, s_port, time, "HTTP").
+_RESPONSE_FIELDS = ("code", "content_len", "content_type", "server", "content_range", "location", "set_cookie")
 
 
 @dataclass(frozen=True)
-class TstatOptions:
-    mode: str = "auto"
-    runtime_conf: Path | None = None
-    log_dir: Path | None = None
-    max_rows: int = 1000
+class HttpLine:
+    """One row of ``log_http_complete``: a request (``method``) or a response (``HTTP``)."""
+
+    connection: tuple[str, str, str, str]  # client ip, client port, server ip, server port
+    time: float  # seconds since the epoch
+    kind: str  # the method (GET, POST, ...) or "HTTP"
+    fields: dict[str, str | None]
+
+    @property
+    def is_response(self) -> bool:
+        return self.kind == "HTTP"
 
 
-@implementer(IProbeFactory)
-class _Factory:
-    def configure(self, section: Any) -> TstatOptions:
-        mode = section.get_choice("mode", ["auto", "live", "replay"], "auto")
-        runtime_conf = section.get_path("runtime-conf", None)
-        log_dir = section.get_path("log-dir", None)
-        if mode == "live" and (runtime_conf is None or log_dir is None):
-            raise section.error("runtime-conf" if runtime_conf is None else "log-dir",
-                                "runtime-conf and log-dir for mode = live")
-        if log_dir is not None and not log_dir.is_dir():
-            raise section.error("log-dir", "an existing folder with tstat logs", str(log_dir))
-        return TstatOptions(mode, runtime_conf, log_dir, section.get_int("max-rows", 1000, minimum=1))
-
-    def build(self, reactor: Any, name: str, options: TstatOptions) -> TstatProbe:
-        return TstatProbe(reactor, name, options)
+def _dash(value: str) -> str | None:
+    return None if value in ("", "-") else value
 
 
-probe_factory = _Factory()
-
-
-@implementer(IProbe)
-class TstatProbe:
-    def __init__(self, reactor: Any, name: str, options: TstatOptions) -> None:
-        self.reactor = reactor
-        self.name = name
-        self.options = options
-
-    def capabilities(self) -> list[Statement]:
-        return capabilities()
-
-    def run(self, spec: Statement, capability: Statement, run: ProbeRun) -> defer.Deferred[Any]:
-        return defer.ensureDeferred(self._run(spec, run))
-
-    def _in_thread(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
-
-    async def _live(self) -> bool:
-        if self.options.mode != "auto":
-            return self.options.mode == "live"
-        if self.options.runtime_conf is None or self.options.log_dir is None:
-            return False
-        return bool(await self._in_thread(tstat_running))
-
-    def _switch(self, flags: tuple[str, ...], on: bool) -> None:
-        path = self.options.runtime_conf
-        assert path is not None
-        path.write_text(set_runtime_flags(path.read_text(), flags, on))
-
-    def _collect(self, label: str, since_ms: float | None, until_ms: float | None) -> list[list[Any]]:
-        folder = self.options.log_dir or sample_dir()
-        flows: list[dict[str, str]] = []
-        for path in find_logs(folder):
-            flows.extend(parse_log(path.read_text("utf-8", "replace")))
-        if not flows:
-            raise ProbeError(f"no tstat flows in {folder}")
-        return rows_for(label, flows, since_ms, until_ms)[: self.options.max_rows]
-
-    async def _run(self, spec: Statement, run: ProbeRun) -> Statement:
-        label = str(spec.label)
-        if label not in CAPABILITY_SETS:
-            raise ProbeError(f"unknown tstat capability {label}")
-        flags, _ = CAPABILITY_SETS[label]
-        live = await self._live()
-        start = run.now()
-        if live:
-            await self._in_thread(self._switch, flags, True)
+def parse_http_log(text: str) -> list[HttpLine]:
+    """Rows of a ``log_http_complete`` file. Comment lines, tstat's ``REQ2``/``RES2``
+    continuation rows (the second segment of a long header) and malformed rows are skipped."""
+    out = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        cols = line.rstrip("\r\n").split("\t")
+        if len(cols) < 6 or cols[5] in ("REQ2", "RES2"):
+            continue
         try:
-            if run.end is not None and run.end > start:
-                await run.interrupted
-            elif run.end is None:
-                await run.interrupted
-        finally:
-            if live and len(flags) > 1:
-                # The RI keeps the core set on (other measurements may use it); optional sets go off.
-                await self._in_thread(self._switch, flags[1:], False)
-        end = run.now()
-        window = (start.timestamp() * 1000, end.timestamp() * 1000) if live else (None, None)
-        rows = await self._in_thread(self._collect, label, *window)
-        log.info("tstat probe: {label} {n} flows ({mode})", label=label, n=len(rows), mode="live" if live else "replay")
-        return make_result(spec, rows, start, end)
+            when = float(cols[4])
+        except ValueError:
+            continue
+        kind, rest = cols[5], cols[6:]
+        if kind == "HTTP":
+            names: tuple[str, ...] = _RESPONSE_FIELDS
+        else:
+            layout = _REQUEST_LAYOUTS.get(len(cols))
+            if layout is None:
+                continue
+            names = layout
+        fields = {n: _dash(v) for n, v in zip(names, rest, strict=False)}
+        out.append(HttpLine((cols[0], cols[1], cols[2], cols[3]), when, kind, fields))
+    return out
+
+
+def _natural(value: str | None) -> str | None:
+    return value if value is not None and value.isdigit() else None
+
+
+def _transaction(request: HttpLine | None, response: HttpLine | None) -> list[Any]:
+    first = request or response
+    assert first is not None
+    q = request.fields if request else {}
+    r = response.fields if response else {}
+    c_ip, c_port, s_ip, s_port = first.connection
+    return [c_ip, c_port, s_ip, s_port, datetime.fromtimestamp(first.time, UTC),
+            request.kind if request else None, q.get("hostname"), q.get("fqdn"), q.get("path"),
+            q.get("referer"), q.get("user_agent"), "HTTP" if response else None,
+            _natural(r.get("code")), _natural(r.get("content_len")), r.get("content_type"),
+            r.get("content_range"), r.get("location")]
+
+
+def http_rows(lines: list[HttpLine], since: float | None = None, until: float | None = None) -> list[list[Any]]:
+    """Transactions (request paired with its response) in request order, as result rows of
+    ``tstat-log_http_complete``; optionally those whose first line falls in ``[since, until]``.
+
+    Responses answer the oldest unanswered request of their connection (HTTP/1.1 keeps
+    order); a response with none (the capture began mid-connection) and a request never
+    answered still make a row, with the other half empty."""
+    pending: dict[tuple[str, str, str, str], deque[int]] = {}
+    pairs: list[list[HttpLine | None]] = []
+    for line in sorted(lines, key=lambda item: item.time):
+        queue = pending.setdefault(line.connection, deque())
+        if not line.is_response:
+            queue.append(len(pairs))
+            pairs.append([line, None])
+        elif queue:
+            pairs[queue.popleft()][1] = line
+        else:
+            pairs.append([None, line])
+    rows = []
+    for request, response in pairs:
+        first = request or response
+        assert first is not None
+        if since is not None and first.time < since:
+            continue
+        if until is not None and first.time > until:
+            continue
+        rows.append(_transaction(request, response))
+    return rows
