@@ -83,6 +83,22 @@ class ListeningComponentTests(unittest.TestCase):
         self.assertIn("Unknown job", str(ctx.exception))
 
     @defer.inlineCallbacks
+    def test_another_subject_with_the_same_dotted_identity_cannot_reach_my_measurements(self) -> Any:
+        receipt = yield defer.ensureDeferred(self.client().run("ping-average-ip4", "now + 1s / 1s",
+                                                               {"destination.ip4": "127.0.0.1"}))
+        # /C=IT/O=ccnet/CN=Clients.client joins to the client's dotted identity IT.ccnet.Clients.client.
+        pki = test_pki()
+        if not pki.cert("lookalike-client").exists():
+            pki.pki.issue("client", "lookalike-client", subject="/C=IT/O=ccnet/CN=Clients.client")
+        with self.assertRaises(MPlaneError) as ctx:
+            yield defer.ensureDeferred(self.client("lookalike-client").result(receipt))
+        self.assertIn("belongs to another certificate subject", str(ctx.exception))
+        with self.assertRaises(MPlaneError):
+            yield defer.ensureDeferred(self.client("lookalike-client").capabilities())
+        result = yield defer.ensureDeferred(self.client().watch(receipt, timeout=20))
+        self.assertEqual(result.kind, "result", result)
+
+    @defer.inlineCallbacks
     def test_ccnet_supervisor_drives_the_listening_component(self) -> Any:
         sup = Supervisor(self.folder / "sup", users="IT.ccnet.Clients.client: guest\n", caps="ping: guest\n",
                          components=(f"{self.url}/",), component_refresh=1.0, redeem_interval=0.1)

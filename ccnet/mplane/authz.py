@@ -20,11 +20,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["AuthzError", "CapabilityRule", "Policy", "parse_roles_file", "parse_caps_file"]
+__all__ = ["AuthzError", "CapabilityRule", "IdentityClaims", "Policy", "parse_roles_file", "parse_caps_file"]
 
 
 class AuthzError(ValueError):
     """A users/caps file that cannot be read; the text names file and line."""
+
+
+class IdentityClaims:
+    """Which certificate subject owns a dotted SDK identity.
+
+    Everything a peer owns (capabilities, specifications, results) is keyed by the SDK's
+    dotted identity, which two different subjects can share (``/O=a/CN=b.c`` and
+    ``/O=a.b/CN=c`` both give ``a.b.c``): the first subject seen with it keeps it."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, str] = {}
+
+    def conflict(self, dotted: str, dn: str, known_dn: str | None = None) -> str | None:
+        """The other subject that owns ``dotted`` (``known_dn``: one remembered from
+        before a restart), or None when ``dn`` may use it."""
+        first = self._first.setdefault(dotted, known_dn or dn)
+        return first if first != dn else None
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ccnet.config import parse_listen
-from ccnet.mplane.authz import Policy
+from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.model import (
     CONTENT_TYPE,
@@ -489,11 +489,18 @@ class ListenerResource(Resource):
     def __init__(self, core: ComponentCore) -> None:
         super().__init__()
         self.core = core
+        self.claims = IdentityClaims()
 
-    def _peer(self, request: Request) -> tuple[str, frozenset[str]] | None:
+    def _peer(self, request: Request) -> tuple[str, frozenset[str]] | str:
+        """(dotted identity, roles) of the client, or why it is refused."""
         ident = request_identity(request)
         if ident is None:
-            return None
+            return "A verified client certificate is required"
+        first = self.claims.conflict(ident.dotted, ident.dn)
+        if first is not None:
+            log.warn("mPlane identity {dotted} of {dn} is already used by {first}; refused",
+                     dotted=ident.dotted, dn=ident.dn, first=first)
+            return f"identity {ident.dotted} belongs to another certificate subject"
         return ident.dotted, self.core.roles((ident.dotted, ident.dn), ident)
 
     @staticmethod
@@ -504,8 +511,8 @@ class ListenerResource(Resource):
 
     def render_GET(self, request: Request) -> bytes:  # noqa: N802 (twisted.web API)
         peer = self._peer(request)
-        if peer is None:
-            return self._reply(request, ExceptionMessage(None, "A verified client certificate is required"), 403)
+        if isinstance(peer, str):
+            return self._reply(request, ExceptionMessage(None, peer), 403)
         parts = [p.decode("utf-8", "replace") for p in request.postpath or [] if p]
         host = request.getHeader("host") or "localhost"
         link = f"https://{host}/"
@@ -522,8 +529,8 @@ class ListenerResource(Resource):
 
     def render_POST(self, request: Request) -> bytes:  # noqa: N802 (twisted.web API)
         peer = self._peer(request)
-        if peer is None:
-            return self._reply(request, ExceptionMessage(None, "A verified client certificate is required"), 403)
+        if isinstance(peer, str):
+            return self._reply(request, ExceptionMessage(None, peer), 403)
         ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if ctype != CONTENT_TYPE:
             request.setResponseCode(400)

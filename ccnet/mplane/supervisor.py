@@ -29,7 +29,7 @@ from twisted.web import server
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
-from ccnet.mplane.authz import AuthzError, Policy
+from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.model import (
     CONTENT_TYPE,
@@ -118,8 +118,7 @@ class SupervisorResource(Resource):
         self.cfg = cfg
         self.reactor = reactor
         self._users = users
-        # dotted SDK identity -> the certificate subject first seen with it (see peer()).
-        self._subject_of: dict[str, str] = {}
+        self._claims = IdentityClaims()
         self._ready = ready
         self._is_ready = False
         ready.addCallback(self._set_ready)
@@ -145,12 +144,9 @@ class SupervisorResource(Resource):
         identity = request_identity(request)
         if identity is None:
             raise HTTPError(403, "A verified client certificate is required")
-        # Everything a peer owns is keyed by the SDK's dotted identity, which two different
-        # subjects can share (/O=a/CN=b.c and /O=a.b/CN=c): the first subject keeps it.
         known = self.state.components.get(identity.dotted)
-        first = self._subject_of.setdefault(
-            identity.dotted, known.dn if known is not None and known.dn else identity.dn)
-        if first != identity.dn:
+        first = self._claims.conflict(identity.dotted, identity.dn, known.dn if known is not None else None)
+        if first is not None:
             log.warn("mPlane identity {dotted} of {dn} is already used by {first}; refused",
                      dotted=identity.dotted, dn=identity.dn, first=first)
             raise HTTPError(403, f"identity {identity.dotted} belongs to another certificate subject")
