@@ -8,7 +8,7 @@ from twisted.trial import unittest
 
 from ccnet.config import ConfigError, IniFile
 from ccnet.mplane import config as mconfig
-from ccnet.mplane.authz import AuthzError, Policy, parse_caps_file, parse_roles_file
+from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy, parse_caps_file, parse_roles_file
 
 RI_USERS = "# users\norg.mplane.PKI.Clients.Client-1: guest\norg.mplane.PKI.Clients.Admin: guest, admin\n"
 RI_CAPS = """\
@@ -141,3 +141,19 @@ class SupervisorConfigTests(unittest.TestCase):
         assert cfg is not None
         self.assertEqual((cfg.listen, cfg.admin_role, cfg.long_poll, cfg.result_expiry),
                          ("ssl:8888", "admin", 20.0, 7 * 86400.0))
+
+
+class IdentityClaimsTests(unittest.TestCase):
+    def test_first_subject_keeps_a_dotted_identity(self) -> None:
+        claims = IdentityClaims()
+        self.assertIsNone(claims.conflict("IT.ccnet.Clients.client", "/C=IT/O=ccnet/OU=Clients/CN=client"))
+        self.assertEqual(claims.conflict("IT.ccnet.Clients.client", "/C=IT/O=ccnet/CN=Clients.client"),
+                         "/C=IT/O=ccnet/OU=Clients/CN=client")
+
+    def test_a_bound_peer_wins_over_a_lookalike_seen_first(self) -> None:
+        claims = IdentityClaims()
+        claims.conflict("IT.ccnet.Supervisors.supervisor", "/C=IT/O=ccnet/CN=Supervisors.supervisor")
+        claims.bind("IT.ccnet.Supervisors.supervisor", "/C=IT/O=ccnet/OU=Supervisors/CN=supervisor")
+        self.assertIsNotNone(claims.conflict("IT.ccnet.Supervisors.supervisor", "/C=IT/O=ccnet/CN=Supervisors.supervisor"))
+        self.assertIsNone(claims.conflict("IT.ccnet.Supervisors.supervisor",
+                                          "/C=IT/O=ccnet/OU=Supervisors/CN=supervisor"))

@@ -43,6 +43,11 @@ class IdentityClaims:
         first = self._first.setdefault(dotted, known_dn or dn)
         return first if first != dn else None
 
+    def bind(self, dotted: str, dn: str) -> None:
+        """``dn`` owns ``dotted`` from now on: a peer we chose and verified (the configured
+        supervisor) wins over any look-alike seen before it."""
+        self._first[dotted] = dn
+
 
 @dataclass(frozen=True)
 class CapabilityRule:

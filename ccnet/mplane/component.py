@@ -100,6 +100,8 @@ class ComponentCore:
         self.registries = RegistryStore()
         self.policy = policy
         self._users = users
+        # Which certificate subject owns a dotted identity (listener peers and the supervisor).
+        self.claims = IdentityClaims()
         self.scheduler = Scheduler(reactor, self._count)
         # (capability label, "result" | "exception" | "envelope") -> finished measurements
         self.outcomes: dict[tuple[str, str], int] = {}
@@ -354,6 +356,9 @@ class SupervisorLink(service.Service):
         if ident is None:
             return None
         self.supervisor_identity = ident.dotted
+        # Measurements the supervisor submits are owned by its dotted identity: no other
+        # subject joining to the same string may redeem them on our listener.
+        self.core.claims.bind(ident.dotted, ident.dn)
         return self.core.roles((ident.dotted, ident.dn), ident)
 
     async def register(self) -> None:
@@ -489,14 +494,13 @@ class ListenerResource(Resource):
     def __init__(self, core: ComponentCore) -> None:
         super().__init__()
         self.core = core
-        self.claims = IdentityClaims()
 
     def _peer(self, request: Request) -> tuple[str, frozenset[str]] | str:
         """(dotted identity, roles) of the client, or why it is refused."""
         ident = request_identity(request)
         if ident is None:
             return "A verified client certificate is required"
-        first = self.claims.conflict(ident.dotted, ident.dn)
+        first = self.core.claims.conflict(ident.dotted, ident.dn)
         if first is not None:
             log.warn("mPlane identity {dotted} of {dn} is already used by {first}; refused",
                      dotted=ident.dotted, dn=ident.dn, first=first)
