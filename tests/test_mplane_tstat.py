@@ -116,17 +116,37 @@ class HttpLogTests(unittest.TestCase):
         out.mkdir(parents=True)
         conf = folder / "runtime.conf"
         conf.write_text("[log]\nlog_tcp_complete = 1\nlog_http_complete = 0 # off by default\n")
-        old = (SAMPLE / "log_http_complete").read_text()
-        now = reactor.seconds() + 0.1
-        fresh = f"192.0.2.7\t41000\t198.51.100.9\t80\t{now:.6f}\tGET\tex.org\t-\t/now\t-\tcurl/8\t-\t-\n"
-        (out / "log_http_complete").write_text(old + fresh)
+        log = out / "log_http_complete"
+        log.write_text((SAMPLE / "log_http_complete").read_text())
+
+        def tstat_logs_a_request() -> None:  # during the window, stamped with its time
+            with open(log, "a") as handle:
+                handle.write(f"192.0.2.7\t41000\t198.51.100.9\t80\t{reactor.seconds():.6f}\tGET\tex.org\t-\t"
+                             "/now\t-\tcurl/8\t-\t-\n")
+
         probe = _probe(mode="live", runtime_conf=conf, log_dir=folder / "logs")
         seen: list[str] = []
-        reactor.callLater(0.5, lambda: seen.append(conf.read_text()))
+        reactor.callLater(0.5, lambda: (seen.append(conf.read_text()), tstat_logs_a_request()))
         msg = yield run_spec(probe, HTTP, "now + 1s")
         self.assertIn("log_http_complete = 1 # off by default", seen[0])
         self.assertIn("log_http_complete = 0 # off by default", conf.read_text())
         self.assertEqual([r[8] for r in msg.resultvalues], ["/now"])
+
+
+    @defer.inlineCallbacks
+    def test_overlapping_runs_keep_a_flag_on_until_the_last_one_ends(self) -> Any:
+        folder = Path(self.mktemp())
+        (folder / "logs").mkdir(parents=True)
+        conf = folder / "runtime.conf"
+        conf.write_text("log_http_complete = 0\n")
+        probe = _probe(mode="live", runtime_conf=conf, log_dir=folder / "logs")
+        seen: list[str] = []
+        long_run = run_spec(probe, HTTP, "now + 2s")
+        yield run_spec(probe, HTTP, "now + 1s")
+        seen.append(conf.read_text())
+        yield long_run
+        self.assertEqual(seen, ["log_http_complete = 1\n"])
+        self.assertEqual(conf.read_text(), "log_http_complete = 0\n")
 
 
 # ---------------------------------------------------------------------------
@@ -323,6 +343,26 @@ class RrdExporterTests(RrdFolderTest):
                          [["ip_bitrate_in.idx0", "10.0"], ["ip_bitrate_in.idx0", "20.0"], ["ip_bitrate_in.idx0", "30.0"]])
 
     @defer.inlineCallbacks
+    def test_a_metric_updated_late_still_gets_its_newest_step_delivered(self) -> Any:
+        # tstat updates its RRDs one after the other: ip_len_out has no value for the
+        # newest step in the first round, and gets it before the second.
+        _make_rrd(self.folder / "ip_len_out.avg.rrd", self.start, [1, 2])
+        self.collector.failures = 0
+        newest = self.start + 2 * 300
+
+        def late_update() -> None:
+            subprocess.run([RRDTOOL, "update", str(self.folder / "ip_len_out.avg.rrd"), f"{newest}:3"], check=True)
+
+        reactor.callLater(0.6, late_update)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.start - 600))
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(time.time() + 2))
+        msg = yield run_spec(self.probe, "tstat-exporter_rrd", f"{since} ... {until}",
+                             {"repository.url": f"127.0.0.1:{self.port}"})
+        self.assertEqual(msg.kind, "result", msg)
+        late = sorted(v for m, _, v in (x for body in self.collector.bodies for x in body) if m == "ip_len_out.avg")
+        self.assertEqual(late, [1.0, 2.0, 3.0])
+
+    @defer.inlineCallbacks
     def test_a_repository_not_in_export_to_is_refused(self) -> Any:
         msg = yield run_spec(self.probe, "tstat-exporter_rrd", "now + 1s", {"repository.url": "192.0.2.1:9000"})
         self.assertEqual(msg.kind, "exception")
@@ -417,6 +457,46 @@ class StreamingExporterTests(unittest.TestCase):
         self.assertEqual(msg.kind, "result", msg)
         got = yield self.arrived(2)
         self.assertIn(f"{self.first / 'log_tcp_complete'} flow while down", got)
+
+    @defer.inlineCallbacks
+    def test_a_repository_that_drops_the_connection_gets_the_rest_on_the_next_one(self) -> Any:
+        class DropsFirst(_Lines):
+            def dataReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
+                super().dataReceived(data)
+                if self.factory.connections == 1:  # type: ignore[attr-defined]
+                    self.transport.abortConnection()
+
+            def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+                self.factory.connections += 1  # type: ignore[attr-defined]
+
+        self.factory.protocol = DropsFirst
+        self.factory.connections = 0  # type: ignore[attr-defined]
+
+        def more() -> None:
+            with open(self.first / "log_tcp_complete", "a") as handle:
+                handle.write("flow after the drop\n")
+
+        reactor.callLater(1.0, more)
+        msg = yield run_spec(self.probe, "tstat-exporter_streaming", "now + 4s", self.params())
+        self.assertEqual(msg.kind, "result", msg)
+        got = yield self.arrived(2)
+        self.assertGreaterEqual(self.factory.connections, 2)  # type: ignore[attr-defined]
+        self.assertIn(f"{self.first / 'log_tcp_complete'} flow after the drop", got)
+
+    @defer.inlineCallbacks
+    def test_streaming_starts_after_the_last_complete_line(self) -> Any:
+        with open(self.first / "log_tcp_complete", "a") as handle:
+            handle.write("half a fl")  # tstat is writing this line as the measurement starts
+
+        def rest() -> None:
+            with open(self.first / "log_tcp_complete", "a") as handle:
+                handle.write("ow\n")
+
+        reactor.callLater(0.5, rest)
+        msg = yield run_spec(self.probe, "tstat-exporter_streaming", "now + 2s", self.params())
+        self.assertEqual(msg.kind, "result", msg)
+        got = yield self.arrived(2)
+        self.assertEqual(got[1:], [f"{self.first / 'log_tcp_complete'} half a flow"])
 
     @defer.inlineCallbacks
     def test_folders_outside_log_dir_and_unlisted_repositories_are_refused(self) -> Any:

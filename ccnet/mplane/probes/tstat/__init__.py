@@ -184,6 +184,8 @@ class TstatProbe:
         self.name = name
         self.options = options
         self.tls: Any = None
+        # runtime.conf flag -> measurements now using it: a flag goes off with the last one.
+        self._flag_users: dict[str, int] = {}
 
     def use_tls(self, material: Any) -> None:
         self.tls = material
@@ -219,6 +221,20 @@ class TstatProbe:
         path = self.options.runtime_conf
         assert path is not None
         path.write_text(set_runtime_flags(path.read_text(), flags, on))
+
+    def _claim_flags(self, flags: tuple[str, ...]) -> None:
+        for flag in flags:
+            self._flag_users[flag] = self._flag_users.get(flag, 0) + 1
+
+    def _release_flags(self, flags: tuple[str, ...]) -> tuple[str, ...]:
+        """The flags no other running measurement uses any more."""
+        idle = []
+        for flag in flags:
+            self._flag_users[flag] -= 1
+            if self._flag_users[flag] <= 0:
+                del self._flag_users[flag]
+                idle.append(flag)
+        return tuple(idle)
 
     def _collect_tcp(self, label: str, since: float | None, until: float | None) -> list[list[Any]]:
         folder = self.options.log_dir or sample_dir()
@@ -263,16 +279,20 @@ class TstatProbe:
         flags = LOG_LABELS[label]
         live = await self._live()
         start = run.now()
+        # The RI keeps the core TCP set on once switched on; optional TCP sets, the HTTP log
+        # and the RRD engine go off again when no running measurement needs them.
+        optional = flags[1:] if len(flags) > 1 else (flags if label in (HTTP_LABEL, RRDS_LABEL) else ())
         if live:
+            self._claim_flags(optional)
             await self._in_thread(self._switch, flags, True)
         try:
             if run.end is None or run.end > start:
                 await run.interrupted
         finally:
-            if live and (len(flags) > 1 or label in (HTTP_LABEL, RRDS_LABEL)):
-                # The RI keeps the core TCP set on (other measurements may use it); optional
-                # TCP sets, the HTTP log and the RRD engine go off again.
-                await self._in_thread(self._switch, flags[1:] if len(flags) > 1 else flags, False)
+            if live:
+                idle = self._release_flags(optional)
+                if idle:
+                    await self._in_thread(self._switch, idle, False)
         end = run.now()
         since, until = (start.timestamp(), end.timestamp()) if live else (None, None)
         if label == HTTP_LABEL:
@@ -308,6 +328,8 @@ class TstatProbe:
             raise ProbeError(f"log.folder {folder} is outside this probe's log-dir {base}")
         if not folder.is_dir():
             raise ProbeError(f"log.folder {folder} is not a folder")
+        if address.tls and self.tls is None:
+            raise ProbeError("exporting over TLS needs the daemon's [tls] identity")
         start = run.now()
         streamer = exporters.LogStreamer(self.reactor, folder, log_type, address,
                                          self._client_options if address.tls else None)
@@ -322,12 +344,12 @@ class TstatProbe:
 
         from ccnet.tls import https_agent
 
-        if self.tls is None:
-            raise ProbeError("the RRD exporter needs the daemon's [tls] identity")
+        assert self.tls is not None
         headers: dict[bytes | str, list[bytes | str]] = {b"Content-Type": [b"application/json"]}
         # One request per round, minutes apart: no connection is kept open between them.
         pool = HTTPConnectionPool(self.reactor, persistent=False)
-        d = treq.post(url, data=body, headers=headers,
+        # No redirects: the repository must not send our data to a host outside export-to.
+        d = treq.post(url, data=body, headers=headers, allow_redirects=False,
                       agent=https_agent(self.reactor, self.tls, pool), timeout=30)
 
         def status(response: Any) -> Any:
@@ -337,6 +359,8 @@ class TstatProbe:
     async def _export_rrd(self, spec: Statement, run: ProbeRun) -> Statement:
         address = self._repository(spec, "repository.url", default_tls=True)
         assert self.options.rrd_dir is not None
+        if self.tls is None:
+            raise ProbeError("the RRD exporter needs the daemon's [tls] identity")
         start = run.now()
         begin, _ = spec.when.datetimes(start) if spec.when is not None else (start, None)
         exporter = exporters.RrdExporter(self.reactor, self.options.rrdtool, self.options.rrd_dir, self._post,

@@ -3,7 +3,8 @@
 * :class:`LogStreamer` (``tstat-exporter_streaming``): follows the newest
   ``<time>.out/<log.type>`` in a tstat log folder (and the next one when tstat rotates)
   and sends each line as ``<file> <line>\\n`` over TCP (the RI repository's streaming
-  importer) or mutual TLS (``tls://host:port``).
+  importer) or mutual TLS (``tls://host:port``); best effort, like the RI: there is no
+  acknowledgement, but the file position waits while the repository is unreachable.
 * :class:`RrdExporter` (``tstat-exporter_rrd``): every interval, the RRD samples newer
   than the last delivered ones are POSTed as JSON ``[[metric, time, value], ...]`` to
   ``https://<repository>/register/result/indirect_export`` (the RI repository's
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import defer, protocol, task
+from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
@@ -151,21 +152,40 @@ class LogStreamer:
             log.warn("tstat streaming exporter: {repo} unreachable ({err}); retrying", repo=self.address.netloc,
                      err=exc)
 
-    def _start_file(self, path: Path, from_end: bool) -> bytes:
-        """Switch to ``path``; the header line goes first so the repository can read columns."""
+    def _start_file(self, path: Path) -> bytes:
+        """Start at the end of ``path`` (after its last complete line, so no fragment goes
+        out); the header line goes first so the repository can read the columns."""
         self._path = path
-        data = b""
-        if from_end:
-            with open(path, "rb") as handle:
-                data = handle.read(self.chunk)
-        header = data.split(b"\n", 1)[0] + b"\n" if data.startswith(b"#") and b"\n" in data else b""
-        self._offset = path.stat().st_size if from_end else 0
+        with open(path, "rb") as handle:
+            head = handle.read(self.chunk)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - self.chunk))
+            tail = handle.read(self.chunk)
+        header = head.split(b"\n", 1)[0] + b"\n" if head.startswith(b"#") and b"\n" in head else b""
+        self._offset = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else size
         return header
 
-    def _send(self, raw_lines: list[bytes]) -> None:
+    def _send(self, raw_lines: list[bytes]) -> bool:
+        """Hand lines to the connection; False when there is none (any more)."""
+        if self._sink is None:
+            return False
         name = str(self._path).encode()
         self._sink.transport.write(b"".join(name + b" " + line.rstrip(b"\r") + b"\n" for line in raw_lines))
         self.sent_lines += len(raw_lines)
+        return True
+
+    async def _deliver(self) -> bool:
+        """Send the new complete lines of the current log; True when there were some."""
+        assert self._path is not None
+        path = self._path
+        data, start = await self._in_thread(_read_from, path, self._offset, self.chunk)
+        complete = data[: data.rfind(b"\n") + 1]
+        if not complete or path != self._path:
+            return False
+        # The position moves only once the lines are handed to a live connection.
+        if self._send(complete.split(b"\n")[:-1]):
+            self._offset = start + len(complete)
+        return True
 
     async def _step(self, pending_header: bytes) -> bytes:
         """One poll: deliver new complete lines; move to a newer log once this one is drained."""
@@ -174,17 +194,16 @@ class LogStreamer:
             if self._sink is None:
                 return pending_header
         if pending_header:
-            self._send([pending_header.rstrip(b"\n")])
+            if not self._send([pending_header.rstrip(b"\n")]):
+                return pending_header
             pending_header = b""
-        assert self._path is not None
-        data, start = await self._in_thread(_read_from, self._path, self._offset, self.chunk)
-        complete = data[: data.rfind(b"\n") + 1]
-        if complete:
-            self._send(complete.split(b"\n")[:-1])
-            self._offset = start + len(complete)
+        if await self._deliver() or self._sink is None:
             return pending_header
         newer = await self._in_thread(newest_log, self.folder, self.log_type)
         if newer is not None and newer != self._path:
+            # tstat flushes the old log when it opens the new one: read it to its end first.
+            if await self._deliver() or self._sink is None:
+                return pending_header
             log.info("tstat streaming exporter: tstat rotated to {path}", path=str(newer))
             self._path, self._offset = newer, 0
         return pending_header
@@ -198,14 +217,14 @@ class LogStreamer:
         first = await self._in_thread(newest_log, self.folder, self.log_type)
         if first is None:
             raise ProbeError(f"no {self.log_type} in a <time>.out folder of {self.folder}")
-        header = await self._in_thread(self._start_file, first, True)
+        header = await self._in_thread(self._start_file, first)
+        sleeper = _Sleeper(self.reactor, interrupted)
         try:
             while not interrupted.called:
                 header = await self._step(header)
                 if interrupted.called:
                     break
-                wait = self.poll if self._sink is not None else self.retry
-                await _sleep_or(self.reactor, wait, interrupted)
+                await sleeper.sleep(self.poll if self._sink is not None else self.retry)
             if self._sink is not None:
                 await self._step(header)  # what was logged up to the end of the window
         finally:
@@ -223,15 +242,34 @@ def _also_fire(source: defer.Deferred[Any], target: defer.Deferred[None]) -> Non
     source.addBoth(fire)
 
 
-async def _sleep_or(reactor: Any, seconds: float, interrupted: defer.Deferred[None]) -> None:
-    """Wait ``seconds`` or until the measurement is interrupted, whichever comes first."""
-    timer: defer.Deferred[None] = task.deferLater(reactor, seconds, lambda: None)
-    other: defer.Deferred[None] = defer.Deferred()
-    _also_fire(interrupted, other)
-    try:
-        await defer.DeferredList([timer, other], fireOnOneCallback=True, consumeErrors=True)
-    finally:
-        timer.cancel()
+class _Sleeper:
+    """Waits between rounds that end early when the measurement is interrupted; one hook
+    on ``interrupted`` for the whole run, however many rounds it has."""
+
+    def __init__(self, reactor: Any, interrupted: defer.Deferred[None]) -> None:
+        self.reactor = reactor
+        self.interrupted = interrupted
+        self._waiting: defer.Deferred[None] | None = None
+        interrupted.addBoth(self._on_interrupt)
+
+    def _on_interrupt(self, result: Any) -> Any:
+        self._wake()
+        return result
+
+    def _wake(self) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:
+            waiting.callback(None)
+
+    def sleep(self, seconds: float) -> defer.Deferred[None]:
+        waiting: defer.Deferred[None] = defer.Deferred()
+        if self.interrupted.called:
+            waiting.callback(None)
+            return waiting
+        self._waiting = waiting
+        call = self.reactor.callLater(seconds, self._wake)
+        waiting.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+        return waiting
 
 
 # ---------------------------------------------------------------------------
@@ -249,17 +287,25 @@ class RrdExporter:
     address: RepositoryAddress
     interval: float = 300.0
     delivered: list[rrd.RrdSample] = field(default_factory=list)
-    _after: float = 0.0
+    _since: float = 0.0
+    # Per metric: the newest delivered sample (tstat updates its RRDs one by one, so a
+    # metric may not have the newest step yet when another has).
+    _after: dict[str, float] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
         return f"https://{self.address.netloc}{INDIRECT_EXPORT_PATH}"
 
     async def _fetch_new(self, now: float) -> list[rrd.RrdSample]:
+        from twisted.internet import threads
+
         samples: list[rrd.RrdSample] = []
-        for path in rrd.list_rrds(self.folder):
-            got = await rrd.fetch(self.reactor, self.rrdtool, path, self._after, now)
-            samples.extend(s for s in got if s.time > self._after)
+        paths = await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), rrd.list_rrds,
+                                                self.folder)
+        for path in paths:
+            after = self._after.get(rrd.metric_name(path), self._since)
+            got = await rrd.fetch(self.reactor, self.rrdtool, path, after, now)
+            samples.extend(s for s in got if s.time > after)
         return sorted(samples, key=lambda s: (s.time, s.metric))
 
     async def export_round(self) -> int:
@@ -276,12 +322,14 @@ class RrdExporter:
         if status != 200:
             log.warn("tstat RRD exporter: {url} answered {status}; retrying next round", url=self.url, status=status)
             return 0
-        self._after = max(s.time for s in samples)
+        for sample in samples:
+            self._after[sample.metric] = max(sample.time, self._after.get(sample.metric, self._since))
         self.delivered.extend(samples)
         return len(samples)
 
     async def run(self, since: float, interrupted: defer.Deferred[None]) -> list[rrd.RrdSample]:
-        self._after = since
+        self._since = since
+        sleeper = _Sleeper(self.reactor, interrupted)
         while True:
             try:
                 await self.export_round()
@@ -289,7 +337,7 @@ class RrdExporter:
                 raise ProbeError(str(exc)) from None
             if interrupted.called:
                 return self.delivered
-            await _sleep_or(self.reactor, self.interval, interrupted)
+            await sleeper.sleep(self.interval)
 
 
 # ---------------------------------------------------------------------------
@@ -311,10 +359,11 @@ class _Exporter(protocol.ProcessProtocol):
 
 
 async def run_log_exporter(reactor: Any, program: Path, config: Path | None, repository: str,
-                           start_time: str, run: ProbeRun, grace: float = 5.0) -> int:
+                           start_time: str, run: ProbeRun, grace: float = 3.0) -> int:
     """Run ``program --config CONFIG --repoUrl REPOSITORY --startTime START`` (the RI's
     math_probe call) in its own folder until it ends or the measurement does; returns
-    its exit status (negative: the signal that stopped it at the end of the window)."""
+    its exit status (negative: the signal that stopped it at the end of the window).
+    Only the program itself is signalled (SIGTERM, then SIGKILL after ``grace``)."""
     args = [str(program)]
     if config is not None:
         args += ["--config", str(config)]
