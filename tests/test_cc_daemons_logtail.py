@@ -84,3 +84,33 @@ class LogTailTests(ServerMixin, TestCase):
         log.write_bytes(b"fresh\n")
         yield wait_for(lambda: out.exists() and out.read_bytes() == b"fresh\n")
         self.assertEqual([p.read_bytes() for p in (dst / "db1").glob("app.log.20*")], [lines])
+
+    @defer.inlineCallbacks
+    def test_lines_written_just_before_a_rename_rotation_are_not_lost(self) -> Any:
+        base = Path(self.mktemp()).absolute()
+        src, dst = base / "src", base / "dst"
+        src.mkdir(parents=True)
+        port = free_port()
+        log = src / "app.log"
+        log.write_bytes(b"")
+        self.start_server(SERVER.format(port=port, dst=dst))
+        ini = base / "d.ini"
+        ini.write_text(DAEMON.format(port=port, src=src))
+        cfg, opts = load_job(ini, "logtail", parse_options, env={})
+        job = LogTail(cfg, opts, reactor)
+        job.start()
+        self.addCleanup(job.stop)
+        yield wait_for(lambda: str(log) in job.offsets)
+        with open(log, "ab") as f:
+            f.write(b"first\n")
+        out = dst / "db1" / "app.log"
+        yield wait_for(lambda: out.exists() and out.read_bytes() == b"first\n")
+        # logrotate-style: the application writes its last lines, the file is renamed and a
+        # new one started, all before the daemon's next scan.
+        last = b"".join(b"last line %03d before rotation\n" % i for i in range(12))  # > buffer-bytes
+        with open(log, "ab") as f:
+            f.write(last)
+        os.rename(log, src / "app.log.1")
+        log.write_bytes(b"fresh\n")
+        yield wait_for(lambda: out.exists() and out.read_bytes() == b"fresh\n")
+        self.assertEqual([p.read_bytes() for p in (dst / "db1").glob("app.log.20*")], [b"first\n" + last])

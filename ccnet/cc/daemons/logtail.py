@@ -6,7 +6,8 @@ Files: ``logname`` (one file in ``logdir``) or every file matching
 (``fpos``) and the file's st_dev/st_ino, and the offset advances only when
 the receiver (tailwriter) acknowledges, so a chunk is resent until it
 arrives.  A file that was replaced (new inode) or truncated is read from the
-start.  When more than ``lag-max-bytes`` are waiting, the daemon skips ahead
+start; when it was rotated by renaming (logrotate's ``app.log`` -> ``app.log.1``, same
+folder), what was appended to the old file after the last read is sent first.  When more than ``lag-max-bytes`` are waiting, the daemon skips ahead
 (logged).  Offsets survive restarts in ``offset-file`` (default
 ``<ini dir>/<job_name>.offsets``, the original kept ``<pidfile>.save``).
 Files present at first start are followed from their end.
@@ -29,7 +30,7 @@ from ccnet.cc.daemons.infosender import parse_compression
 from ccnet.cc.handlers.payload import b64encode_py2, compress
 from ccnet.config import IniFile, SectionReader
 
-__all__ = ["LogTail", "LogTailOptions", "parse_options", "read_chunk"]
+__all__ = ["LogTail", "LogTailOptions", "find_inode", "parse_options", "read_chunk"]
 
 log = Logger()
 
@@ -73,6 +74,23 @@ def parse_options(section: SectionReader, ini: IniFile) -> LogTailOptions:
             section.get_str(k)
     common_keys(section)
     return opts
+
+
+def find_inode(folder: str, dev: int, ino: int) -> str | None:
+    """Blocking: the file in ``folder`` that is inode (dev, ino) now, e.g. ``app.log.1``
+    after logrotate renamed ``app.log``; None when it is gone."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (dev, ino) and entry.is_file(follow_symlinks=False):
+            return entry.path
+    return None
 
 
 def read_chunk(path: str, offset: int, limit: int) -> tuple[int, int, int, int, bytes]:
@@ -137,7 +155,9 @@ class LogTail(CCJob):
                 self.offsets[path] = [dev, ino, size]  # first start: follow from the end
                 return
             if known is not None and (known[0], known[1]) != (dev, ino):
-                start = 0  # replaced file: read the new one from the start
+                # Rotated: what was appended to the old file after our last read goes out
+                # first (under its old identity), then the new file from its start.
+                yield self._drain_rotated(path, known, pool)
                 dev, ino, size, start, data = yield threads.deferToThreadPool(
                     self.reactor, pool, read_chunk, path, 0, o.buffer_bytes)
             if size - start > o.lag_max_bytes:
@@ -147,20 +167,49 @@ class LogTail(CCJob):
             if not data:
                 self.offsets[path] = [dev, ino, start]
                 return
-            payload = compress(data, o.compression, o.compression_level)
-            fields = {
-                "filename": path, "comp": o.compression, "mode": "b", "fpos": start,
-                "op_mode": o.op_mode, "st_dev": dev, "st_ino": ino,
-                "data": "" if o.use_blob else b64encode_py2(payload),
-            }
-            try:
-                yield self.query("pub.logtail", fields, payload if o.use_blob else None,
-                                 timeout=o.retry_period, retries=None)
-            except CCErrorReply as exc:
-                log.warn("logtail: chunk of {path} refused: {error}", path=path, error=str(exc))
-            self.sent_bytes += len(data)
+            yield self._send(path, dev, ino, start, data)
             self.offsets[path] = [dev, ino, start + len(data)]
             if len(data) < o.buffer_bytes:
+                return
+
+    @defer.inlineCallbacks
+    def _send(self, path: str, dev: int, ino: int, start: int, data: bytes) -> Any:
+        """One ``pub.logtail`` chunk, resent until the receiver answers."""
+        o = self.options
+        payload = compress(data, o.compression, o.compression_level)
+        fields = {
+            "filename": path, "comp": o.compression, "mode": "b", "fpos": start,
+            "op_mode": o.op_mode, "st_dev": dev, "st_ino": ino,
+            "data": "" if o.use_blob else b64encode_py2(payload),
+        }
+        try:
+            yield self.query("pub.logtail", fields, payload if o.use_blob else None,
+                             timeout=o.retry_period, retries=None)
+        except CCErrorReply as exc:
+            log.warn("logtail: chunk of {path} refused: {error}", path=path, error=str(exc))
+        self.sent_bytes += len(data)
+
+    @defer.inlineCallbacks
+    def _drain_rotated(self, path: str, known: list[int], pool: Any) -> Any:
+        """Send the tail of the file ``path`` was before rotation, if it is still in the folder."""
+        o = self.options
+        dev, ino, offset = known
+        old = yield threads.deferToThreadPool(self.reactor, pool, find_inode, os.path.dirname(path), dev, ino)
+        if old is None:
+            return
+        while True:
+            try:
+                got_dev, got_ino, _, start, data = yield threads.deferToThreadPool(
+                    self.reactor, pool, read_chunk, old, offset, o.buffer_bytes)
+            except OSError:
+                return
+            if (got_dev, got_ino) != (dev, ino) or not data or start != offset:
+                return
+            yield self._send(path, dev, ino, start, data)
+            offset = start + len(data)
+            self.offsets[path] = [dev, ino, offset]
+            if len(data) < o.buffer_bytes:
+                log.info("logtail: sent the rest of rotated {path} from {old}", path=path, old=old)
                 return
 
 
