@@ -116,13 +116,11 @@ class ThreeRoleTests(unittest.TestCase):
                                   "tstat-log_tcp_complete-p2p_stats", "tstat-log_tcp_complete-tcp_options"])
         receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 2s / 1s",
                                                              {"destination.ip4": "127.0.0.1"}))
-        t0 = reactor.seconds()
         result = yield defer.ensureDeferred(self.client.watch(receipt, interval=0.05, timeout=30))
         self.assertIsInstance(result, Statement, result)
         self.assertEqual(result.label, "ping-average-ip4")
         self.assertEqual(int(result.resultvalues[0][3]), 2)
-        # Two pings one second apart; the rest is overhead (the SDK's mpsup needs ~6 s more).
-        self.assertLess(reactor.seconds() - t0, 3.5)
+        # (How fast that comes back, against the SDK's mpsup, is bench/mplane_bench.py's job.)
         receipt = yield defer.ensureDeferred(self.client.run("tstat-log_tcp_complete-core", "now"))
         flows = yield defer.ensureDeferred(self.client.watch(receipt, interval=0.05, timeout=30))
         self.assertEqual([row[0] for row in flows.resultvalues], ["192.168.1.2", "192.168.1.2"])
