@@ -104,6 +104,22 @@ class AllBlocking(RPCService):
         return None
 
 
+class WithFinish(RPCService):
+    def export_done(self) -> None:
+        return None
+
+    def finish_done(self) -> str:
+        return "finished"
+
+    def export_plain(self) -> None:
+        return None
+
+    finish_plain = None  # not callable: no hook
+
+    def finish_orphan(self) -> None:  # no export_orphan: never called
+        return None
+
+
 def plan(method: str | None, who: Identity | None, args: str | None = None, extra: object = None,
          table: MethodTable | None = None, allow_proxies: bool = True) -> CallPlan | ErrorReply:
     req = CallRequest(method=method, args=args,
@@ -259,6 +275,14 @@ class PlanTests(unittest.TestCase):
         many = MethodTable(AllBlocking)
         self.assertTrue(many.get("a").blocking)  # type: ignore[union-attr]
         self.assertFalse(many.get("b").blocking)  # type: ignore[union-attr]
+
+    def test_finish_hooks(self) -> None:
+        table = MethodTable(WithFinish)
+        self.assertTrue(table.get("done").has_finish)  # type: ignore[union-attr]
+        self.assertEqual(table.get("done").finish_attr, "finish_done")  # type: ignore[union-attr]
+        self.assertFalse(table.get("plain").has_finish)  # type: ignore[union-attr]
+        self.assertFalse(table.get("ping").has_finish)  # type: ignore[union-attr]
+        self.assertNotIn("orphan", table.names())
 
     def test_raw_content_flag_from_form(self) -> None:
         req = CallRequest.from_form({b"method": [b"streamToClient"], b"rawContent": [b"True"]})

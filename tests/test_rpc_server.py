@@ -11,6 +11,7 @@ import requests
 import treq
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.python import threadable
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
@@ -469,6 +470,130 @@ class InitFailureTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
         status, _, body = await call(site, {"method": "hello"}, service="Test/Init")
         self.assertEqual((status, body["Value"]), (200, "hi"))
+
+
+class FinishService(RPCService):
+    """``finish_<method>`` hooks; ``runs`` records which export/hook bodies ran."""
+
+    auth_Default = ["all"]
+    auth_guarded = ["CSAdministrator"]
+    runs: list[str] = []
+
+    @blocking
+    def export_threaded(self, value: int) -> dict[str, Any]:
+        return S_OK({"value": value, "thread": threading.get_ident()})
+
+    def finish_threaded(self) -> dict[str, Any]:
+        return S_OK({"export": self.result["Value"], "thread": threading.get_ident(),
+                     "io thread": threadable.isInIOThread()})
+
+    def export_refused(self) -> dict[str, Any]:
+        return S_ERROR("refused by the export")
+
+    def finish_refused(self) -> str:
+        return f"finish saw: {self.result['Message']}"
+
+    def export_later(self) -> defer.Deferred[str]:
+        return task.deferLater(reactor, 0, lambda: "export value")
+
+    def finish_later(self) -> defer.Deferred[dict[str, Any]]:
+        return task.deferLater(reactor, 0, lambda: S_OK(self.result.upper()))
+
+    def export_broken(self) -> str:
+        return "fine"
+
+    def finish_broken(self) -> None:
+        raise RuntimeError("finish bug with a secret")
+
+    def export_brokenLater(self) -> str:  # noqa: N802
+        return "fine"
+
+    def finish_brokenLater(self) -> defer.Deferred[None]:  # noqa: N802
+        return defer.fail(ValueError("late finish bug"))
+
+    def export_crash(self) -> None:
+        raise RuntimeError("export bug")
+
+    def finish_crash(self) -> str:
+        FinishService.runs.append("finish crash")
+        return "never sent"
+
+    def export_guarded(self) -> str:
+        FinishService.runs.append("export guarded")
+        return "guarded"
+
+    def finish_guarded(self) -> str:
+        FinishService.runs.append("finish guarded")
+        return f"finished {self.result}"
+
+    def export_plain(self) -> dict[str, Any]:
+        return S_OK("default reply")
+
+
+FINISH = """
+[rpc:Test/Finish]
+class = tests.test_rpc_server:FinishService
+"""
+
+
+class FinishHookTests(unittest.TestCase):
+    def setUp(self) -> None:
+        FinishService.runs = []
+        self.site = start_rpc_site(self, FINISH)
+
+    async def _call(self, method: str, args: str = "[]", who: str = "client") -> tuple[int, Any]:
+        status, _, body = await call(self.site, {"method": method, "args": args},
+                                     service="Test/Finish", who=who)
+        return status, body
+
+    async def test_hook_replies_from_the_result_on_the_reactor_thread(self) -> None:
+        reactor_thread = threading.get_ident()  # trial runs the test on the reactor thread
+        status, body = await self._call("threaded", "[7]")
+        self.assertEqual(status, 200)
+        value = body["Value"]
+        self.assertEqual(value["export"]["value"], 7)
+        self.assertNotEqual(value["export"]["thread"], reactor_thread)
+        self.assertEqual(value["thread"], reactor_thread)
+        self.assertIs(value["io thread"], True)
+
+    async def test_hook_sees_an_S_ERROR_result_too(self) -> None:
+        status, body = await self._call("refused")
+        self.assertEqual((status, body), (200, {"OK": True, "Value": "finish saw: refused by the export"}))
+
+    async def test_hook_may_return_a_deferred(self) -> None:
+        status, body = await self._call("later")
+        self.assertEqual((status, body), (200, {"OK": True, "Value": "EXPORT VALUE"}))
+
+    async def test_hook_failure_is_500_and_service_keeps_serving(self) -> None:
+        status, body = await self._call("broken")
+        self.assertEqual(status, 500)
+        self.assertIs(body["OK"], False)
+        self.assertNotIn("secret", body["Message"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        status, body = await self._call("brokenLater")
+        self.assertEqual(status, 500)
+        self.assertIs(body["OK"], False)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        status, body = await self._call("later")
+        self.assertEqual((status, body["Value"]), (200, "EXPORT VALUE"))
+
+    async def test_hook_does_not_run_when_the_export_raises(self) -> None:
+        status, body = await self._call("crash")
+        self.assertEqual(status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(FinishService.runs, [])
+
+    async def test_authorization_comes_before_export_and_hook(self) -> None:
+        status, body = await self._call("guarded")
+        self.assertEqual(status, 401)
+        self.assertEqual(FinishService.runs, [])
+        status, body = await self._call("guarded", who="admin")
+        self.assertEqual((status, body["Value"]), (200, "finished guarded"))
+        self.assertEqual(FinishService.runs, ["export guarded", "finish guarded"])
+
+    async def test_method_without_hook_gets_the_default_reply(self) -> None:
+        status, body = await self._call("plain")
+        self.assertEqual((status, body), (200, {"OK": True, "Value": "default reply"}))
 
 
 class WhoamiAdminTests(unittest.TestCase):

@@ -45,6 +45,7 @@ __all__ = [
 DEFAULT_RULES: tuple[str, ...] = ("authenticated",)
 
 _EXPORT = "export_"
+_FINISH = "finish_"
 _BLOCKING_ATTR = "ccnet_blocking"
 _FALSE_WORDS = {"", "0", "false", "no", "off", "none"}
 
@@ -82,10 +83,15 @@ class ExportSpec:
     signature: inspect.Signature | None
     min_args: int = 0
     max_args: int | None = None  # None: *args
+    has_finish: bool = False  # the class defines finish_<name>
 
     @property
     def attr(self) -> str:
         return _EXPORT + self.name
+
+    @property
+    def finish_attr(self) -> str:
+        return _FINISH + self.name
 
 
 class MethodTable:
@@ -129,6 +135,7 @@ class MethodTable:
                 signature=signature,
                 min_args=min_args,
                 max_args=max_args,
+                has_finish=callable(getattr(cls, _FINISH + name, None)),
             )
         unknown = set(cfg) - {n.lower() for n in self._exports} - {"default"}
         self.unknown_rules = sorted(unknown)

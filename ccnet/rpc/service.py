@@ -25,7 +25,9 @@ Writing a service is what DIRAC users already do::
 ``initializeHandler`` runs once per mounted service, before its first call; calls that
 arrive while it runs wait for it.  Exports marked :func:`blocking` (or every export of a
 class with ``blocking = True``) run, together with ``initializeRequest``, in the
-``[rpc] threads``-bounded pool, so the reactor never blocks.
+``[rpc] threads``-bounded pool, so the reactor never blocks.  A ``finish_<method>``
+hook always runs on the reactor, after its export returned, and makes the reply from
+``self.result`` (DIRAC's hook for work that belongs on the event loop).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -117,6 +119,8 @@ class RPCService:
     Class attributes a subclass may set: ``auth_<method>`` / ``auth_Default`` rule lists,
     ``types_<method>`` argument type lists, ``blocking = True`` (every export in the
     thread pool), ``codec_classes`` (classes its JEncode arguments/results may carry).
+    A ``finish_<method>(self)`` hook runs on the reactor after a successful export and
+    returns the reply in its place, from ``self.result``.
     """
 
     blocking: ClassVar[bool] = False
@@ -133,6 +137,10 @@ class RPCService:
     _startTime: ClassVar[datetime.datetime] = datetime.datetime(1970, 1, 1)
 
     log = Logger(namespace="ccnet.rpc.service")
+
+    #: What ``export_<method>`` returned (its Deferred or coroutine resolved); set on the
+    #: reactor just before ``finish_<method>`` runs.
+    result: Any = None
 
     def __init__(self, context: RequestContext) -> None:
         self._context = context
@@ -349,6 +357,14 @@ class MountedService:
 
     def _invoke(self, plan: CallPlan, context: RequestContext) -> Deferred[Any]:
         handler = self.cls(context)
+        d = self._run_export(handler, plan)
+        if plan.export.has_finish:
+            # A callback of the export's Deferred runs on the reactor thread, also after a
+            # blocking export (deferToThreadPool fires it with callFromThread).
+            d.addCallback(_run_finish, handler, getattr(handler, plan.export.finish_attr))
+        return d
+
+    def _run_export(self, handler: RPCService, plan: CallPlan) -> Deferred[Any]:
         func = getattr(handler, plan.export.attr)
         if plan.export.blocking:
             return deferToThreadPool(self._reactor, self._pool, _run_blocking, handler, func, plan.args)
@@ -371,8 +387,16 @@ def _as_deferred(result: Any) -> Deferred[Any]:
     return succeed(result)
 
 
+def _run_finish(result: Any, handler: RPCService, finish: Callable[[], Any]) -> Deferred[Any]:
+    """DIRAC's ``finish_<method>``: sees the export's value as ``self.result`` and returns
+    the value to reply with, as an export would."""
+    handler.result = result
+    return _as_deferred(finish())
+
+
 def _run_blocking(handler: RPCService, func: Any, args: tuple[Any, ...]) -> Any:
-    # Both hooks run in the worker thread, as DIRAC runs them in its executor.
+    # initializeRequest and the export run in the worker thread, as DIRAC runs them in its
+    # executor (finish_<method> does not: see MountedService._invoke).
     started = handler.initializeRequest()
     if isinstance(started, Deferred) or inspect.isawaitable(started):
         raise TypeError("initializeRequest of a blocking service must not return a Deferred")
