@@ -59,13 +59,15 @@ class AppendChunkTests(TestCase):
 
 class LogTailTests(ServerMixin, TestCase):
     @defer.inlineCallbacks
-    def test_appended_lines_arrive_in_order_and_rotation_starts_a_new_file(self) -> Any:
+    def start_tail(self, existing: bytes) -> Any:
+        """A tailwriter server and a logtail daemon following ``src/app.log`` (which holds
+        ``existing`` at start); fires with (src, dst, log) once the daemon follows it."""
         base = Path(self.mktemp()).absolute()
         src, dst = base / "src", base / "dst"
         src.mkdir(parents=True)
         port = free_port()
         log = src / "app.log"
-        log.write_bytes(b"old line before start\n")
+        log.write_bytes(existing)
         self.start_server(SERVER.format(port=port, dst=dst))
         ini = base / "d.ini"
         ini.write_text(DAEMON.format(port=port, src=src))
@@ -74,6 +76,11 @@ class LogTailTests(ServerMixin, TestCase):
         job.start()
         self.addCleanup(job.stop)
         yield wait_for(lambda: str(log) in job.offsets)
+        return src, dst, log
+
+    @defer.inlineCallbacks
+    def test_appended_lines_arrive_in_order_and_rotation_starts_a_new_file(self) -> Any:
+        src, dst, log = yield self.start_tail(b"old line before start\n")
         lines = b"".join(b"line %03d of the log\n" % i for i in range(40))
         with open(log, "ab") as f:
             f.write(lines)
@@ -87,20 +94,7 @@ class LogTailTests(ServerMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_lines_written_just_before_a_rename_rotation_are_not_lost(self) -> Any:
-        base = Path(self.mktemp()).absolute()
-        src, dst = base / "src", base / "dst"
-        src.mkdir(parents=True)
-        port = free_port()
-        log = src / "app.log"
-        log.write_bytes(b"")
-        self.start_server(SERVER.format(port=port, dst=dst))
-        ini = base / "d.ini"
-        ini.write_text(DAEMON.format(port=port, src=src))
-        cfg, opts = load_job(ini, "logtail", parse_options, env={})
-        job = LogTail(cfg, opts, reactor)
-        job.start()
-        self.addCleanup(job.stop)
-        yield wait_for(lambda: str(log) in job.offsets)
+        src, dst, log = yield self.start_tail(b"")
         with open(log, "ab") as f:
             f.write(b"first\n")
         out = dst / "db1" / "app.log"
