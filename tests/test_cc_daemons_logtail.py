@@ -57,6 +57,49 @@ class AppendChunkTests(TestCase):
         self.assertEqual(len(list((root / "h").glob("x.log.20*"))), 1)
 
 
+class SourceChangeTests(TestCase):
+    def setUp(self) -> None:
+        self.root = Path(self.mktemp()).absolute()
+        self.root.mkdir()
+        self.dst = self.root / "h" / "app.log"
+
+    def rotated(self) -> list[bytes]:
+        return [p.read_bytes() for p in sorted((self.root / "h").glob("app.log.20*"))]
+
+    def test_a_late_resend_of_the_previous_source_stays_out_of_the_new_output(self) -> None:
+        # A logtail restarted from offsets saved before the rotation resends the old tail.
+        append_chunk(self.root, self.dst, b"first\n", 0, 1, 10)
+        append_chunk(self.root, self.dst, b"tail\n", 6, 1, 10)
+        append_chunk(self.root, self.dst, b"fresh\n", 0, 1, 11)
+        self.assertEqual(append_chunk(self.root, self.dst, b"tail\n", 6, 1, 10), ("duplicate", 11))
+        self.assertEqual(append_chunk(self.root, self.dst, b"fresh\n", 0, 1, 11), ("duplicate", 6))
+        self.assertEqual(self.dst.read_bytes(), b"fresh\n")
+        self.assertEqual(self.rotated(), [b"first\ntail\n"])
+
+    def test_a_new_file_reusing_the_previous_inode_number_is_a_new_source(self) -> None:
+        append_chunk(self.root, self.dst, b"first\n", 0, 1, 10)
+        append_chunk(self.root, self.dst, b"second\n", 0, 1, 11)
+        # inode 10 was deleted and its number given to the next log file
+        self.assertEqual(append_chunk(self.root, self.dst, b"third\n", 0, 1, 10), ("written", 6))
+        self.assertEqual(self.dst.read_bytes(), b"third\n")
+        self.assertEqual(self.rotated(), [b"first\n", b"second\n"])
+
+    def test_more_of_the_previous_source_is_appended_to_its_rotated_output(self) -> None:
+        append_chunk(self.root, self.dst, b"first\n", 0, 1, 10)
+        append_chunk(self.root, self.dst, b"fresh\n", 0, 1, 11)
+        self.assertEqual(append_chunk(self.root, self.dst, b"late\n", 6, 1, 10), ("written", 11))
+        self.assertEqual(self.dst.read_bytes(), b"fresh\n")
+        self.assertEqual(self.rotated(), [b"first\nlate\n"])
+
+    def test_a_new_generation_of_the_same_inode_starts_a_new_output(self) -> None:
+        append_chunk(self.root, self.dst, b"before truncation\n", 0, 1, 10)
+        self.assertEqual(append_chunk(self.root, self.dst, b"after\n", 0, 1, 10, gen=1), ("written", 6))
+        self.assertEqual(self.dst.read_bytes(), b"after\n")
+        self.assertEqual(self.rotated(), [b"before truncation\n"])
+        # Without a generation a chunk at 0 of a known inode is a resend, as before.
+        self.assertEqual(append_chunk(self.root, self.dst, b"after\n", 0, 1, 10, gen=1), ("duplicate", 6))
+
+
 class LogTailTests(ServerMixin, TestCase):
     @defer.inlineCallbacks
     def start_tail(self, existing: bytes) -> Any:
@@ -108,3 +151,19 @@ class LogTailTests(ServerMixin, TestCase):
         log.write_bytes(b"fresh\n")
         yield wait_for(lambda: out.exists() and out.read_bytes() == b"fresh\n")
         self.assertEqual([p.read_bytes() for p in (dst / "db1").glob("app.log.20*")], [b"first\n" + last])
+
+    @defer.inlineCallbacks
+    def test_a_truncated_log_starts_a_new_output_instead_of_being_dropped(self) -> Any:
+        _, dst, log = yield self.start_tail(b"")
+        with open(log, "ab") as f:
+            f.write(b"a long line written before the truncation\n")
+        out = dst / "db1" / "app.log"
+        yield wait_for(lambda: out.exists() and out.read_bytes() == b"a long line written before the truncation\n")
+        # copytruncate: the file is emptied in place (same inode) and written again.
+        with open(log, "r+b") as f:
+            f.truncate(0)
+        with open(log, "ab") as f:
+            f.write(b"short\n")
+        yield wait_for(lambda: out.exists() and out.read_bytes() == b"short\n")
+        self.assertEqual([p.read_bytes() for p in (dst / "db1").glob("app.log.20*")],
+                         [b"a long line written before the truncation\n"])

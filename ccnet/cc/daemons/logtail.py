@@ -6,7 +6,8 @@ Files: ``logname`` (one file in ``logdir``) or every file matching
 (``fpos``) and the file's st_dev/st_ino, and the offset advances only when
 the receiver (tailwriter) acknowledges, so a chunk is resent until it
 arrives.  A file that was replaced (new inode) or truncated is read from the
-start; when it was rotated by renaming (logrotate's ``app.log`` -> ``app.log.1``, same
+start (a truncation raises the file's ``gen``, sent with its chunks, so tailwriter starts
+a new output); when it was rotated by renaming (logrotate's ``app.log`` -> ``app.log.1``, same
 folder), what was appended to the old file after the last read is sent first.  When more than ``lag-max-bytes`` are waiting, the daemon skips ahead
 (logged).  Offsets survive restarts in ``offset-file`` (default
 ``<ini dir>/<job_name>.offsets``, the original kept ``<pidfile>.save``).
@@ -108,7 +109,7 @@ class LogTail(CCJob):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        #: path -> [dev, ino, offset]
+        #: path -> [dev, ino, offset, generation (truncations seen)]
         self.offsets: dict[str, list[int]] = {}
         self.sent_bytes = 0
         self._first = True
@@ -117,7 +118,8 @@ class LogTail(CCJob):
 
     def startJob(self) -> None:  # noqa: N802
         try:
-            self.offsets = {k: list(v) for k, v in json.loads(self.offset_path.read_text()).items()}
+            # [dev, ino, offset, generation]; files of older versions have no generation.
+            self.offsets = {k: (list(v) + [0])[:4] for k, v in json.loads(self.offset_path.read_text()).items()}
             self._first = False
         except (OSError, ValueError):
             self.offsets = {}
@@ -146,42 +148,51 @@ class LogTail(CCJob):
         while True:
             known = self.offsets.get(path)
             offset = known[2] if known else 0
+            gen = known[3] if known else 0
             try:
                 dev, ino, size, start, data = yield threads.deferToThreadPool(
                     self.reactor, pool, read_chunk, path, offset, o.buffer_bytes)
             except OSError:
                 return
             if known is None and self._first:
-                self.offsets[path] = [dev, ino, size]  # first start: follow from the end
+                self.offsets[path] = [dev, ino, size, 0]  # first start: follow from the end
                 return
             if known is not None and (known[0], known[1]) != (dev, ino):
                 # Rotated: what was appended to the old file after our last read goes out
                 # first (under its old identity), then the new file from its start.
                 yield self._drain_rotated(path, known, pool)
+                gen = 0
                 dev, ino, size, start, data = yield threads.deferToThreadPool(
                     self.reactor, pool, read_chunk, path, 0, o.buffer_bytes)
+            elif known is not None and start < offset:
+                # Same file, shorter than what we sent: truncated (copytruncate rotation).
+                # A new generation tells the receiver to start a new output.
+                gen += 1
+                log.info("logtail: {path} was truncated; reading it from the start", path=path)
             if size - start > o.lag_max_bytes:
                 log.warn("logtail: {path} lags {n} bytes, skipping ahead", path=path, n=size - start)
-                self.offsets[path] = [dev, ino, size]
+                self.offsets[path] = [dev, ino, size, gen]
                 return
             if not data:
-                self.offsets[path] = [dev, ino, start]
+                self.offsets[path] = [dev, ino, start, gen]
                 return
-            yield self._send(path, dev, ino, start, data)
-            self.offsets[path] = [dev, ino, start + len(data)]
+            yield self._send(path, dev, ino, gen, start, data)
+            self.offsets[path] = [dev, ino, start + len(data), gen]
             if len(data) < o.buffer_bytes:
                 return
 
     @defer.inlineCallbacks
-    def _send(self, path: str, dev: int, ino: int, start: int, data: bytes) -> Any:
+    def _send(self, path: str, dev: int, ino: int, gen: int, start: int, data: bytes) -> Any:
         """One ``pub.logtail`` chunk, resent until the receiver answers."""
         o = self.options
         payload = compress(data, o.compression, o.compression_level)
-        fields = {
+        fields: dict[str, Any] = {
             "filename": path, "comp": o.compression, "mode": "b", "fpos": start,
             "op_mode": o.op_mode, "st_dev": dev, "st_ino": ino,
             "data": "" if o.use_blob else b64encode_py2(payload),
         }
+        if gen:
+            fields["gen"] = gen  # only after a truncation: the original's messages otherwise
         try:
             yield self.query("pub.logtail", fields, payload if o.use_blob else None,
                              timeout=o.retry_period, retries=None)
@@ -193,21 +204,24 @@ class LogTail(CCJob):
     def _drain_rotated(self, path: str, known: list[int], pool: Any) -> Any:
         """Send the tail of the file ``path`` was before rotation, if it is still in the folder."""
         o = self.options
-        dev, ino, offset = known
+        dev, ino, offset, gen = known
         old = yield threads.deferToThreadPool(self.reactor, pool, find_inode, os.path.dirname(path), dev, ino)
         if old is None:
             return
         while True:
             try:
-                got_dev, got_ino, _, start, data = yield threads.deferToThreadPool(
+                got_dev, got_ino, size, start, data = yield threads.deferToThreadPool(
                     self.reactor, pool, read_chunk, old, offset, o.buffer_bytes)
             except OSError:
                 return
             if (got_dev, got_ino) != (dev, ino) or not data or start != offset:
                 return
-            yield self._send(path, dev, ino, start, data)
+            if size - start > o.lag_max_bytes:
+                log.warn("logtail: rotated {path} lags {n} bytes, not sent", path=path, n=size - start)
+                return
+            yield self._send(path, dev, ino, gen, start, data)
             offset = start + len(data)
-            self.offsets[path] = [dev, ino, offset]
+            self.offsets[path] = [dev, ino, offset, gen]
             if len(data) < o.buffer_bytes:
                 log.info("logtail: sent the rest of rotated {path} from {old}", path=path, old=old)
                 return

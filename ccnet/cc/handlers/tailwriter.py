@@ -7,8 +7,10 @@ appended to ``dstdir/<host>/<basename>`` (same layout keys as infowriter:
 kept next to it in ``<file>.pos``, so a resent chunk (sender retry after a
 lost acknowledgement) is not appended twice, also across restarts.  When the
 source file is a new one (other inode, offset 0), the previous output is
-renamed with a ``.%Y-%m-%d_%H-%M-%S`` suffix first.  A gap (fpos ahead of
-what was written) is logged and the chunk appended, as the original did.
+renamed with a ``.%Y-%m-%d_%H-%M-%S`` suffix first; so is it when the sender says
+the file was truncated (its ``gen`` counter went up), and late chunks of the previous
+source still go to the renamed output.  A gap (fpos ahead of what was written) is
+logged and the chunk appended, as the original did.
 The sender is acknowledged with ``reply.pub.logtail`` {filename, fpos, next}.
 """
 
@@ -50,27 +52,62 @@ def _read_pos(pos: Path) -> dict[str, Any]:
         return {}
 
 
-def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino: Any) -> tuple[str, int]:
-    """Blocking: append ``data`` (source offset ``fpos``); returns (status, next offset)."""
+def _same(record: dict[str, Any], dev: Any, ino: Any, gen: int) -> bool:
+    return record.get("dev") == dev and record.get("ino") == ino and int(record.get("gen", 0)) == gen
+
+
+def _write(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _save_pos(pos_file: Path, pos: dict[str, Any]) -> None:
+    tmp = pos_file.with_name(pos_file.name + ".new")
+    tmp.write_text(json.dumps(pos))
+    os.replace(tmp, pos_file)
+
+
+def _rotate_aside(dst: Path) -> Path:
+    """Move ``dst`` to a ``.%Y-%m-%d_%H-%M-%S`` name that is never reused: two rotations
+    in one second must not overwrite each other's (acknowledged) data."""
+    rotated = dst.with_name(dst.name + time.strftime(".%Y-%m-%d_%H-%M-%S"))
+    serial = 0
+    while True:
+        try:
+            os.link(dst, rotated)
+            break
+        except FileExistsError:
+            serial += 1
+            rotated = rotated.with_name(f"{rotated.name.split('~')[0]}~{serial}")
+    os.unlink(dst)
+    return rotated
+
+
+def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino: Any,
+                 gen: int = 0) -> tuple[str, int]:
+    """Blocking: append ``data`` (source offset ``fpos``); returns (status, next offset).
+
+    The source is (st_dev, st_ino, gen): another inode, or the same one truncated (the
+    sender's ``gen`` went up), starts a new output and the old one is rotated aside. A
+    late chunk past the start of the previous source (a sender resending the tail of a
+    rotated log after a restart) goes to the rotated output, never into the new one."""
     prepare_folder(dstdir, dst)
     pos_file = dst.with_name(dst.name + ".pos")
     pos = _read_pos(pos_file)
-    same_source = pos.get("dev") == dev and pos.get("ino") == ino
+    prev = pos.get("prev") or {}
+    # A chunk at offset 0 is a new file even with the previous one's inode number (the
+    # file system reuses numbers of deleted files); the tail of a rotated file is not.
+    if fpos > 0 and prev and _same(prev, dev, ino, gen) and not _same(pos, dev, ino, gen):
+        return _append_previous(dst, pos_file, pos, prev, data, fpos)
+    same_source = _same(pos, dev, ino, gen)
     expected = int(pos.get("next", 0)) if same_source else 0
     status = "written"
     if pos and not same_source and dst.exists():
-        # Keep the previous file under a name that is never reused: two rotations in one
-        # second must not overwrite each other's (acknowledged) data.
-        rotated = dst.with_name(dst.name + time.strftime(".%Y-%m-%d_%H-%M-%S"))
-        serial = 0
-        while True:
-            try:
-                os.link(dst, rotated)
-                break
-            except FileExistsError:
-                serial += 1
-                rotated = rotated.with_name(f"{rotated.name.split('~')[0]}~{serial}")
-        os.unlink(dst)
+        rotated = _rotate_aside(dst)
+        prev = {"dev": pos.get("dev"), "ino": pos.get("ino"), "gen": int(pos.get("gen", 0)),
+                "next": int(pos.get("next", 0)), "file": rotated.name}
     elif same_source and fpos < expected:
         if fpos + len(data) <= expected:
             return "duplicate", expected
@@ -79,15 +116,26 @@ def append_chunk(dstdir: Path, dst: Path, data: bytes, fpos: int, dev: Any, ino:
     elif same_source and fpos > expected:
         log.warn("tailwriter: gap in {dst}: expected offset {e}, got {f}", dst=str(dst), e=expected, f=fpos)
         status = "gap"
-    with open(dst, "ab") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _write(dst, data)
     nxt = fpos + len(data)
-    tmp = pos_file.with_name(pos_file.name + ".new")
-    tmp.write_text(json.dumps({"dev": dev, "ino": ino, "next": nxt}))
-    os.replace(tmp, pos_file)
+    _save_pos(pos_file, {"dev": dev, "ino": ino, "gen": gen, "next": nxt, "prev": prev})
     return status, nxt
+
+
+def _append_previous(dst: Path, pos_file: Path, pos: dict[str, Any], prev: dict[str, Any], data: bytes,
+                     fpos: int) -> tuple[str, int]:
+    expected = int(prev.get("next", 0))
+    if fpos + len(data) <= expected:
+        return "duplicate", expected
+    if fpos < expected:
+        data = data[expected - fpos:]
+        fpos = expected
+    elif fpos > expected:
+        log.warn("tailwriter: gap in rotated {dst}: expected offset {e}, got {f}", dst=str(dst), e=expected, f=fpos)
+    _write(dst.with_name(str(prev.get("file") or dst.name + ".rotated")), data)
+    nxt = fpos + len(data)
+    _save_pos(pos_file, dict(pos, prev=dict(prev, next=nxt)))
+    return "written", nxt
 
 
 @provider(ICCHandlerFactory)
@@ -134,11 +182,16 @@ class TailWriterHandler(CCHandler):
         if not 0 <= fpos < 1 << 62:
             raise HandlerError("pub.logtail: field 'fpos' is negative")
         dev, ino = p.get("st_dev"), p.get("st_ino")
+        # ccnet's logtail counts truncations of a file in "gen" (absent: 0, as the original).
+        gen_value = field_number(p, "gen", 0)
+        if not 0 <= gen_value < 1 << 31:  # also refuses nan
+            raise HandlerError("pub.logtail: field 'gen' is out of range")
+        gen = int(gen_value)
         raw, comp = infofile_content(p, request.msg.blob)
         dst = destination(o.dstdir, host, filename, o.dstmask, o.host_subdirs)
 
         def work() -> tuple[str, int]:
-            return append_chunk(o.dstdir, dst, decompress(raw, comp, o.max_chunk), fpos, dev, ino)
+            return append_chunk(o.dstdir, dst, decompress(raw, comp, o.max_chunk), fpos, dev, ino, gen)
 
         d = self.workers.run(work, key=dst)
 

@@ -186,6 +186,8 @@ class TstatProbe:
         self.tls: Any = None
         # runtime.conf flag -> measurements now using it: a flag goes off with the last one.
         self._flag_users: dict[str, int] = {}
+        # runtime.conf edits happen one at a time, in the order they were decided.
+        self._conf_lock = defer.DeferredLock()
 
     def use_tls(self, material: Any) -> None:
         self.tls = material
@@ -218,9 +220,16 @@ class TstatProbe:
         return bool(await self._in_thread(tstat_running))
 
     def _switch(self, flags: tuple[str, ...], on: bool) -> None:
+        """Blocking: rewrite runtime.conf with ``flags`` on/off, atomically (tstat re-reads
+        the file when it changes and must never see half of it)."""
         path = self.options.runtime_conf
         assert path is not None
-        path.write_text(set_runtime_flags(path.read_text(), flags, on))
+        tmp = path.with_name(path.name + ".ccnet-new")
+        tmp.write_text(set_runtime_flags(path.read_text(), flags, on))
+        os.replace(tmp, path)
+
+    def _set_flags(self, flags: tuple[str, ...], on: bool) -> defer.Deferred[Any]:
+        return self._conf_lock.run(self._in_thread, self._switch, flags, on)
 
     def _claim_flags(self, flags: tuple[str, ...]) -> None:
         for flag in flags:
@@ -284,15 +293,16 @@ class TstatProbe:
         optional = flags[1:] if len(flags) > 1 else (flags if label in (HTTP_LABEL, RRDS_LABEL) else ())
         if live:
             self._claim_flags(optional)
-            await self._in_thread(self._switch, flags, True)
         try:
+            if live:
+                await self._set_flags(flags, True)
             if run.end is None or run.end > start:
                 await run.interrupted
         finally:
             if live:
                 idle = self._release_flags(optional)
                 if idle:
-                    await self._in_thread(self._switch, idle, False)
+                    await self._set_flags(idle, False)
         end = run.now()
         since, until = (start.timestamp(), end.timestamp()) if live else (None, None)
         if label == HTTP_LABEL:

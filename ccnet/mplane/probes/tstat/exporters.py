@@ -159,10 +159,10 @@ class LogStreamer:
         with open(path, "rb") as handle:
             head = handle.read(self.chunk)
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - self.chunk))
-            tail = handle.read(self.chunk)
+            tail_start = handle.seek(max(0, size - self.chunk))
+            tail = handle.read(self.chunk)  # may be longer than size - tail_start: tstat writes on
         header = head.split(b"\n", 1)[0] + b"\n" if head.startswith(b"#") and b"\n" in head else b""
-        self._offset = size - (len(tail) - tail.rfind(b"\n") - 1) if b"\n" in tail else size
+        self._offset = tail_start + (tail.rfind(b"\n") + 1 if b"\n" in tail else len(tail))
         return header
 
     def _send(self, raw_lines: list[bytes]) -> bool:
