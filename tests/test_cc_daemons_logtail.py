@@ -42,6 +42,13 @@ buffer-bytes = 100
 """
 
 
+def appended_and_copied(log: Path, out: Path, data: bytes) -> Any:
+    """Append ``data`` to the followed ``log``; fires once the output holds exactly it."""
+    with open(log, "ab") as f:
+        f.write(data)
+    return wait_for(lambda: out.exists() and out.read_bytes() == data)
+
+
 class AppendChunkTests(TestCase):
     def test_resent_chunks_are_not_appended_twice(self) -> None:
         root = Path(self.mktemp()).absolute()
@@ -138,10 +145,8 @@ class LogTailTests(ServerMixin, TestCase):
     @defer.inlineCallbacks
     def test_lines_written_just_before_a_rename_rotation_are_not_lost(self) -> Any:
         src, dst, log = yield self.start_tail(b"")
-        with open(log, "ab") as f:
-            f.write(b"first\n")
         out = dst / "db1" / "app.log"
-        yield wait_for(lambda: out.exists() and out.read_bytes() == b"first\n")
+        yield appended_and_copied(log, out, b"first\n")
         # logrotate-style: the application writes its last lines, the file is renamed and a
         # new one started, all before the daemon's next scan.
         last = b"".join(b"last line %03d before rotation\n" % i for i in range(12))  # > buffer-bytes
@@ -155,10 +160,8 @@ class LogTailTests(ServerMixin, TestCase):
     @defer.inlineCallbacks
     def test_a_truncated_log_starts_a_new_output_instead_of_being_dropped(self) -> Any:
         _, dst, log = yield self.start_tail(b"")
-        with open(log, "ab") as f:
-            f.write(b"a long line written before the truncation\n")
         out = dst / "db1" / "app.log"
-        yield wait_for(lambda: out.exists() and out.read_bytes() == b"a long line written before the truncation\n")
+        yield appended_and_copied(log, out, b"a long line written before the truncation\n")
         # copytruncate: the file is emptied in place (same inode) and written again.
         with open(log, "r+b") as f:
             f.truncate(0)
