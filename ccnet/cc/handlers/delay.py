@@ -11,8 +11,8 @@ from twisted.internet import defer, task
 from twisted.python.failure import Failure
 from zope.interface import implementer, provider
 
-from ccnet.cc.handler import CCHandler, CCRequest, ICCHandler, ICCHandlerFactory
-from ccnet.cc.handlers.forwarding import ForwardLink, ForwardTarget, parse_forward_to
+from ccnet.cc.handler import CCRequest, ICCHandler, ICCHandlerFactory
+from ccnet.cc.handlers.forwarding import ForwardingHandler, ForwardTarget, parse_forward_to
 
 __all__ = ["DelayHandler", "DelayOptions", "handler_class"]
 
@@ -25,7 +25,7 @@ class DelayOptions:
 
 @provider(ICCHandlerFactory)
 @implementer(ICCHandler)
-class DelayHandler(CCHandler):
+class DelayHandler(ForwardingHandler):
     handler_name = "delay"
     cc_roles = frozenset({"local", "remote"})
 
@@ -36,18 +36,12 @@ class DelayHandler(CCHandler):
 
     def __init__(self, name: str, options: DelayOptions, server: Any) -> None:
         super().__init__(name, options, server)
-        self.link = ForwardLink(options.forward_to, server)
         self.pending: set[defer.Deferred[Any]] = set()
-
-    def start(self) -> None:
-        self.link.start()
-        # This handler looks at the type only; the payload is decoded when the target reads it.
-        self.reads_payload = self.link.reads_payload
 
     def stop(self) -> Any:
         for d in list(self.pending):
             d.cancel()
-        return self.link.stop()
+        return super().stop()
 
     def handle(self, request: CCRequest) -> defer.Deferred[Any]:
         d = task.deferLater(self.server.clock, self.options.delay, self.link.handle, request)

@@ -10,8 +10,8 @@ from typing import Any
 
 from zope.interface import implementer, provider
 
-from ccnet.cc.handler import CCHandler, CCRequest, ICCHandler, ICCHandlerFactory
-from ccnet.cc.handlers.forwarding import ForwardLink, ForwardTarget, parse_forward_to
+from ccnet.cc.handler import CCRequest, ICCHandler, ICCHandlerFactory
+from ccnet.cc.handlers.forwarding import ForwardingHandler, ForwardTarget, parse_forward_to
 
 __all__ = ["FilterHandler", "FilterOptions", "passes", "handler_class"]
 
@@ -32,7 +32,7 @@ def passes(mtype: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bo
 
 @provider(ICCHandlerFactory)
 @implementer(ICCHandler)
-class FilterHandler(CCHandler):
+class FilterHandler(ForwardingHandler):
     handler_name = "filter"
     cc_roles = frozenset({"local", "remote"})
 
@@ -43,17 +43,8 @@ class FilterHandler(CCHandler):
 
     def __init__(self, name: str, options: FilterOptions, server: Any) -> None:
         super().__init__(name, options, server)
-        self.link = ForwardLink(options.forward_to, server)
         self.passed = 0
         self.dropped = 0
-
-    def start(self) -> None:
-        self.link.start()
-        # This handler looks at the type only; the payload is decoded when the target reads it.
-        self.reads_payload = self.link.reads_payload
-
-    def stop(self) -> Any:
-        return self.link.stop()
 
     def handle(self, request: CCRequest) -> Any:
         if not passes(request.type, self.options.include, self.options.exclude):

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ccnet.cc.handler import ICCHandler
+from ccnet.cc.handler import CCHandler, ICCHandler
 
-__all__ = ["ForwardTarget", "parse_forward_to", "ForwardLink"]
+__all__ = ["ForwardLink", "ForwardTarget", "ForwardingHandler", "parse_forward_to"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,19 @@ class ForwardLink:
         if self.handler is None:
             self.start()
         return self.handler.handle(request)
+
+
+class ForwardingHandler(CCHandler):
+    """A handler that passes (some) messages on to ``options.forward_to``."""
+
+    def __init__(self, name: str, options: Any, server: Any) -> None:
+        super().__init__(name, options, server)
+        self.link = ForwardLink(options.forward_to, server)
+
+    def start(self) -> None:
+        self.link.start()
+        # This handler looks at the type only; the payload is decoded when the target reads it.
+        self.reads_payload = self.link.reads_payload
+
+    def stop(self) -> Any:
+        return self.link.stop()

@@ -139,9 +139,25 @@ def write_atomic(dstdir: Path, dst: Path, body: bytes, mtime: float, bakext: str
     return "written"
 
 
+class DstDirWriter(CCHandler):
+    """A handler writing files under ``options.dstdir`` in its own bounded thread pool
+    (``options.worker_threads``), so file I/O never runs on the reactor."""
+
+    def __init__(self, name: str, options: Any, server: Any) -> None:
+        super().__init__(name, options, server)
+        self.workers = WorkerPool(server.reactor, f"cc-{name}", options.worker_threads)
+
+    def start(self) -> None:
+        self.options.dstdir.mkdir(parents=True, exist_ok=True)
+        self.workers.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+
+
 @provider(ICCHandlerFactory)
 @implementer(ICCHandler)
-class InfoWriterHandler(CCHandler):
+class InfoWriterHandler(DstDirWriter):
     handler_name = "infowriter"
     cc_roles = frozenset({"remote"})
     reads_payload = True
@@ -167,15 +183,7 @@ class InfoWriterHandler(CCHandler):
 
     def __init__(self, name: str, options: InfoWriterOptions, server: Any) -> None:
         super().__init__(name, options, server)
-        self.workers = WorkerPool(server.reactor, f"cc-{name}", options.worker_threads)
         self.written = 0
-
-    def start(self) -> None:
-        self.options.dstdir.mkdir(parents=True, exist_ok=True)
-        self.workers.start()
-
-    def stop(self) -> None:
-        self.workers.stop()
 
     def handle(self, request: CCRequest) -> Any:
         p = request.payload or {}

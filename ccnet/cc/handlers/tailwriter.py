@@ -26,10 +26,9 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer, provider
 
-from ccnet.cc.handler import CCHandler, CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
-from ccnet.cc.handlers.infowriter import destination, prepare_folder
+from ccnet.cc.handler import CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
+from ccnet.cc.handlers.infowriter import DstDirWriter, destination, prepare_folder
 from ccnet.cc.handlers.payload import decompress, field_number, field_str, infofile_content
-from ccnet.cc.handlers.workers import WorkerPool
 
 __all__ = ["TailWriterHandler", "TailWriterOptions", "append_chunk", "handler_class"]
 
@@ -140,7 +139,7 @@ def _append_previous(dst: Path, pos_file: Path, pos: dict[str, Any], prev: dict[
 
 @provider(ICCHandlerFactory)
 @implementer(ICCHandler)
-class TailWriterHandler(CCHandler):
+class TailWriterHandler(DstDirWriter):
     handler_name = "tailwriter"
     cc_roles = frozenset({"remote"})
     reads_payload = True
@@ -159,17 +158,6 @@ class TailWriterHandler(CCHandler):
             if section.has(k):
                 section.get_str(k)
         return opts
-
-    def __init__(self, name: str, options: TailWriterOptions, server: Any) -> None:
-        super().__init__(name, options, server)
-        self.workers = WorkerPool(server.reactor, f"cc-{name}", options.worker_threads)
-
-    def start(self) -> None:
-        self.options.dstdir.mkdir(parents=True, exist_ok=True)
-        self.workers.start()
-
-    def stop(self) -> None:
-        self.workers.stop()
 
     def handle(self, request: CCRequest) -> Any:
         if not (request.type == "pub.logtail" or request.type.startswith("pub.logtail.")):
