@@ -39,8 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from ccnet.config import IniFile
-from ccnet.mplane.config import _seconds
-from ccnet.mplane.model import ModelError
+from ccnet.mplane.config import get_duration
 from ccnet.mplane.probes import IProbeFactory
 
 __all__ = ["ComponentConfig", "ProbeConfig", "parse"]
@@ -111,14 +110,7 @@ def parse(ini: IniFile) -> ComponentConfig | None:
     kwargs["caps"] = sect.get_readable_file("caps", None)
     for attr, key, default in (("long_poll", "long-poll", "20"), ("retry_min", "retry-min", "0.5"),
                                ("retry_max", "retry-max", "30")):
-        raw = sect.get_str(key, default)
-        try:
-            value = _seconds(raw)
-        except ModelError:
-            raise sect.error(key, "seconds, or a duration such as 30s", raw) from None
-        if value < 0:
-            raise sect.error(key, "a value >= 0", raw)
-        kwargs[attr] = value
+        kwargs[attr] = get_duration(sect, key, default)
     if kwargs["retry_min"] <= 0:
         raise sect.error("retry-min", "a value > 0", str(kwargs["retry_min"]))
     for attr, key, default in (("registration_path", "registration-path", "register/capability"),

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ccnet.config import IniFile
 from ccnet.mplane.model import ModelError, parse_duration
@@ -91,6 +92,21 @@ def _seconds(text: str) -> float:
         return parse_duration(text).total_seconds()
 
 
+def get_duration(sect: Any, key: str, default: str | None) -> float | None:
+    """Seconds from ``key`` (``30``, or an mPlane duration ``30s``, ``10m``, ``7d``), >= 0;
+    None when it is absent and has no default."""
+    raw = sect.get_str(key, default)
+    if raw is None:
+        return None
+    try:
+        value = _seconds(raw)
+    except ModelError:
+        raise sect.error(key, "seconds, or a duration such as 30s, 10m, 7d", raw) from None
+    if value < 0:
+        raise sect.error(key, "a value >= 0", raw)
+    return value
+
+
 def parse(ini: IniFile) -> SupervisorConfig | None:
     if not ini.has_section("supervisor"):
         return None
@@ -110,14 +126,8 @@ def parse(ini: IniFile) -> SupervisorConfig | None:
             raise sect.error("components", "https:// URLs of listening components", str(url))
     for attr, key in (("long_poll", "long-poll"), ("result_expiry", "result-expiry"),
                       ("component_refresh", "component-refresh"), ("redeem_interval", "redeem-interval")):
-        raw = sect.get_str(key, None)
-        if raw is not None:
-            try:
-                value = _seconds(raw)
-            except ModelError:
-                raise sect.error(key, "seconds, or a duration such as 30s, 10m, 7d", raw) from None
-            if value < 0:
-                raise sect.error(key, "a value >= 0", raw)
+        value = get_duration(sect, key, None)
+        if value is not None:
             kwargs[attr] = value
     seen: dict[str, str] = {}
     for attr, (key, default) in PATH_KEYS.items():

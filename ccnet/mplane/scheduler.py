@@ -106,13 +106,7 @@ class Scheduler:
         if job is None:
             return None
         job.interrupted = True
-        for timer in job.timers:
-            if timer.active():
-                timer.cancel()
-        job.timers.clear()
-        job._subscopes = None
-        for run in job.runs:
-            run.interrupt()
+        self._halt(job)
         if job._active == 0 and not job.finished:
             self._finish(job)
         return job
@@ -135,13 +129,18 @@ class Scheduler:
                 timer.cancel()
         self._forget.clear()
         for job in list(self.jobs.values()):
-            for timer in job.timers:
-                if timer.active():
-                    timer.cancel()
-            job.timers.clear()
-            job._subscopes = None
-            for run in job.runs:
-                run.interrupt()
+            self._halt(job)
+
+    @staticmethod
+    def _halt(job: Job) -> None:
+        """No further runs of ``job``; the running ones return what they have."""
+        for timer in job.timers:
+            if timer.active():
+                timer.cancel()
+        job.timers.clear()
+        job._subscopes = None
+        for run in job.runs:
+            run.interrupt()
 
     # -- single runs ---------------------------------------------------------
 

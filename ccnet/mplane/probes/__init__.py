@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from zope.interface import Attribute, Interface
 
 from ccnet.mplane.model import Statement, When
 
-__all__ = ["IProbe", "IProbeFactory", "IUsesTLS", "ProbeError", "ProbeRun", "make_result"]
+__all__ = ["IProbe", "IProbeFactory", "IUsesTLS", "ProbeError", "ProbeRun", "in_thread", "make_result"]
 
 
 class ProbeError(Exception):
@@ -87,6 +87,11 @@ class ProbeRun:
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.reactor.seconds(), UTC)
+
+
+def in_thread(reactor: Any, fn: Any, *args: Any) -> defer.Deferred[Any]:
+    """``fn(*args)`` in the reactor's thread pool: blocking work (files, /proc) of a probe."""
+    return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 
 
 def make_result(spec: Statement, rows: list[list[Any]], start: datetime, end: datetime) -> Statement:

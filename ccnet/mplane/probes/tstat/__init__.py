@@ -37,12 +37,20 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ccnet.mplane.model import Statement, When
-from ccnet.mplane.probes import IProbe, IProbeFactory, IUsesTLS, ProbeError, ProbeRun, make_result
+from ccnet.mplane.probes import (
+    IProbe,
+    IProbeFactory,
+    IUsesTLS,
+    ProbeError,
+    ProbeRun,
+    in_thread,
+    make_result,
+)
 from ccnet.mplane.probes.tstat import exporters, rrd
 from ccnet.mplane.probes.tstat.logs import (
     HTTP_COLUMNS,
@@ -207,9 +215,6 @@ class TstatProbe:
             return defer.ensureDeferred(self._export_logs(spec, run))
         return defer.fail(ProbeError(f"unknown tstat capability {label}"))
 
-    def _in_thread(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
-
     # -- log and RRD measurements ----------------------------------------------
 
     async def _live(self) -> bool:
@@ -217,7 +222,7 @@ class TstatProbe:
             return self.options.mode == "live"
         if self.options.runtime_conf is None or self.options.log_dir is None:
             return False
-        return bool(await self._in_thread(tstat_running))
+        return bool(await in_thread(self.reactor, tstat_running))
 
     def _switch(self, flags: tuple[str, ...], on: bool) -> None:
         """Blocking: rewrite runtime.conf with ``flags`` on/off, atomically (tstat re-reads
@@ -229,7 +234,7 @@ class TstatProbe:
         os.replace(tmp, path)
 
     def _set_flags(self, flags: tuple[str, ...], on: bool) -> defer.Deferred[Any]:
-        return self._conf_lock.run(self._in_thread, self._switch, flags, on)
+        return self._conf_lock.run(in_thread, self.reactor, self._switch, flags, on)
 
     def _claim_flags(self, flags: tuple[str, ...]) -> None:
         for flag in flags:
@@ -267,7 +272,7 @@ class TstatProbe:
     async def _collect_rrds(self, since: float | None, until: float | None) -> list[list[Any]]:
         folder = self.options.rrd_dir
         assert folder is not None
-        paths = await self._in_thread(rrd.list_rrds, folder)
+        paths = await in_thread(self.reactor, rrd.list_rrds, folder)
         if not paths:
             raise ProbeError(f"no tstat RRD files in {folder}")
         samples: list[rrd.RrdSample] = []
@@ -306,11 +311,11 @@ class TstatProbe:
         end = run.now()
         since, until = (start.timestamp(), end.timestamp()) if live else (None, None)
         if label == HTTP_LABEL:
-            rows = await self._in_thread(self._collect_http, since, until)
+            rows = await in_thread(self.reactor, self._collect_http, since, until)
         elif label == RRDS_LABEL:
             rows = await self._collect_rrds(since, until)
         else:
-            rows = await self._in_thread(self._collect_tcp, label, since, until)
+            rows = await in_thread(self.reactor, self._collect_tcp, label, since, until)
         rows = rows[: self.options.max_rows]
         log.info("tstat probe: {label} {n} rows ({mode})", label=label, n=len(rows), mode="live" if live else "replay")
         return make_result(spec, rows, start, end)

@@ -32,7 +32,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
-from ccnet.mplane.probes import ProbeError, ProbeRun
+from ccnet.mplane.probes import ProbeError, ProbeRun, in_thread
 
 from . import rrd
 
@@ -178,7 +178,7 @@ class LogStreamer:
         """Send the new complete lines of the current log; True when there were some."""
         assert self._path is not None
         path = self._path
-        data, start = await self._in_thread(_read_from, path, self._offset, self.chunk)
+        data, start = await in_thread(self.reactor, _read_from, path, self._offset, self.chunk)
         complete = data[: data.rfind(b"\n") + 1]
         if not complete or path != self._path:
             return False
@@ -199,7 +199,7 @@ class LogStreamer:
             pending_header = b""
         if await self._deliver() or self._sink is None:
             return pending_header
-        newer = await self._in_thread(newest_log, self.folder, self.log_type)
+        newer = await in_thread(self.reactor, newest_log, self.folder, self.log_type)
         if newer is not None and newer != self._path:
             # tstat flushes the old log when it opens the new one: read it to its end first.
             if await self._deliver() or self._sink is None:
@@ -208,16 +208,11 @@ class LogStreamer:
             self._path, self._offset = newer, 0
         return pending_header
 
-    def _in_thread(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
-        from twisted.internet import threads
-
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), fn, *args)
-
     async def run(self, interrupted: defer.Deferred[None]) -> int:
-        first = await self._in_thread(newest_log, self.folder, self.log_type)
+        first = await in_thread(self.reactor, newest_log, self.folder, self.log_type)
         if first is None:
             raise ProbeError(f"no {self.log_type} in a <time>.out folder of {self.folder}")
-        header = await self._in_thread(self._start_file, first)
+        header = await in_thread(self.reactor, self._start_file, first)
         sleeper = _Sleeper(self.reactor, interrupted)
         try:
             while not interrupted.called:
@@ -297,11 +292,8 @@ class RrdExporter:
         return f"https://{self.address.netloc}{INDIRECT_EXPORT_PATH}"
 
     async def _fetch_new(self, now: float) -> list[rrd.RrdSample]:
-        from twisted.internet import threads
-
         samples: list[rrd.RrdSample] = []
-        paths = await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), rrd.list_rrds,
-                                                self.folder)
+        paths = await in_thread(self.reactor, rrd.list_rrds, self.folder)
         for path in paths:
             after = self._after.get(rrd.metric_name(path), self._since)
             got = await rrd.fetch(self.reactor, self.rrdtool, path, after, now)
