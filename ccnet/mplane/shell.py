@@ -2,13 +2,23 @@
 
     ccnet-client --url https://sup:8888 --cert me.crt --key me.key --ca ca.crt
     ccnet-client --config client.ini -c 'runcap ping-average-ip4 destination.ip4=127.0.0.1 when="now + 5s / 1s"' --wait --json
+    printf 'now + 1s / 1s\n127.0.0.1\n' | ccnet-client --config client.ini -c 'runcap 1' --wait
 
-Commands: ``listcap``, ``showcap``, ``runcap``, ``listmeas``, ``showmeas``, ``redeem``,
-``interrupt``, ``set``/``unset``/``show`` (parameter defaults), ``when``, ``help``, ``quit``;
-for holders of the supervisor's admin role also ``components``, ``capabilities``,
-``pending`` and ``finished`` (the RI supervisor console, served by the supervisor's
-``/api/status``). Interactive mode has readline history and completion of commands,
-capability labels and parameter names.
+Commands: ``connect [URL]``, ``listcap``, ``showcap [N|LABEL]``, ``runcap N|LABEL``,
+``listmeas``, ``showmeas [N|LABEL|TOKEN]``, ``redeem``, ``interrupt``,
+``set``/``unset``/``show`` (parameter defaults), ``when``, ``help``, ``quit``; for holders
+of the supervisor's admin role also ``components``, ``capabilities``, ``pending`` and
+``finished`` (the RI supervisor console, served by the supervisor's ``/api/status``).
+
+The RI client's forms work as they do there: ``listcap`` numbers capabilities from 1 and
+``listmeas`` measurements from 0, and those numbers name them in ``showcap``/``runcap``/
+``showmeas`` (an all-digits argument is a number, anything else a label or token);
+``showcap``/``showmeas`` without an argument show everything; ``runcap N`` asks
+``|when| = `` (unless the default scope fits the capability) and ``|param| NAME = `` for
+every parameter without a value or a ``set`` default. Answers are read from the terminal
+(readline) or, without one, from the shell's stdin, so a pipe can answer; end of input at
+a prompt is an error. Interactive mode has readline history and completion of commands,
+capability labels, parameter names (after a label or a number) and the ``connect`` URL.
 
 The client library is Deferred-based; the shell runs the reactor in a background thread
 and calls it with ``blockingCallFromThread`` (a thin synchronous skin, nothing else).
@@ -25,8 +35,11 @@ import shlex
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
+
+from twisted.internet.error import ConnectError
 
 from ccnet.mplane.client import RI_PATHS, SDK_PATHS, MPlaneClient, MPlaneError
 from ccnet.mplane.model import (
@@ -42,6 +55,10 @@ from ccnet.mplane.model import (
 __all__ = ["ClientShell", "format_table", "main"]
 
 HISTORY = Path(os.path.expanduser("~/.ccnet_client_history"))
+CAP_BASE = 1   # listcap numbers capabilities from 1, as the RI client does ...
+MEAS_BASE = 0  # ... and listmeas numbers measurements from 0
+
+T = TypeVar("T")
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], max_width: int = 60) -> str:
@@ -62,6 +79,63 @@ class ShellError(Exception):
     """A command that cannot be carried out; the text is for the user."""
 
 
+def number(arg: str) -> int | None:
+    """The index an all-digits argument names (``showcap 2``), else None (a label or token)."""
+    return int(arg) if arg.isascii() and arg.isdigit() else None
+
+
+def pick(items: Sequence[T], index: int, base: int, what: str, lister: str) -> T:
+    """``items[index]`` as ``lister`` numbered them (from ``base``), or a ShellError saying which exist."""
+    if not 0 <= index - base < len(items):
+        known = f"{base} to {base + len(items) - 1}" if items else f"none: {lister} lists no {what}"
+        raise ShellError(f"no {what} {index} ({lister} numbers them {known})")
+    return items[index - base]
+
+
+def runcap_words(words: Sequence[str]) -> tuple[str, str | None, dict[str, str]]:
+    """``runcap`` arguments: the capability (number or label), the scope if given
+    (``when=...`` or loose words), and ``name=value`` parameters."""
+    params: dict[str, str] = {}
+    when: str | None = None
+    for word in words[1:]:
+        name, eq, value = word.partition("=")
+        if not eq:
+            when = word if when is None else f"{when} {word}"
+        elif name == "when":
+            when = value
+        else:
+            params[name] = value
+    return words[0], when, params
+
+
+def scope_problem(cap: Statement, text: str, tzero: datetime) -> str | None:
+    """None when ``text`` is a temporal scope ``cap`` accepts, else why not."""
+    try:
+        when = When.parse(text)
+    except ModelError as exc:
+        return str(exc)
+    return cap.when.contains(when, tzero)
+
+
+def needs_value(constraint: str) -> bool:
+    """A parameter the user must give: its constraint allows more than one value."""
+    return constraint == "*" or "," in constraint or " ... " in constraint
+
+
+def connect_url(text: str) -> str:
+    """The supervisor URL ``connect`` goes to: https (an ``http://`` URL is moved to https,
+    as the RI client does when it has certificates); anything else is refused."""
+    scheme, sep, rest = text.strip().partition("://")
+    if not sep or scheme.lower() not in ("http", "https") or not rest.strip("/"):
+        raise ShellError(f"connect: {text!r} is not a URL such as https://host:8888")
+    return "https://" + rest.rstrip("/")
+
+
+def measurements(status: dict[str, Any]) -> list[dict[str, Any]]:
+    """The measurements as ``listmeas`` numbers them: finished ones, then pending (the RI's order)."""
+    return list(status["results"]) + list(status["pending"])
+
+
 class ClientShell(cmd.Cmd):
     """The RI client's command set on top of :class:`MPlaneClient`."""
 
@@ -69,10 +143,13 @@ class ClientShell(cmd.Cmd):
 
     def __init__(self, client: MPlaneClient, call: Callable[[Callable[[], Coroutine[Any, Any, Any]]], Any],
                  stdin: TextIO | None = None, stdout: TextIO | None = None, interactive: bool = False,
-                 as_json: bool = False, wait: bool = False, timeout: float = 60.0) -> None:
+                 as_json: bool = False, wait: bool = False, timeout: float = 60.0,
+                 connect: Callable[[str], Coroutine[Any, Any, MPlaneClient]] | None = None) -> None:
         super().__init__(stdin=stdin, stdout=stdout)
         self.client = client
         self.call = call
+        self.connect = connect  # a client for another URL, same TLS settings (None: no `connect URL`)
+        self.home_url = client.url
         self.interactive = interactive
         self.use_rawinput = interactive
         self.prompt = "|mplane| " if interactive else ""
@@ -84,6 +161,8 @@ class ClientShell(cmd.Cmd):
         self.receipts: dict[str, Statement] = {}
         self.failed = False
         self._labels: list[str] | None = None
+        self._listed_caps: list[Statement] | None = None  # as listcap last numbered them
+        self._listed_meas: list[dict[str, Any]] | None = None  # as listmeas last numbered them
 
     # -- plumbing ------------------------------------------------------------
 
@@ -102,7 +181,7 @@ class ClientShell(cmd.Cmd):
             sys.stderr.write(f"error: {exc}\n")
             sys.stderr.flush()
             return False
-        except (ConnectionError, OSError) as exc:
+        except (ConnectionError, OSError, ConnectError) as exc:
             self.failed = True
             sys.stderr.write(f"error: cannot reach {self.client.url}: {exc}\n")
             return False
@@ -125,6 +204,19 @@ class ClientShell(cmd.Cmd):
     def _cap(self, label: str) -> Statement:
         result: Statement = self.call(lambda: self.client.capability(label))
         return result
+
+    def _numbered_caps(self) -> list[Statement]:
+        """The capabilities as listcap last numbered them (fetched if nothing was listed yet)."""
+        if self._listed_caps is None:
+            self._listed_caps = self._caps()
+        return self._listed_caps
+
+    def _cap_named(self, arg: str) -> Statement:
+        """The capability ``arg`` names: a listcap number or a label."""
+        index = number(arg)
+        if index is None:
+            return self._cap(arg)
+        return self._cap(str(pick(self._numbered_caps(), index, CAP_BASE, "capability", "listcap").label))
 
     def _show_message(self, msg: Message) -> None:
         if self.as_json:
@@ -152,20 +244,117 @@ class ClientShell(cmd.Cmd):
         else:
             self.out(str(msg.to_dict()))
 
+    # -- prompts (runcap) ----------------------------------------------------
+
+    def _ask(self, prompt: str, what: str) -> str:
+        """One answer: from the terminal (readline), else the next line of the shell's stdin
+        (a pipe can answer). End of input is an error, never a wait."""
+        if self.interactive:
+            try:
+                return input(prompt).strip()
+            except (EOFError, KeyboardInterrupt):
+                self.out("")
+                raise ShellError(f"no answer for {what}: runcap abandoned") from None
+        echo = sys.stderr if self.as_json else self.stdout
+        echo.write(prompt)
+        echo.flush()
+        line = self.stdin.readline()
+        if not self.stdin.isatty():
+            echo.write(line.strip() + "\n")  # the piped answer, as a terminal would show it
+            echo.flush()
+        if not line:
+            raise ShellError(f"no answer for {what}: end of input")
+        return line.strip()
+
+    def _ask_until(self, prompt: str, what: str, problem: Callable[[str], str | None]) -> str:
+        """Ask until ``problem`` finds nothing wrong; without a terminal, a wrong answer is an
+        error (asking again would read the commands that follow)."""
+        while True:
+            answer = self._ask(prompt, what)
+            why = problem(answer)
+            if why is None:
+                return answer
+            if not self.interactive:
+                raise ShellError(f"{what} {answer!r}: {why}")
+            self.out(why)
+
+    def _note(self, text: str) -> None:
+        if not self.as_json:
+            self.out(text)
+
+    def _scope(self, cap: Statement, given: str | None, ask: bool) -> str:
+        """The temporal scope of a runcap: the one given, else the default (`when`); ``ask``
+        (the RI form): a default that does not fit ``cap`` is asked again, and the answer becomes
+        the default. No default: one period from now (``ask``: after an empty answer)."""
+        if given:
+            return given
+        if not ask:
+            return self.default_when or _first_period(cap)
+        if self.default_when and scope_problem(cap, self.default_when, datetime.now(UTC)) is None:
+            return self.default_when
+        answer = self._ask_until("|when| = ", "when",
+                                 lambda a: scope_problem(cap, a, datetime.now(UTC)) if a else None)
+        if not answer:
+            return _first_period(cap)
+        self.default_when = answer
+        return answer
+
+    def _parameters(self, cap: Statement, given: dict[str, str], ask: bool, echo: bool) -> dict[str, str]:
+        """Every parameter that needs a value: given, else its `set` default, else asked for
+        (``ask``) or an error. ``echo`` (the RI form) shows each value it did not ask for."""
+        params = dict(given)
+        for name, constraint in cap.parameters.items():
+            value = params.get(name, self.defaults.get(name))
+            if value is None and not needs_value(constraint):
+                value = constraint
+            if value is not None:
+                if echo:
+                    self._note(f"|param| {name} = {value}")
+            elif ask:
+                hint = "" if constraint == "*" else f" ({constraint})"
+                value = self._ask_until(f"|param| {name}{hint} = ", name, lambda a: None if a else "a value is needed")
+            else:
+                raise ShellError(f"{cap.label} needs {name}=VALUE (constraint: {constraint})")
+            params[name] = value
+        return params
+
     # -- capabilities --------------------------------------------------------
 
-    def do_listcap(self, arg: str) -> None:
-        """listcap: list the capabilities you may use."""
-        caps = self._caps()
+    def _list_caps(self) -> None:
+        caps = self._listed_caps = self._caps()
         self.emit([c.to_dict() for c in caps], format_table(
-            ["label", "verb", "when", "parameters"],
-            [[c.label, c.verb, str(c.when).strip(), c.parameters] for c in caps]))
+            ["#", "label", "verb", "when", "parameters"],
+            [[i, c.label, c.verb, str(c.when).strip(), c.parameters] for i, c in enumerate(caps, CAP_BASE)]))
 
-    def do_showcap(self, arg: str) -> None:
-        """showcap LABEL: show one capability in full."""
-        if not arg.strip():
-            raise ShellError("usage: showcap LABEL")
-        cap = self._cap(arg.strip())
+    def do_connect(self, arg: str) -> None:
+        """connect [URL]: connect to a supervisor (default: the configured one, same TLS files)
+        and list its capabilities. An http:// URL is taken as https://."""
+        words = arg.split()
+        if len(words) > 1:
+            raise ShellError("usage: connect [URL]")
+        if self.connect is None:
+            raise ShellError("connect is not available here")
+        url = connect_url(words[0]) if words else self.home_url
+        old, factory = self.client, self.connect
+        self.client = self.call(lambda: factory(url))
+        self._labels = self._listed_caps = self._listed_meas = None
+        if url != old.url:
+            self.receipts.clear()  # tokens of another supervisor
+
+        async def close() -> None:
+            await old.close()
+        try:
+            self.call(close)
+        except Exception:
+            pass  # the old connections are gone either way
+        self._note(f"connected to {url}")
+        self._list_caps()
+
+    def do_listcap(self, arg: str) -> None:
+        """listcap: list the capabilities you may use, numbered (from 1) for showcap and runcap."""
+        self._list_caps()
+
+    def _show_cap(self, cap: Statement) -> None:
         if self.as_json:
             self.out(json.dumps(cap.to_dict(), sort_keys=True))
             return
@@ -177,36 +366,33 @@ class ClientShell(cmd.Cmd):
             self.out(format_table(["metadata", "value"], sorted(cap.metadata.items())))
         self.out("results: " + ", ".join(cap.results))
 
+    def do_showcap(self, arg: str) -> None:
+        """showcap [N|LABEL]: show capability N (as listcap numbers them) or LABEL in full;
+        without an argument, all of them."""
+        if arg.strip():
+            self._show_cap(self._cap_named(arg.strip()))
+            return
+        caps = self._listed_caps = self._caps()
+        for i, cap in enumerate(caps, CAP_BASE):
+            self._note(f"cap {i:4d} " + "-" * 39)
+            self._show_cap(cap)
+
     def do_runcap(self, arg: str) -> None:
-        """runcap LABEL [WHEN] [name=value ...] [when="..."]: run a capability.
-        Missing parameters come from `set` defaults, else are asked for (interactive mode)."""
+        """runcap N|LABEL [WHEN] [name=value ...] [when="..."]: run a capability.
+        runcap N (the RI form, N as listcap numbers them) asks `|when| = ` unless the default
+        scope (`when`) fits the capability (an empty answer: one period from now; an answer
+        becomes the default), and `|param| NAME = ` for each parameter without a value or a
+        `set` default. runcap LABEL takes the default scope (else one period from now) and
+        `set` defaults; it asks for missing parameters only on a terminal.
+        Answers come from the terminal, else from stdin (end of input: an error)."""
         words = shlex.split(arg)
         if not words:
-            raise ShellError("usage: runcap LABEL [WHEN] [name=value ...]")
-        label, rest = words[0], words[1:]
-        params: dict[str, str] = {}
-        when = None
-        for word in rest:
-            name, eq, value = word.partition("=")
-            if not eq:
-                when = word if when is None else f"{when} {word}"
-            elif name == "when":
-                when = value
-            else:
-                params[name] = value
-        cap = self._cap(label)
-        when = when or self.default_when or _first_period(cap)
-        for name, constraint in cap.parameters.items():
-            if name in params:
-                continue
-            if name in self.defaults:
-                params[name] = self.defaults[name]
-            elif constraint != "*" and "," not in constraint and " ... " not in constraint:
-                continue  # single value: filled in by the client
-            elif self.interactive:
-                params[name] = input(f"{name} ({constraint}) = ").strip()
-            else:
-                raise ShellError(f"{label} needs {name}=VALUE (constraint: {constraint})")
+            raise ShellError("usage: runcap N|LABEL [WHEN] [name=value ...]")
+        target, when, given = runcap_words(words)
+        ri_form = number(target) is not None
+        cap = self._cap_named(target)
+        when = self._scope(cap, when, ask=ri_form)
+        params = self._parameters(cap, given, ask=ri_form or self.interactive, echo=ri_form)
         spec = self.client.specification(cap, when, params)
         receipt: Statement = self.call(lambda: self.client.submit(spec, cap))
         key = receipt.token or str(receipt.label)
@@ -222,13 +408,21 @@ class ClientShell(cmd.Cmd):
 
     # -- measurements --------------------------------------------------------
 
+    def _measurements(self) -> list[dict[str, Any]]:
+        """Your measurements, numbered from now on as listmeas shows them."""
+        self._listed_meas = measurements(self._status())
+        return self._listed_meas
+
+    def _numbered_meas(self) -> list[dict[str, Any]]:
+        """The measurements as listmeas last numbered them (fetched if nothing was listed yet)."""
+        return self._listed_meas if self._listed_meas is not None else self._measurements()
+
     def do_listmeas(self, arg: str) -> None:
-        """listmeas: your pending and finished measurements."""
-        status = self.call(self.client.status)
-        rows = [[m["label"], m["token"], m["state"], m.get("created") or m.get("updated"), m.get("rows", "")]
-                for m in status["pending"] + status["results"]]
-        self.emit(status["pending"] + status["results"],
-                  format_table(["label", "token", "state", "time", "rows"], rows))
+        """listmeas: your finished, then pending measurements, numbered (from 0) for showmeas."""
+        ms = self._measurements()
+        rows = [[i, m["label"], m["token"], m["state"], m.get("created") or m.get("updated"), m.get("rows", "")]
+                for i, m in enumerate(ms, MEAS_BASE)]
+        self.emit(ms, format_table(["#", "label", "token", "state", "time", "rows"], rows))
 
     def _key(self, arg: str) -> str:
         key = arg.strip()
@@ -239,8 +433,23 @@ class ClientShell(cmd.Cmd):
         return key
 
     def do_showmeas(self, arg: str) -> None:
-        """showmeas LABEL|TOKEN: show a measurement (its result, or its receipt while it runs)."""
-        self._show_message(self.call(lambda: self.client.redeem(self._key(arg))))
+        """showmeas [N|LABEL|TOKEN]: show measurement N (as listmeas numbers them), or the one
+        with that label or token: its result, or its receipt while it runs. Without an argument,
+        all of your measurements."""
+        key = arg.strip()
+        if key:
+            index = number(key)
+            if index is not None:
+                key = pick(self._numbered_meas(), index, MEAS_BASE, "measurement", "listmeas")["token"]
+            self._show_message(self._redeem(key))
+            return
+        for i, m in enumerate(self._measurements(), MEAS_BASE):
+            self._note(f"meas {i:4d} " + "-" * 38)
+            try:
+                self._show_message(self._redeem(m["token"]))
+            except MPlaneError as exc:  # e.g. expired since the listing: show the others
+                self.failed = True
+                sys.stderr.write(f"error: measurement {i} ({m['label']}): {exc}\n")
 
     def do_redeem(self, arg: str) -> None:
         """redeem [LABEL|TOKEN]: fetch the results of your receipts (all of this session by default)."""
@@ -353,11 +562,21 @@ class ClientShell(cmd.Cmd):
         if len(words) <= 1:
             return self.complete_showcap(text, line, begidx, endidx)
         try:
-            cap = self._cap(words[1])
+            cap = self._cap_named(words[1])
         except Exception:
             return []
         names = [f"{p}=" for p in cap.parameters] + ["when="]
         return [n for n in names if n.startswith(text)]
+
+    def complete_connect(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        return sorted({u for u in (self.home_url, self.client.url) if u.startswith(text)})
+
+    def complete_showmeas(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
+        try:
+            listed = self._numbered_meas()
+        except Exception:
+            return []
+        return sorted({str(m[k]) for m in listed for k in ("label", "token") if str(m[k]).startswith(text)})
 
     def complete_set(self, text: str, line: str, begidx: int, endidx: int) -> list[str]:
         names: set[str] = set()
@@ -431,16 +650,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"ccnet-client: cannot use the TLS files: {exc}\n")
         return 2
-    client = MPlaneClient(reactor, args.url, material, SDK_PATHS if args.sdk else RI_PATHS, timeout=args.timeout)
+    paths = SDK_PATHS if args.sdk else RI_PATHS
+    client = MPlaneClient(reactor, args.url, material, paths, timeout=args.timeout)
     thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
     thread.start()
 
     def call(fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         return blockingCallFromThread(reactor, lambda: defer.ensureDeferred(fn()))
 
+    async def connect(url: str) -> MPlaneClient:  # runs in the reactor thread, like every call
+        return MPlaneClient(reactor, url, material, paths, timeout=args.timeout)
+
     interactive = not args.command and sys.stdin.isatty()
     shell = ClientShell(client, call, interactive=interactive, as_json=args.json, wait=args.wait,
-                        timeout=args.timeout)
+                        timeout=args.timeout, connect=connect)
     try:
         if args.command:
             for chunk in args.command:
@@ -459,7 +682,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shell.cmdloop(intro="")
     finally:
         try:
-            blockingCallFromThread(reactor, client.close)
+            blockingCallFromThread(reactor, shell.client.close)
         except Exception:
             pass
         reactor.callFromThread(reactor.stop)
