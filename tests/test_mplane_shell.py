@@ -84,6 +84,15 @@ class CompletionTests(unittest.TestCase):
         self.shell.onecmd("runcap ping-average-ip4 destination.ip4=127.0.0.1")
         self.assertEqual(str(self.client.submitted[0].when), "now + 1s / 1s")
 
+    def test_empty_answer_for_when_is_one_period_and_is_not_kept(self) -> None:
+        shell = ClientShell(self.client, _sync, stdin=io.StringIO("\n127.0.0.1\n"),  # type: ignore[arg-type]
+                            stdout=io.StringIO())
+        self.assertFalse(shell.onecmd("runcap 1"))
+        self.assertFalse(shell.failed)
+        self.assertEqual(str(self.client.submitted[0].when), "now + 1s / 1s")
+        self.assertEqual(self.client.submitted[0].label, "ping-average-ip4")
+        self.assertIsNone(shell.default_when)
+
     def test_parameter_names_complete_after_a_capability_number(self) -> None:
         line = "runcap 2 dest"
         self.assertEqual(self.shell.complete_runcap("dest", line, len(line) - 4, len(line)), ["destination.ip4="])
