@@ -206,24 +206,58 @@ class ValidationTests(unittest.TestCase):
             m.from_dict({"hello": "world"})
 
 
-class RegistryTests(unittest.TestCase):
-    def test_core_has_the_ping_and_tstat_elements(self) -> None:
-        for name in ("source.ip4", "destination.ip4", "delay.twoway.icmp.us.mean", "time", "start", "end",
-                     "duration.ms", "initiator.ip4", "bytes.forward", "tstat.flow.class.http", "rtt.average.ms"):
-            self.assertIn(name, REG.core)
+class HostileInputTests(unittest.TestCase):
+    def test_version_must_be_a_json_number(self) -> None:
+        cap = {"capability": "measure", "label": "x", "when": "now ... future"}
+        for bad in ("1", True, 1.5, None, [1]):
+            with self.assertRaises(m.ModelError) as cm:
+                m.from_dict(dict(cap, version=bad))
+            self.assertIn("version must be a whole number", str(cm.exception))
+        self.assertEqual(m.from_dict(dict(cap, version=1)).version, 1)
 
-    def test_extra_registry_file_with_include(self) -> None:
-        folder = Path(self.mktemp())
-        folder.mkdir()
-        path = folder / "extra.json"
-        path.write_text(json.dumps({"registry-format": "mplane-0", "registry-uri": "http://example.org/extra",
-                                    "includes": [m.CORE_REGISTRY_URI],
-                                    "elements": [{"name": "foo.count", "prim": "natural"}]}))
+    def test_deeply_nested_json_is_a_model_error(self) -> None:
+        for doc in ("[" * 100000 + "]" * 100000,
+                    '{"capability": "measure", "parameters": {"a": ' + "[" * 50000 + "]" * 50000 + "}}"):
+            with self.assertRaises(m.ModelError) as cm:
+                m.parse_json(doc)
+            self.assertIn("nested too deeply", str(cm.exception))
+
+
+class RegistryTests(unittest.TestCase):
+    def test_core_is_the_sdk_core_and_tstat_names_its_own_registry(self) -> None:
+        for name in ("source.ip4", "destination.ip4", "delay.twoway.icmp.us.mean", "delay.twoway.icmp.count",
+                     "time", "start", "end", "duration.ms"):
+            self.assertIn(name, REG.core)
+        tstat = REG.get(m.TSTAT_REGISTRY_URI)
+        for name in ("initiator.ip4", "bytes.forward", "tstat.flow.class.http", "rtt.average.ms", "request.method"):
+            self.assertNotIn(name, REG.core)
+            self.assertIn(name, tstat)
+        self.assertIn("source.ip4", tstat)  # tstat's registry includes the core
+        self.assertEqual(len(REG.core), 113)  # mplane-sdk 0.9's registry.json, no more
+
+    def test_ri_registry_is_the_ri_fork_element_list(self) -> None:
+        ri = REG.get(m.RI_REGISTRY_URI)
+        self.assertIn("delay.twoway.icmp.us.count", ri)  # the RI's spelling
+        self.assertNotIn("delay.twoway.icmp.count", ri)  # the SDK's
+        self.assertEqual(ri.element("duration.ms").prim, "time")
+
+    def test_operator_registry_with_include(self) -> None:
         store = m.RegistryStore()
-        reg = store.load(str(path))
+        reg = store.parse(json.dumps({"registry-format": "mplane-0", "registry-uri": "http://example.org/extra",
+                                      "includes": [m.CORE_REGISTRY_URI],
+                                      "elements": [{"name": "foo.count", "prim": "natural"}]}), "extra.json")
+        store.add(reg, fetchable=True)
         self.assertIn("foo.count", reg)
         self.assertIn("source.ip4", reg)
         self.assertIs(store.get("http://example.org/extra"), reg)
+        self.assertTrue(store.fetchable("http://example.org/extra"))
+        self.assertFalse(store.fetchable(m.CORE_REGISTRY_URI))
+
+    def test_registry_including_an_unknown_registry_is_refused(self) -> None:
+        with self.assertRaises(m.ModelError) as cm:
+            m.RegistryStore().parse(json.dumps({"registry-format": "mplane-0", "registry-uri": "http://x/y",
+                                                "includes": ["/etc/passwd"], "elements": []}), "x.json")
+        self.assertIn("unknown registry /etc/passwd", str(cm.exception))
 
     def test_unknown_registry_uri_without_fetcher(self) -> None:
         with self.assertRaises(m.ModelError) as cm:

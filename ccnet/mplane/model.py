@@ -10,6 +10,7 @@ parameter, the constraint or the clause that is wrong.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -18,12 +19,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 __all__ = [
     "CONTENT_TYPE",
     "CORE_REGISTRY_URI",
+    "RI_REGISTRY_URI",
+    "TSTAT_REGISTRY_URI",
     "KINDS",
     "MPLANE_VERSION",
     "Constraint",
@@ -39,6 +41,7 @@ __all__ = [
     "When",
     "check_capability",
     "from_dict",
+    "load_json",
     "match_specification",
     "parse_constraint",
     "parse_duration",
@@ -53,6 +56,8 @@ __all__ = [
 MPLANE_VERSION = 1
 CONTENT_TYPE = "application/x-mplane+json"
 CORE_REGISTRY_URI = "http://ict-mplane.eu/registry/core"
+TSTAT_REGISTRY_URI = "urn:ccnet:mplane:registry:tstat"
+RI_REGISTRY_URI = "urn:ccnet:mplane:registry:ri-2014"
 REGISTRY_FORMAT = "mplane-0"
 
 VERBS = ("measure", "query", "collect", "store", "callback")
@@ -275,6 +280,10 @@ class When:
             end = self.b  # type: ignore[assignment]
         return start, end
 
+    def resolved(self, tzero: datetime) -> When:
+        """The same scope with ``now`` fixed to ``tzero``: what a submission meant when it arrived."""
+        return replace(self, a=tzero if self.a == NOW else self.a, b=tzero if self.b == NOW else self.b)
+
     def is_immediate(self) -> bool:
         return self.a == NOW
 
@@ -369,7 +378,10 @@ def _parse_natural(text: str) -> int:
 
 
 def _parse_object(text: str) -> Any:
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON object nested too deeply") from None
 
 
 _PRIM_PARSERS: dict[str, Callable[[str], Any]] = {
@@ -491,30 +503,48 @@ class Registry:
         return reg
 
 
-def _core_document() -> dict[str, Any]:
-    text = resources.files("ccnet.mplane").joinpath("registry/core.json").read_text("utf-8")
-    return json.loads(text)
+#: The registries ccnet ships (package data), by URI. ``core`` is the mPlane SDK 0.9 core
+#: registry exactly; ``tstat`` adds the elements of ccnet's tstat capabilities; ``ri-2014``
+#: is the element list of the RI fork's own ``registry.json`` — what an RI peer means when
+#: it names the core registry (see :mod:`ccnet.mplane.dialect`).
+BUILTIN_REGISTRIES = {
+    CORE_REGISTRY_URI: "core.json",
+    TSTAT_REGISTRY_URI: "tstat.json",
+    RI_REGISTRY_URI: "ri-2014.json",
+}
+
+
+@functools.cache
+def _builtin_document(uri: str) -> dict[str, Any]:
+    # Package data shipped with ccnet, read once per process (never peer input).
+    text = resources.files("ccnet.mplane").joinpath(f"registry/{BUILTIN_REGISTRIES[uri]}").read_text("utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
 
 
 class RegistryStore:
-    """The registries a process knows, by URI; the core registry is always present.
+    """The registries a process knows, by URI: the built-in ones and those the operator adds.
 
-    Remote registries are fetched by the caller (``fetch(uri) -> bytes``) so that this
-    module never does network I/O; ``file://`` URIs and paths are read directly.
+    A registry is never looked up from peer input: an unknown URI is a ``ModelError``
+    (a per-capability refusal), not a file to open or a URL to fetch. Operator
+    registries are read at the edge and given to :meth:`add`; those that came from a
+    URL are *fetchable* (a peer can load them too, so they may be shown as they are).
     """
 
-    def __init__(self, fetch: Callable[[str], bytes] | None = None) -> None:
-        self._fetch = fetch
+    def __init__(self) -> None:
         self._registries: dict[str, Registry] = {}
-        self._loading: set[str] = set()
-        self.add(Registry.from_dict(_core_document(), source="core registry"))
+        self._fetchable: set[str] = set()
+        for uri in BUILTIN_REGISTRIES:
+            self.add(Registry.from_dict(_builtin_document(uri), resolve=self.get, source=f"built-in registry {uri}"))
 
     @property
     def core(self) -> Registry:
         return self._registries[CORE_REGISTRY_URI]
 
-    def add(self, registry: Registry) -> Registry:
+    def add(self, registry: Registry, fetchable: bool = False) -> Registry:
         self._registries[registry.uri] = registry
+        if fetchable:
+            self._fetchable.add(registry.uri)
         return registry
 
     def uris(self) -> list[str]:
@@ -523,39 +553,20 @@ class RegistryStore:
     def known(self, uri: str) -> bool:
         return uri in self._registries
 
-    def get(self, uri: str) -> Registry:
-        """The registry for ``uri``; loads file/URL registries on first use."""
-        if uri in self._registries:
-            return self._registries[uri]
-        return self.load(uri)
+    def fetchable(self, uri: str) -> bool:
+        """Could a peer load this registry itself (an operator registry served at its URL)?"""
+        return uri in self._fetchable
 
-    def load(self, uri_or_path: str | Path) -> Registry:
-        text = str(uri_or_path)
-        if text in self._loading:
-            raise ModelError(f"registry include loop at {text}")
-        self._loading.add(text)
+    def get(self, uri: str) -> Registry:
         try:
-            if text.startswith("file://") or "://" not in text:
-                path = Path(text[len("file://"):] if text.startswith("file://") else text)
-                try:
-                    raw = path.read_bytes()
-                except OSError as exc:
-                    raise ModelError(f"registry {text}: cannot read ({exc.strerror})") from None
-            elif self._fetch is None:
-                raise ModelError(f"unknown registry {text} (not loaded, and no fetcher configured)")
-            else:
-                raw = self._fetch(text)
-            try:
-                doc = json.loads(raw)
-            except ValueError as exc:
-                raise ModelError(f"registry {text}: not JSON ({exc})") from None
-            reg = Registry.from_dict(doc, resolve=self.get, source=f"registry {text}")
-        finally:
-            self._loading.discard(text)
-        self.add(reg)
-        if reg.uri != text:
-            self._registries[text] = reg
-        return reg
+            return self._registries[uri]
+        except KeyError:
+            raise ModelError(f"unknown registry {uri} (known: {', '.join(self._registries)})") from None
+
+    def parse(self, raw: bytes | str, source: str) -> Registry:
+        """A registry document read by the caller; includes must name known registries."""
+        doc = load_json(raw, source)
+        return Registry.from_dict(doc, resolve=self.get, source=source)
 
 
 # ---------------------------------------------------------------------------
@@ -780,10 +791,10 @@ class Statement:
 
 def _version(d: Mapping[str, Any], kind: str) -> int:
     raw = d.get("version", MPLANE_VERSION)
-    try:
-        version = int(raw)
-    except (TypeError, ValueError):
-        raise ModelError(f"{kind}: version must be a number, got {raw!r}") from None
+    # A JSON number, as every mPlane implementation writes it; "1" or true is not a version.
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != int(raw):
+        raise ModelError(f"{kind}: version must be a whole number, got {raw!r}")
+    version = int(raw)
     if version > MPLANE_VERSION:
         raise ModelError(f"{kind}: version {version} is newer than supported ({MPLANE_VERSION})")
     return version
@@ -906,12 +917,22 @@ def from_dict(d: Any, depth: int = 0) -> Message:
     raise ModelError(f"cannot tell the message kind: no key among {', '.join(KINDS)}")
 
 
-def parse_json(text: str | bytes) -> Message:
+def load_json(text: str | bytes, what: str = "message") -> Any:
+    """JSON from a peer: any decoding problem, and nesting too deep to decode, is a ModelError."""
     try:
-        doc = json.loads(text)
+        return json.loads(text)
+    except RecursionError:
+        raise ModelError(f"{what}: JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelError(f"not JSON: {exc}") from None
-    return from_dict(doc)
+
+
+def parse_json(text: str | bytes) -> Message:
+    doc = load_json(text)
+    try:
+        return from_dict(doc)
+    except RecursionError:
+        raise ModelError("message: nested too deeply") from None
 
 
 def to_json(msg: Message, token_only: bool = False) -> str:

@@ -41,7 +41,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ccnet.mplane.model import Statement, When
+from ccnet.mplane.model import TSTAT_REGISTRY_URI, Statement, When
 from ccnet.mplane.probes import (
     IProbe,
     IProbeFactory,
@@ -124,7 +124,10 @@ class TstatOptions:
 
 
 def _cap(label: str, when: str, results: list[str], parameters: dict[str, str] | None = None) -> Statement:
-    return Statement("capability", label=label, when=When.parse(when), metadata=dict(METADATA),
+    # Named with the registry whose elements they use (tstat's, which includes the core):
+    # a supervisor that knows only the core refuses them instead of choking on them.
+    return Statement("capability", label=label, when=When.parse(when), registry=TSTAT_REGISTRY_URI,
+                     metadata=dict(METADATA),
                      parameters=dict(parameters or {}), results=list(results))
 
 
