@@ -104,7 +104,7 @@ class ComponentSideTests(SupervisorTestBase):
         yield self.start()
         yield self.register()
         yield self.register()
-        code, msg, _ = yield self.client.message("GET", "show/capability")
+        code, msg, _ = yield self.client.message("GET", "capability")
         self.assertEqual([c.label for c in msg.contents], ["ping-average-ip4"])
 
     @defer.inlineCallbacks
@@ -345,7 +345,7 @@ class AuthorizationTests(SupervisorTestBase):
         yield self.register(None, PING_CAP, secret)
         _, env, _ = yield self.client.message("GET", "capability")
         self.assertEqual([c.label for c in env.contents], ["ping-average-ip4"])
-        _, env, _ = yield self.admin.message("GET", "show/capability")
+        _, env, _ = yield self.admin.message("GET", "capability")
         self.assertEqual(sorted(c.label for c in env.contents), ["ping-average-ip4", "secret-probe"])
 
     @defer.inlineCallbacks

@@ -130,7 +130,7 @@ class SighupTests(unittest.TestCase):
             seen["before"] = _call(rpc, "/Framework/Notebook", "set", "hup", "1")
             sock_before = rpc.sock
             assert d.register_ping().status_code == 200
-            seen["caps_before"] = d.mplane("GET", "show/capability").text
+            seen["caps_before"] = d.mplane("GET", "capability").text
             # The operator takes NormalUser away from the client and hides ping from guests.
             (d.folder / "users.conf").write_text(USERS.replace("properties = NormalUser, guest", "properties = guest"))
             (d.folder / "caps.conf").write_text("ping-average: admin\n")
@@ -138,7 +138,7 @@ class SighupTests(unittest.TestCase):
             d.wait_log("ccnet reloaded")
             seen["after"] = _call(rpc, "/Framework/Notebook", "set", "hup", "2")
             seen["same_connection"] = rpc.sock is sock_before and rpc.sock is not None
-            seen["caps_after"] = d.mplane("GET", "show/capability").text
+            seen["caps_after"] = d.mplane("GET", "capability").text
             seen["health"] = _call(rpc, "/Framework/Notebook", "ping")[0]
             rpc.close()
             return seen

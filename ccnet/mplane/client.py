@@ -6,9 +6,11 @@
                                                        {"destination.ip4": "192.0.2.1"}))
     result = await client.watch(receipt)          # polls redemptions until the result is in
 
-Works against the ccnet supervisor (RI fork paths ``show/capability``,
-``register/specification``, ``show/result``) and, with ``paths=SDK_PATHS``, against an
-SDK-style listener (``capability`` and ``/``). Exceptions from the other side raise
+Works against the ccnet supervisor (``SUPERVISOR_PATHS``: every capability from
+``capability?view=all``, the RI fork's ``register/specification`` and ``show/result``),
+with ``paths=RI_PATHS`` against the RI fork's own supervisor (its listing is
+``{"<component>": [capabilities]}``), and with ``paths=SDK_PATHS`` against an SDK-style
+listener (``capability`` and ``/``). Exceptions from the other side raise
 :class:`MPlaneError` carrying the mPlane exception message.
 """
 
@@ -26,6 +28,7 @@ from twisted.web.http_headers import Headers
 
 from ccnet.mplane.model import (
     CONTENT_TYPE,
+    KINDS,
     Envelope,
     ExceptionMessage,
     Message,
@@ -33,16 +36,19 @@ from ccnet.mplane.model import (
     RegistryStore,
     Statement,
     When,
+    from_dict,
+    load_json,
     match_specification,
     parse_json,
     to_json,
 )
 from ccnet.tls import TLSMaterial, https_agent
 
-__all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS"]
+__all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS", "SUPERVISOR_PATHS"]
 
 RI_PATHS = {"capability": "show/capability", "specification": "register/specification", "result": "show/result",
             "status": "api/status"}
+SUPERVISOR_PATHS = {**RI_PATHS, "capability": "capability?view=all"}
 SDK_PATHS = {"capability": "capability", "specification": "", "result": "", "status": "api/status"}
 
 
@@ -73,7 +79,7 @@ class MPlaneClient:
                  timeout: float = 60.0) -> None:
         self.reactor = reactor
         self.url = url.rstrip("/")
-        self.paths = dict(paths or RI_PATHS)
+        self.paths = dict(paths or SUPERVISOR_PATHS)
         self.timeout = timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.agent = https_agent(reactor, material, self.pool)
@@ -91,6 +97,9 @@ class MPlaneClient:
 
     async def _call(self, method: str, url: str, msg: Message | None = None) -> Message:
         data = to_json(msg).encode() if msg is not None else None
+        return self._decode(url, *(await self._http(method, url, data)))
+
+    async def _http(self, method: str, url: str, data: bytes | None) -> tuple[int, str, bytes]:
         headers = Headers({b"Content-Type": [CONTENT_TYPE.encode()]}) if data is not None else None
         resp = await treq.request(method, url, data=data, headers=headers, agent=self.agent, timeout=self.timeout)
         body = await resp.content()
@@ -98,22 +107,39 @@ class MPlaneClient:
         if not ctype.startswith(CONTENT_TYPE):
             raise MPlaneError(f"{url}: HTTP {resp.code}: {body[:200].decode('utf-8', 'replace').strip()}",
                               code=resp.code)
+        return resp.code, ctype, body
+
+    @staticmethod
+    def _decode(url: str, code: int, ctype: str, body: bytes) -> Message:
         try:
             reply = parse_json(body)
         except ModelError as exc:
-            raise MPlaneError(f"{url}: unreadable reply: {exc}", code=resp.code) from None
+            raise MPlaneError(f"{url}: unreadable reply: {exc}", code=code) from None
         if isinstance(reply, ExceptionMessage):
-            raise MPlaneError(reply.message, reply.token, resp.code)
-        if resp.code != 200:
-            raise MPlaneError(f"{url}: HTTP {resp.code}", code=resp.code)
+            raise MPlaneError(reply.message, reply.token, code)
+        if code != 200:
+            raise MPlaneError(f"{url}: HTTP {code}", code=code)
         return reply
 
     # -- API -----------------------------------------------------------------
 
     async def capabilities(self) -> list[Statement]:
         """The capabilities this identity may use (remembered for :meth:`capability`)."""
-        reply = await self._call("GET", self._url("capability"))
-        items = reply.contents if isinstance(reply, Envelope) else [reply]
+        url = self._url("capability")
+        code, ctype, body = await self._http("GET", url, None)
+        try:
+            doc = load_json(body)
+        except ModelError as exc:
+            raise MPlaneError(f"{url}: unreadable reply: {exc}", code=code) from None
+        if isinstance(doc, dict) and code == 200 and not any(k in doc for k in KINDS):
+            # The RI supervisor's listing: {"<component id>": [capabilities]}.
+            try:
+                items: list[Message] = [from_dict(c) for caps_of in doc.values() for c in caps_of]
+            except (ModelError, TypeError) as exc:
+                raise MPlaneError(f"{url}: unreadable capability listing: {exc}", code=code) from None
+        else:
+            reply = self._decode(url, code, ctype, body)
+            items = reply.contents if isinstance(reply, Envelope) else [reply]
         caps = [m for m in items if isinstance(m, Statement) and m.kind == "capability"]
         self._caps = {str(c.label): c for c in caps if c.label}
         return caps

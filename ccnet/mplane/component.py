@@ -40,6 +40,7 @@ from twisted.web.server import Request, Site
 from ccnet.config import parse_listen
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
+from ccnet.mplane.dialect import Dialect, for_client
 from ccnet.mplane.model import (
     CONTENT_TYPE,
     Envelope,
@@ -49,6 +50,8 @@ from ccnet.mplane.model import (
     RegistryStore,
     Statement,
     capability_matches_label,
+    from_dict,
+    load_json,
     match_specification,
     parse_json,
     to_json,
@@ -131,7 +134,7 @@ class ComponentCore:
 
     def _offer_for(self, spec: Statement, roles: frozenset[str]) -> _Offer | str:
         candidates = [o for o in self.offers if capability_matches_label(o.capability.label, spec.label)]
-        if not candidates:
+        if not candidates and spec.label is None:
             schema = spec.schema_hash()
             candidates = [o for o in self.offers if o.capability.schema_hash() == schema]
         candidates = [o for o in candidates if self.allowed(roles, o.capability.label)]
@@ -311,6 +314,10 @@ class SupervisorLink(service.Service):
         self.send_pool = HTTPConnectionPool(reactor, persistent=True)
         self.send_agent = Agent(reactor, contextFactory=RecordingPolicy(material), pool=self.send_pool)
         self.registered = False
+        # The supervisor's wire dialect: configured, or found out at the first registration.
+        self.dialect: Dialect | None = None if cfg.dialect == "auto" else Dialect(cfg.dialect)
+        # label -> the registry our capability was registered under (RI: "core" for ours).
+        self._wire_registry: dict[str, str] = {}
         self.supervisor_identity: str | None = None
         self.registrations = 0
         self.delivered = 0
@@ -369,16 +376,78 @@ class SupervisorLink(service.Service):
         if not caps:
             raise PermissionError(f"no capability may be shown to the supervisor {self.supervisor_identity} "
                                   "(check [component] users/caps)")
-        code, body = await self._request(self.agent, "POST", self.cfg.registration_path,
-                                         to_json(Envelope(list(caps))).encode())
-        if code != 200:
-            raise HTTPStatusError(code, body)
-        outcome = json.loads(body)
+        outcome = await self._register(caps)
         refused = {k: v.get("reason") for k, v in outcome.items() if v.get("registered") != "ok"}
         self.registered = True
         self.registrations += 1
-        log.info("mPlane component registered {n} capabilities with {supervisor}{refused}", n=len(caps) - len(refused),
-                 supervisor=self.supervisor_identity, refused=f"; refused: {refused}" if refused else "")
+        (log.warn if refused else log.info)("mPlane component registered {n} capabilities with {supervisor} ({dialect}){refused}",
+                 n=len(outcome) - len(refused), supervisor=self.supervisor_identity,
+                 dialect=self.dialect.value if self.dialect else "?",
+                 refused=f"; refused: {refused}" if refused else "")
+
+    async def _register(self, caps: list[Statement]) -> dict[str, dict[str, Any]]:
+        """Register ``caps`` in the supervisor's dialect (auto: the first one it accepts).
+
+        Each capability is accepted or refused on its own: a supervisor that answers a
+        whole envelope with an error (mpsup does, for one element it lacks) is sent the
+        capabilities one by one."""
+        attempts = [self.dialect] if self.dialect is not None else [Dialect.SDK, Dialect.RI]
+        failure: HTTPStatusError | None = None
+        for dialect in attempts:
+            if dialect is Dialect.RI:
+                code, body, outcome = await self._register_ri(caps)
+            else:
+                code, body = await self._request(self.agent, "POST", self.cfg.registration_path,
+                                                 to_json(Envelope(list(caps))).encode())
+                outcome = _outcome(body) if code == 200 else None
+            if outcome is not None:
+                self.dialect = dialect
+                if dialect is Dialect.SDK:
+                    self._wire_registry = {str(c.label): c.registry for c in caps}
+                return outcome
+            failure = HTTPStatusError(code, body)
+        if self.dialect is Dialect.RI or len(caps) < 2:
+            assert failure is not None
+            raise failure
+        # One capability at a time (SDK): a refusal stays that capability's.
+        outcome = {}
+        for cap in caps:
+            code, body = await self._request(self.agent, "POST", self.cfg.registration_path,
+                                             to_json(Envelope([cap])).encode())
+            one = _outcome(body) if code == 200 else None
+            outcome.update(one if one is not None else
+                           {str(cap.label): {"registered": "no", "reason": str(HTTPStatusError(code, body))}})
+        self.dialect = Dialect.SDK
+        self._wire_registry = {str(c.label): c.registry for c in caps}
+        return outcome
+
+    async def _register_ri(self, caps: list[Statement]) -> tuple[int, bytes, dict[str, dict[str, Any]] | None]:
+        """The RI's registration: a JSON array of what its 2014 registry can parse, named "core"."""
+        wire = {str(c.label): for_client(c, Dialect.RI, self.core.registries) for c in caps}
+        skipped = sorted(label for label, w in wire.items() if w is None)
+        if skipped:
+            log.info("mPlane component: not offered to the RI supervisor (elements outside its registry): "
+                     "{labels}", labels=", ".join(skipped))
+        sent = [w for w in wire.values() if w is not None]
+        if not sent:
+            return 0, b"no capability fits the RI registry", None
+        code, body = await self._request(self.agent, "POST", self.cfg.registration_path,
+                                         json.dumps([w.to_dict() for w in sent]).encode())
+        outcome = _outcome(body) if code == 200 else None
+        if outcome is not None:
+            self._wire_registry = {str(w.label): w.registry for w in sent}
+            outcome.update({label: {"registered": "no", "reason": "elements outside the RI registry"}
+                            for label in skipped})
+        return code, body, outcome
+
+    def _inbound(self, msg: Message) -> Message:
+        """A specification as our capability names it (the RI calls every registry "core")."""
+        if isinstance(msg, Statement) and msg.label in self._wire_registry \
+                and msg.registry == self._wire_registry[msg.label]:
+            offer = next((o for o in self.core.offers if o.capability.label == msg.label), None)
+            if offer is not None:
+                return replace(msg, registry=offer.capability.registry)
+        return msg
 
     async def _poll_forever(self) -> None:
         backoff = self.cfg.retry_min
@@ -398,9 +467,8 @@ class SupervisorLink(service.Service):
                         continue
                 if code != 200:
                     raise HTTPStatusError(code, body)
-                msg = parse_json(body)
-                work = list(msg.contents) if isinstance(msg, Envelope) else [msg]
-                work = [m for m in work if not (isinstance(m, Statement) and m.label == "callback")]
+                work = _poll_reply(body)
+                work = [self._inbound(m) for m in work if not (isinstance(m, Statement) and m.label == "callback")]
                 for item in work:
                     await self._handle(item)
                 backoff = self.cfg.retry_min
@@ -444,6 +512,22 @@ class SupervisorLink(service.Service):
 
     # -- delivery ------------------------------------------------------------
 
+    def _outbound(self, body: bytes) -> bytes | None:
+        """An outbox message as the supervisor's dialect takes it; None: not sent at all.
+
+        The RI supervisor makes receipts itself and accepts only results and exceptions,
+        whose registry it calls "core"."""
+        if self.dialect is not Dialect.RI:
+            return body
+        msg = parse_json(body)
+        if isinstance(msg, Statement):
+            if msg.kind == "receipt":
+                return None
+            wire = self._wire_registry.get(str(msg.label))
+            if wire is not None and wire != msg.registry:
+                msg = replace(msg, registry=wire)
+        return to_json(msg).encode()
+
     async def _send_forever(self) -> None:
         backoff = self.cfg.retry_min
         while self.running:
@@ -451,8 +535,12 @@ class SupervisorLink(service.Service):
             if item is None:
                 await self.outbox.wait()
                 continue
+            body_out = self._outbound(item.body)
+            if body_out is None:
+                await self.outbox.remove(item)  # nothing the supervisor's dialect takes (RI: receipts)
+                continue
             try:
-                code, body = await self._request(self.send_agent, "POST", self.cfg.result_path, item.body)
+                code, body = await self._request(self.send_agent, "POST", self.cfg.result_path, body_out)
             except defer.CancelledError:
                 raise
             except Exception as exc:
@@ -480,6 +568,26 @@ class SupervisorLink(service.Service):
                 log.warn("mPlane supervisor answered {code} to a delivery; retrying", code=code)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, self.cfg.retry_max)
+
+
+def _outcome(body: bytes) -> dict[str, dict[str, Any]] | None:
+    """A registration outcome map ``{label: {"registered": ...}}``, or None if it is not one."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) and "registered" in v for v in doc.values()):
+        return None
+    return doc
+
+
+def _poll_reply(body: bytes) -> list[Message]:
+    """The specifications of a poll: an envelope (SDK) or a JSON array (RI)."""
+    doc = load_json(body)
+    if isinstance(doc, list):
+        return [from_dict(item) for item in doc]
+    msg = from_dict(doc)
+    return list(msg.contents) if isinstance(msg, Envelope) else [msg]
 
 
 # ---------------------------------------------------------------------------

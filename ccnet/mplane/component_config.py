@@ -13,6 +13,9 @@
     caps =
     # seconds a poll may wait at the supervisor for work (long-poll)
     long-poll = 20
+    # wire dialect of the supervisor: auto (found out from its answers), sdk (mplane-sdk
+    # 0.9's mpsup, ccnet) or ri (the RI fork's supervisor)
+    dialect = auto
     # reconnect back-off, seconds: first wait and upper bound (doubles in between)
     retry-min = 0.5
     retry-max = 30
@@ -63,6 +66,7 @@ class ComponentConfig:
     users: Path | None = None
     caps: Path | None = None
     long_poll: float = 20.0
+    dialect: str = "auto"  # "auto", "sdk" or "ri"
     retry_min: float = 0.5
     retry_max: float = 30.0
     registration_path: str = "register/capability"
@@ -106,6 +110,7 @@ def parse(ini: IniFile) -> ComponentConfig | None:
     if kwargs["supervisor"] is None and kwargs["listen"] is None:
         raise sect.error("supervisor", "supervisor = https://... (component-initiated) and/or "
                                        "listen = ssl:PORT (client-initiated)")
+    kwargs["dialect"] = sect.get_choice("dialect", ("auto", "sdk", "ri"), "auto")
     kwargs["users"] = sect.get_readable_file("users", None)
     kwargs["caps"] = sect.get_readable_file("caps", None)
     for attr, key, default in (("long_poll", "long-poll", "20"), ("retry_min", "retry-min", "0.5"),

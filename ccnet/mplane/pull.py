@@ -26,6 +26,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from ccnet.mplane.dialect import registration_items
 from ccnet.mplane.model import (
     CONTENT_TYPE,
     Envelope,
@@ -143,7 +144,7 @@ class ComponentPuller(service.Service):
             log.warn("mPlane component {url} presented no verified certificate", url=remote.url)
             return
         peer = Peer(remote.identity, (remote.identity,), frozenset(), remote.dn)
-        outcome = await self.state.register(peer, Envelope(caps))
+        outcome = await self.state.register(peer, registration_items(caps))
         self.state.components[remote.identity].url = remote.url
         log.info("mPlane component {url} ({identity}): {outcome}", url=remote.url, identity=remote.identity,
                  outcome={k: v["registered"] for k, v in outcome.items()})

@@ -41,7 +41,7 @@ from typing import Any, TextIO, TypeVar
 
 from twisted.internet.error import ConnectError
 
-from ccnet.mplane.client import RI_PATHS, SDK_PATHS, MPlaneClient, MPlaneError
+from ccnet.mplane.client import SDK_PATHS, SUPERVISOR_PATHS, MPlaneClient, MPlaneError
 from ccnet.mplane.model import (
     Envelope,
     ExceptionMessage,
@@ -650,7 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"ccnet-client: cannot use the TLS files: {exc}\n")
         return 2
-    paths = SDK_PATHS if args.sdk else RI_PATHS
+    paths = SDK_PATHS if args.sdk else SUPERVISOR_PATHS
     client = MPlaneClient(reactor, args.url, material, paths, timeout=args.timeout)
     thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
     thread.start()

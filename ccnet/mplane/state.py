@@ -27,9 +27,11 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccnet.mplane.authz import Policy
+from ccnet.mplane.dialect import Dialect, for_client, from_wire, why_not_shown
 from ccnet.mplane.model import (
     Envelope,
     ExceptionMessage,
@@ -48,6 +50,8 @@ __all__ = ["Capability", "Component", "Measurement", "Peer", "SupervisorState", 
 
 CALLBACK_LABEL = "callback"
 
+log = Logger()
+
 MIGRATIONS = [
     """CREATE TABLE mplane_component (
         identity TEXT PRIMARY KEY, dn TEXT, callback INTEGER NOT NULL DEFAULT 0,
@@ -62,6 +66,8 @@ MIGRATIONS = [
         created DOUBLE PRECISION NOT NULL, updated DOUBLE PRECISION NOT NULL)""",
     "CREATE INDEX mplane_measurement_client ON mplane_measurement (client, client_token)",
     "ALTER TABLE mplane_component ADD COLUMN url TEXT",
+    "ALTER TABLE mplane_component ADD COLUMN dialect TEXT",
+    "ALTER TABLE mplane_measurement ADD COLUMN client_registry TEXT",
 ]
 
 # Measurement states.
@@ -144,6 +150,7 @@ class Component:
     registered: float
     last_seen: float
     url: str | None = None  # set for components the supervisor calls (client-initiated workflow)
+    dialect: Dialect = Dialect.SDK  # how it registered: its polls are answered the same way
 
 
 @dataclass
@@ -169,11 +176,13 @@ class Measurement:
     interrupt: bool
     created: float
     updated: float
+    client_registry: str | None = None  # the registry the client's specification named
 
     def to_client(self, msg: Message) -> Message:
-        """``msg`` (from the component) re-addressed to the client: its token and label."""
+        """``msg`` (from the component) re-addressed to the client: its token, label and registry."""
         if isinstance(msg, Statement):
-            return replace(msg, token=self.client_token, label=self.client_label)
+            return replace(msg, token=self.client_token, label=self.client_label,
+                           registry=self.client_registry or msg.registry)
         if isinstance(msg, ExceptionMessage):
             return replace(msg, token=self.client_token)
         if isinstance(msg, Envelope):
@@ -182,7 +191,8 @@ class Measurement:
         return msg
 
     def receipt(self) -> Statement:
-        return self.spec.derive("receipt", token=self.client_token, label=self.client_label, link=None)
+        return self.spec.derive("receipt", token=self.client_token, label=self.client_label, link=None,
+                                registry=self.client_registry or self.spec.registry)
 
 
 def capability_key(component: str, cap: Statement) -> str:
@@ -225,14 +235,16 @@ class SupervisorState:
         #: (event, capability label) -> count, for /metrics; labels come from accepted
         #: capabilities only, so clients cannot grow the label set.
         self.by_capability: dict[tuple[str, str], int] = {}
+        self._hidden_noted: set[tuple[Dialect, str]] = set()
 
     # ------------------------------------------------------------------ persistence
 
     async def load(self) -> None:
         """Read everything back after a restart."""
-        for ident, dn, cb, reg, seen, url in await self.store.run(
-                "SELECT identity, dn, callback, registered, last_seen, url FROM mplane_component"):
-            self.components[ident] = Component(ident, dn, bool(cb), float(reg), float(seen), url)
+        for ident, dn, cb, reg, seen, url, dialect in await self.store.run(
+                "SELECT identity, dn, callback, registered, last_seen, url, dialect FROM mplane_component"):
+            self.components[ident] = Component(ident, dn, bool(cb), float(reg), float(seen), url,
+                                               Dialect(dialect or Dialect.SDK.value))
         for key, comp, label, body, reg in await self.store.run(
                 "SELECT cap_key, component, label, body, registered FROM mplane_capability"):
             msg = _loads(body)
@@ -240,23 +252,24 @@ class SupervisorState:
             self.capabilities[key] = Capability(key, comp, label, msg, float(reg))
         rows = await self.store.run(
             "SELECT id, client, client_token, client_label, cap_key, component, spec, state, reply, "
-            "interrupt, created, updated FROM mplane_measurement")
-        for (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated) in rows:
+            "interrupt, created, updated, client_registry FROM mplane_measurement")
+        for (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg) in rows:
             smsg = _loads(spec)
             assert isinstance(smsg, Statement)
             m = Measurement(mid, client, ctok, clabel, key, comp, smsg, st,
-                            _loads(reply) if reply else None, bool(intr), float(created), float(updated))
+                            _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
             self.measurements[mid] = m
             self._by_client[(client, ctok)] = mid
 
     @staticmethod
     def _component_op(c: Component) -> Op:
         return (
-            "INSERT INTO mplane_component (identity, dn, callback, registered, last_seen, url) "
-            "VALUES (?, ?, ?, ?, ?, ?) "
+            "INSERT INTO mplane_component (identity, dn, callback, registered, last_seen, url, dialect) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (identity) DO UPDATE SET dn = excluded.dn, callback = excluded.callback, "
-            "registered = excluded.registered, last_seen = excluded.last_seen, url = excluded.url",
-            (c.identity, c.dn, int(c.callback), c.registered, c.last_seen, c.url))
+            "registered = excluded.registered, last_seen = excluded.last_seen, url = excluded.url, "
+            "dialect = excluded.dialect",
+            (c.identity, c.dn, int(c.callback), c.registered, c.last_seen, c.url, c.dialect.value))
 
     async def _save_component(self, c: Component) -> None:
         await self.batcher.write([self._component_op(c)])
@@ -273,11 +286,13 @@ class SupervisorState:
     def _measurement_op(m: Measurement) -> Op:
         return (
             "INSERT INTO mplane_measurement (id, client, client_token, client_label, cap_key, component, spec, "
-            "state, reply, interrupt, created, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "state, reply, interrupt, created, updated, client_registry) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET state = excluded.state, reply = excluded.reply, "
             "interrupt = excluded.interrupt, updated = excluded.updated",
             (m.id, m.client, m.client_token, m.client_label, m.cap_key, m.component, _dumps(m.spec),
-             m.state, _dumps(m.reply) if m.reply is not None else None, int(m.interrupt), m.created, m.updated))
+             m.state, _dumps(m.reply) if m.reply is not None else None, int(m.interrupt), m.created, m.updated,
+             m.client_registry))
 
     async def _save_measurement(self, m: Measurement) -> None:
         await self.batcher.write([self._measurement_op(m)])
@@ -319,9 +334,11 @@ class SupervisorState:
     def may_register(self, peer: Peer) -> bool:
         return self.component_role is None or self.component_role in peer.roles
 
-    async def register(self, peer: Peer, msg: Message) -> dict[str, dict[str, str]]:
-        """Register one capability or an envelope of them; the SDK's per-label outcome map."""
-        items = msg.contents if isinstance(msg, Envelope) else [msg]
+    async def register(self, peer: Peer, items: list[tuple[str, Message | ModelError]],
+                       dialect: Dialect = Dialect.SDK) -> dict[str, dict[str, str]]:
+        """Register capabilities (each named by its label, decoded or refused already);
+        the per-label outcome map both dialects expect. Each capability is accepted or
+        refused on its own."""
         now = self.clock()
         outcome: dict[str, dict[str, str]] = {}
         comp = self.components.get(peer.identity)
@@ -329,9 +346,12 @@ class SupervisorState:
             comp = Component(peer.identity, peer.dn, False, now, now)
             self.components[peer.identity] = comp
         comp.last_seen = now
+        comp.dialect = dialect
         changed: list[Capability] = []
-        for i, item in enumerate(items):
-            name = getattr(item, "label", None) or f"message-{i}"
+        for name, item in items:
+            if isinstance(item, ModelError):
+                outcome[name] = {"registered": "no", "reason": str(item)}
+                continue
             if not isinstance(item, Statement) or item.kind not in ("capability", "withdrawal"):
                 outcome[name] = {"registered": "no", "reason": "Not a capability"}
                 continue
@@ -454,69 +474,120 @@ class SupervisorState:
         return [c for c in self.capabilities.values()
                 if self.policy.allows(peer.roles, c.label, c.component)]
 
-    def offered(self, peer: Peer, link_base: str | None) -> list[tuple[Capability, Statement]]:
+    def offered(self, peer: Peer, link_base: str | None,
+                dialect: Dialect | None = None) -> list[tuple[Capability, Statement]]:
         """The visible capabilities as the client sees them: distinct labels and tokens per
         component (``label@component`` when several components offer one label), a link
-        to post specifications to."""
+        to post specifications to. With a ``dialect``, only what a client of that dialect
+        can parse, re-expressed for it (see :func:`ccnet.mplane.dialect.for_client`)."""
         caps = sorted(self.visible(peer), key=lambda c: (c.label or "", c.component))
-        counts: dict[str | None, int] = {}
+        shown: list[tuple[Capability, Statement]] = []
         for c in caps:
+            stmt = c.statement if dialect is None else for_client(c.statement, dialect, self.registries)
+            if stmt is None:
+                self._note_hidden(c, dialect)
+                continue
+            shown.append((c, stmt))
+        counts: dict[str | None, int] = {}
+        for c, _ in shown:
             counts[c.label] = counts.get(c.label, 0) + 1
         out = []
-        for c in caps:
+        for c, stmt in shown:
             label = c.label
             if label is not None and counts[label] > 1:
                 label = f"{label}@{c.component}"
             token = hashlib.md5(f"{c.component}\n{c.statement.get_token()}".encode(),
                                 usedforsecurity=False).hexdigest()
             link = f"{link_base}/{c.key}" if link_base else None
-            out.append((c, replace(c.statement, label=label, token=token, link=link)))
+            out.append((c, replace(stmt, label=label, token=token, link=link)))
         return out
 
-    def find_capability(self, peer: Peer, spec: Statement, cap_key: str | None) -> list[Capability]:
-        """Candidate capabilities for ``spec``: by key (from the link), else by label."""
+    def _note_hidden(self, cap: Capability, dialect: Dialect | None) -> None:
+        if dialect is None or (dialect, cap.key) in self._hidden_noted:
+            return
+        self._hidden_noted.add((dialect, cap.key))
+        log.info("mPlane capability {label} of {component} is not listed to {dialect} clients: {why}",
+                 label=cap.label, component=cap.component, dialect=dialect.value.upper(),
+                 why=why_not_shown(cap.statement, dialect, self.registries))
+
+    def find_capability(self, peer: Peer, spec: Statement, cap_key: str | None,
+                        component: str | None = None) -> list[Capability]:
+        """Candidate capabilities for ``spec``: by key (from the link), else by label (of
+        ``component``, when the client named it). Never by schema alone when the
+        specification has a label: another capability's receipt for a label that does
+        not exist would be a lie."""
         if cap_key is not None:
             c = self.capabilities.get(cap_key)
             return [c] if c is not None and self.policy.allows(peer.roles, c.label, c.component) else []
-        offered = self.offered(peer, None)
+        offered = [(c, shown) for c, shown in self.offered(peer, None)
+                   if component is None or c.component == component]
         byname = [c for c, shown in offered if capability_matches_label(shown.label, spec.label)]
         if not byname:
             byname = [c for c, shown in offered if capability_matches_label(c.label, spec.label)]
-        if not byname:
+        if not byname and spec.label is None:
             schema = spec.schema_hash()
             byname = [c for c, _ in offered if c.statement.schema_hash() == schema]
         return byname
 
+    def _views(self, cap: Capability, dialect: Dialect) -> list[Statement]:
+        """``cap`` as ccnet holds it and as a client of ``dialect`` was shown it (in ccnet's terms)."""
+        views = [cap.statement]
+        wire = for_client(cap.statement, dialect, self.registries)
+        if wire is not None:
+            views.append(from_wire(wire, dialect))
+        return views
+
     async def submit(self, peer: Peer, spec: Statement, cap_key: str | None = None,
-                     tzero: datetime | None = None) -> Message:
-        """Accept a client specification: a receipt, or an exception saying what is wrong."""
+                     tzero: datetime | None = None, component: str | None = None,
+                     dialect: Dialect = Dialect.SDK, client_registry: str | None = None) -> Message:
+        """Accept a client specification: a receipt, or an exception saying what is wrong.
+
+        A submission is the same measurement as an earlier one only when it repeats the
+        same client's identical specification while that is still pending: relative
+        scopes (``now + 1s``) are resolved on arrival, so the same text sent twice is two
+        measurements, each with its own token.
+        """
+        now = self.clock()
+        tzero = tzero or datetime.fromtimestamp(now, UTC)
         token = spec.get_token(self.registries)
-        existing = self._by_client.get((peer.identity, token))
-        if existing is not None and existing in self.measurements:
-            return self.measurements[existing].receipt()
-        candidates = self.find_capability(peer, spec, cap_key)
+        existing = self.measurements.get(self._by_client.get((peer.identity, token), ""))
+        if existing is not None and existing.state not in FINAL and existing.client_label == spec.label \
+                and existing.spec.parameters == spec.parameters \
+                and existing.spec.when.resolved(datetime.fromtimestamp(existing.created, UTC)) \
+                == spec.when.resolved(tzero):
+            return existing.receipt()  # a retry of the same pending specification
+        candidates = self.find_capability(peer, spec, cap_key, component)
         if not candidates:
             self.counters["denied"] += 1
-            return ExceptionMessage(token, f"no capability {spec.label!r} available to {peer.identity}")
+            where = f" at {component}" if component else ""
+            return ExceptionMessage(token, f"no capability {spec.label!r}{where} available to {peer.identity}")
         errors = []
         chosen = None
         for cap in candidates:
-            try:
-                match_specification(spec, cap.statement, self.registries, tzero)
-            except ModelError as exc:
-                errors.append(str(exc))
-                continue
-            chosen = cap
-            break
+            views = self._views(cap, dialect)
+            # The view in the specification's registry; else ccnet's own (whose error says so).
+            for view in [v for v in views if v.registry == spec.registry][:1] or views[:1]:
+                try:
+                    match_specification(spec, view, self.registries, tzero)
+                except ModelError as exc:
+                    errors.append(str(exc))
+                    continue
+                chosen = cap
+                break
+            if chosen is not None:
+                break
         if chosen is None:
             return ExceptionMessage(token, errors[0])
-        now = self.clock()
         mid = uuid.uuid4().hex
+        if existing is not None:
+            # The token already names another measurement of this client (finished, or
+            # not the same specification): this one gets its own.
+            token = hashlib.md5(f"{token} {mid}".encode(), usedforsecurity=False).hexdigest()
         forwarded = chosen.statement.derive(
             "specification", label=chosen.label, token=mid, when=spec.when,
             parameters=dict(spec.parameters), link=None)
         m = Measurement(mid, peer.identity, token, spec.label, chosen.key, chosen.component, forwarded,
-                        QUEUED, None, False, now, now)
+                        QUEUED, None, False, now, now, client_registry or spec.registry)
         self.measurements[mid] = m
         self._by_client[(peer.identity, token)] = mid
         await self._save_measurement(m)

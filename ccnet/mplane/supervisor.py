@@ -31,6 +31,14 @@ from twisted.web.server import Request
 
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
+from ccnet.mplane.dialect import (
+    Dialect,
+    from_wire,
+    parse_registration,
+    parse_submission,
+    ri_listing,
+    to_wire,
+)
 from ccnet.mplane.model import (
     CONTENT_TYPE,
     Envelope,
@@ -39,7 +47,8 @@ from ccnet.mplane.model import (
     ModelError,
     RegistryStore,
     Statement,
-    parse_json,
+    from_dict,
+    load_json,
     to_json,
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
@@ -241,10 +250,21 @@ class _Dispatch(Resource):
             request.write(body)
             request.finish()
 
-    @staticmethod
-    def _error(request: Request, exc: HTTPError) -> bytes:
+    def _speaks_ri(self, request: Request) -> bool:
+        """Is the peer of this request an RI-fork client or component? (RI peers get
+        ``application/x-mplane+json`` on every reply, errors included.)"""
+        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        cfg = self.root.cfg
+        if path in (cfg.client_capability_path, cfg.client_specification_path, cfg.client_result_path):
+            return True
+        identity = request_identity(request)
+        comp = self.root.state.components.get(identity.dotted) if identity is not None else None
+        return comp is not None and comp.dialect is Dialect.RI
+
+    def _error(self, request: Request, exc: HTTPError) -> bytes:
         request.setResponseCode(exc.code)
-        if exc.code == 400 and exc.text.startswith("Invalid format"):
+        if exc.code in (400, 428) and exc.text.startswith(("Invalid format", "Register")) \
+                and not self._speaks_ri(request):
             request.setHeader(b"content-type", b"text/plain")
             return exc.text.encode() + b"\n"
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
@@ -253,7 +273,8 @@ class _Dispatch(Resource):
     # ------------------------------------------------------------------ I/O helpers
 
     @staticmethod
-    def read_message(request: Request) -> Message:
+    def read_json(request: Request) -> Any:
+        """The request's mPlane JSON body (any shape: the dialects differ)."""
         ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if ctype != CONTENT_TYPE:
             raise HTTPError(400, "Invalid format: the body must be application/x-mplane+json")
@@ -265,16 +286,30 @@ class _Dispatch(Resource):
         if len(raw) > MAX_BODY:
             raise HTTPError(413, "Message too large")
         try:
-            return parse_json(raw)
+            return load_json(raw)
         except ModelError as exc:
             raise HTTPError(400, f"Invalid message: {exc}") from None
 
+    @classmethod
+    def read_message(cls, request: Request) -> Message:
+        return cls.decode(from_dict, cls.read_json(request))
+
     @staticmethod
-    def reply(request: Request, msg: Message | dict[str, Any], code: int = 200) -> bytes:
+    def decode(fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` with a model error turned into a 400 mPlane exception."""
+        try:
+            return fn(*args)
+        except ModelError as exc:
+            raise HTTPError(400, f"Invalid message: {exc}") from None
+        except RecursionError:
+            raise HTTPError(400, "Invalid message: nested too deeply") from None
+
+    @staticmethod
+    def reply(request: Request, msg: Message | dict[str, Any] | list[Any], code: int = 200) -> bytes:
         request.setResponseCode(code)
         # Exactly this value: the SDK client drops replies with any other (even "; charset=").
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
-        if isinstance(msg, dict):
+        if isinstance(msg, dict | list):
             return json.dumps(msg, sort_keys=True).encode()
         return to_json(msg).encode()
 
@@ -284,28 +319,31 @@ class _Dispatch(Resource):
         state = self.root.state
         if not state.may_register(peer):
             raise HTTPError(403, f"{peer.identity} may not register capabilities")
-        msg = self.read_message(request)
-        outcome = await state.register(peer, msg)
-        log.info("mPlane registration from {component}: {outcome}", component=peer.identity,
-                 outcome={k: v["registered"] for k, v in outcome.items()})
+        dialect, items = self.decode(parse_registration, self.read_json(request))
+        outcome = await state.register(peer, items, dialect)
+        log.info("mPlane registration from {component} ({dialect}): {outcome}", component=peer.identity,
+                 dialect=dialect.value, outcome={k: v["registered"] for k, v in outcome.items()})
         return self.reply(request, outcome)
 
     async def poll(self, request: Request, peer: Peer) -> bytes:
         state = self.root.state
         if not state.known_component(peer.identity):
-            request.setResponseCode(428)
-            request.setHeader(b"content-type", b"text/plain")
-            return b"Register your capabilities first\n"
+            raise HTTPError(428, "Register your capabilities first")
+        dialect = state.components[peer.identity].dialect
         link = f"{self.root.base_url(request)}/{self.root.cfg.result_path}"
         work = await state.take_work(peer.identity, link)
         fast = state.wants_fast_polls(peer.identity)
-        hold = self._hold(request, fast)
+        # RI components poll without asking to wait and cannot be told to come back at
+        # once: their poll is held (up to long-poll) and answered when work arrives.
+        hold = self._hold(request, fast or dialect is Dialect.RI)
         if not work and hold > 0:
             await self._wait_for_work(peer.identity, hold)
             if request.finished or getattr(request, "_disconnected", False):
                 return b""
             work = await state.take_work(peer.identity, link)
-        contents: list[Message] = list(work)
+        contents: list[Message] = [to_wire(m, dialect) for m in work]
+        if dialect is Dialect.RI:
+            return self.reply(request, [m.to_dict() for m in contents])
         if fast:
             contents.append(callback_spec("now + 0s" if self.root.cfg.long_poll > 0 else "now + 1s"))
         return self.reply(request, Envelope(contents))
@@ -342,7 +380,8 @@ class _Dispatch(Resource):
         state = self.root.state
         if not state.known_component(peer.identity):
             raise HTTPError(403, f"{peer.identity} has not registered as a component")
-        msg = self.read_message(request)
+        dialect = state.components[peer.identity].dialect
+        msg = from_wire(self.read_message(request), dialect)
         if isinstance(msg, Statement) and msg.kind == "withdrawal":
             n = await state.withdraw(peer, msg)
             return self.reply(request, {"withdrawn": n})
@@ -350,7 +389,7 @@ class _Dispatch(Resource):
         if problem is not None:
             raise HTTPError(403, problem, getattr(msg, "token", None))
         request.setResponseCode(200)
-        request.setHeader(b"content-type", b"text/plain")
+        request.setHeader(b"content-type", CONTENT_TYPE.encode() if dialect is Dialect.RI else b"text/plain")
         return b""
 
     # ------------------------------------------------------------------ client side
@@ -359,20 +398,32 @@ class _Dispatch(Resource):
         return f"{self.root.base_url(request)}/{self.root.cfg.client_specification_path}"
 
     async def capabilities(self, request: Request, peer: Peer) -> bytes:
-        offered = self.root.state.offered(peer, self._link_base(request))
+        state = self.root.state
+        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        if path == self.root.cfg.client_capability_path:
+            # The RI client: {"<component id>": [capabilities]} of what its registry can parse.
+            shown = state.offered(peer, None, Dialect.RI)
+            return self.reply(request, ri_listing((c.component, stmt) for c, stmt in shown))
+        args = parse_qs(request.uri.decode("utf-8", "replace").partition("?")[2])
+        # SDK clients fail on the whole listing at the first element their core registry
+        # lacks; ccnet's own client asks for everything with ?view=all.
+        dialect = None if args.get("view") == ["all"] else Dialect.SDK
+        offered = state.offered(peer, self._link_base(request), dialect)
         return self.reply(request, Envelope([shown for _, shown in offered]))
 
     async def client_message(self, request: Request, peer: Peer, cap_key: str | None = None) -> bytes:
-        msg = self.read_message(request)
-        return self.reply(request, await self._client_reply(peer, msg, cap_key))
+        dialect, component, msg = self.decode(parse_submission, self.read_json(request))
+        return self.reply(request, await self._client_reply(peer, msg, cap_key, dialect, component))
 
-    async def _client_reply(self, peer: Peer, msg: Message, cap_key: str | None) -> Message:
+    async def _client_reply(self, peer: Peer, msg: Message, cap_key: str | None,
+                            dialect: Dialect = Dialect.SDK, component: str | None = None) -> Message:
         state = self.root.state
         if isinstance(msg, Envelope):
-            return Envelope([await self._client_reply(peer, m, cap_key) for m in msg.contents])
+            return Envelope([await self._client_reply(peer, m, cap_key, dialect, component) for m in msg.contents])
         if isinstance(msg, Statement):
             if msg.kind == "specification":
-                reply = await state.submit(peer, msg, cap_key)
+                reply = await state.submit(peer, msg, cap_key, component=component, dialect=dialect,
+                                           client_registry=to_wire(msg, dialect).registry)
                 log.info("mPlane specification {label} from {client}: {outcome}", label=msg.label,
                          client=peer.identity, outcome=reply.kind if not isinstance(reply, ExceptionMessage)
                          else reply.message)
@@ -459,8 +510,12 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
         if ref.startswith(("http://", "https://")):
             remote.append(ref)
         else:
+            # Operator registry files are read here, at start-up, never on a peer's behalf.
+            path = Path(ref[len("file://"):]) if ref.startswith("file://") else runtime.config.path.parent / ref
             try:
-                registries.load(ref if "://" in ref else str(runtime.config.path.parent / Path(ref)))
+                registries.add(registries.parse(path.read_bytes(), f"registry {path}"))
+            except OSError as exc:
+                raise ValueError(f"[supervisor] registries: cannot read {path} ({exc.strerror})") from None
             except ModelError as exc:
                 raise ValueError(f"[supervisor] registries: {exc}") from None
     try:
@@ -475,7 +530,7 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
         fetch = _registry_fetcher(reactor)
         for url in remote:
             raw = await fetch(url)
-            registries.add(_parse_registry(raw, url, registries))
+            registries.add(registries.parse(raw, f"registry {url}"), fetchable=True)
 
     svc = SupervisorService(state, runtime.store, reactor,
                             expiry_interval=max(1.0, min(3600.0, cfg.result_expiry / 10 or 3600.0)),
@@ -524,13 +579,3 @@ def supervisor_metrics(state: SupervisorState) -> str:
     sizes.set(len(state.capabilities), "capabilities")
     sizes.set(len(state.measurements), "measurements")
     return render([events, denied, queued, sizes])
-
-
-def _parse_registry(raw: bytes, url: str, registries: RegistryStore) -> Any:
-    from ccnet.mplane.model import Registry
-
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise ModelError(f"registry {url}: not JSON ({exc})") from None
-    return Registry.from_dict(doc, resolve=registries.get, source=f"registry {url}")
