@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -47,10 +45,13 @@ from tests.test_mplane_support import (  # noqa: E402
     dotted,
     ensure_sdk_venv,
     envelope,
+    mpsup_config,
     run_sdk_client,
     sdk_component_config,
-    sdk_tls_section,
+    start_mpsup,
     start_sdk_component,
+    stop_process,
+    wait_log,
 )
 
 CT = "application/x-mplane+json"
@@ -61,26 +62,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait_log(path: Path, needle: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and needle in path.read_text(errors="replace"):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"{needle!r} not seen in {path} within {timeout}s:\n"
-                       + (path.read_text(errors="replace") if path.exists() else ""))
-
-
-def kill(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 class Bench:
@@ -185,7 +166,7 @@ class Bench:
                     res["latency_s"] = yield deferToThread(self.sdk_latency, python,
                                                            f"https://localhost:{port}/capability")
                 finally:
-                    kill(comp)
+                    stop_process(comp)
             mats = yield deferToThread(self.issue_components, self.args.components)
             res["registration"] = yield self.register_many(reactor, port, mats, "register/capability")
             res["rss_with_components_mb"] = yield self.hold_polls(reactor, port, daemon.process.pid)
@@ -201,31 +182,8 @@ class Bench:
         folder = self.work / "mpsup"
         folder.mkdir(exist_ok=True)
         cport, sport = free_port(), free_port()
-        conf = folder / "supervisor.conf"
-        comp_ident = dotted(self.pki, "component")
-        conf.write_text(sdk_tls_section(self.pki, "supervisor") + textwrap.dedent(f"""\
-            [Roles]
-            {comp_ident} = probe
-            IT.ccnet.Clients.client = guest
-            [Authorizations]
-            ping-average-ip4 = guest,probe
-            ping-detail-ip4 = guest,probe
-            [client]
-            workflow = component-initiated
-            listen-port = {cport}
-            listen-spec-link = https://localhost:{cport}/register/result
-            registration-path = register/capability
-            specification-path = show/specification
-            result-path = register/result
-            [component]
-            workflow = client-initiated
-            listen-port = {sport}
-            listen-cap-link = https://localhost:{sport}/
-            """))
-        log = open(folder / "mpsup.log", "wb")  # noqa: SIM115
-        sup = subprocess.Popen([str(python), str(python.parent / "mpsup"), "--config", str(conf)],
-                               stdout=log, stderr=subprocess.STDOUT, cwd=str(folder),
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        conf = mpsup_config(self.pki, folder, dotted(self.pki, "component"), cport, sport)
+        sup = start_mpsup(python, conf, folder)
         res = self.results["mpsup"]
         try:
             yield deferToThread(wait_log, folder / "mpsup.log", "ListenerHttpComponent running")
@@ -238,13 +196,13 @@ class Bench:
                 res["latency_s"] = yield deferToThread(self.sdk_latency, python,
                                                        f"https://localhost:{sport}/capability")
             finally:
-                kill(comp)
+                stop_process(comp)
             n = min(self.args.components, self.args.mpsup_components)
             mats = yield deferToThread(self.issue_components, n)
             res["registration"] = yield self.register_many(reactor, cport, mats, "register/capability")
             res["rss_with_components_mb"] = round(rss_mb(sup.pid), 1)
         finally:
-            kill(sup)
+            stop_process(sup)
 
 
 def table(results: dict[str, Any]) -> str:

@@ -19,8 +19,8 @@ from twisted.trial import unittest
 
 from ccnet.mplane import dialect as d
 from ccnet.mplane import model as m
-from tests.test_mplane_support import PING_CAP, envelope
 from tests.test_mplane_supervisor import SPEC, SupervisorTestBase, result_for
+from tests.test_mplane_support import PING_CAP, envelope
 
 CT = m.CONTENT_TYPE
 REG = m.RegistryStore()

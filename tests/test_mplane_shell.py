@@ -142,6 +142,17 @@ class ShellTests(_WithComponent):
         self.assertEqual(result["resultvalues"][0][3], "2")
 
     @defer.inlineCallbacks
+    def test_the_same_one_liner_twice_gets_a_fresh_measurement_each_time(self) -> Any:
+        args = ["-c", 'runcap ping-average-ip4 destination.ip4=127.0.0.1 when="now + 1s / 1s"', "--wait", "--json"]
+        first = yield self.shell(args)
+        second = yield self.shell(args)
+        self.assertEqual((first.returncode, second.returncode), (0, 0), first.stderr + second.stderr)
+        one, two = json.loads(first.stdout), json.loads(second.stdout)
+        self.assertNotEqual(one["token"], two["token"])
+        self.assertNotEqual(one["when"], two["when"])  # measured again, not the first result replayed
+        self.assertEqual(len(self.sup.state.measurements), 2)
+
+    @defer.inlineCallbacks
     def test_commands_on_stdin_list_set_run_and_show_measurements(self) -> Any:
         script = "\n".join([
             "listcap",

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -260,6 +261,64 @@ def start_sdk_component(python: Path, conf: Path, folder: Path) -> subprocess.Po
     log = open(folder / f"{conf.stem}.log", "wb")  # noqa: SIM115 (kept open for the child)
     return subprocess.Popen([str(python), str(python.parent / "mpcom"), "--config", str(conf)],
                             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(folder))
+
+
+def mpsup_config(pki: TestPKI, folder: Path, component_identity: str, client_port: int, listen_port: int,
+                 labels: tuple[str, ...] = ("ping-average-ip4", "ping-detail-ip4")) -> Path:
+    """The SDK supervisor's (``mpsup``) config: components push to ``client_port``, SDK
+    clients read capabilities from ``listen_port``."""
+    conf = folder / "supervisor.conf"
+    auth = "".join(f"{label} = guest,probe\n" for label in labels)
+    conf.write_text(sdk_tls_section(pki, "supervisor") + textwrap.dedent(f"""\
+        [Roles]
+        {component_identity} = probe
+        IT.ccnet.Clients.client = guest
+        [Authorizations]
+        """) + auth + textwrap.dedent(f"""\
+        [client]
+        workflow = component-initiated
+        listen-port = {client_port}
+        listen-spec-link = https://localhost:{client_port}/register/result
+        registration-path = register/capability
+        specification-path = show/specification
+        result-path = register/result
+        [component]
+        workflow = client-initiated
+        listen-port = {listen_port}
+        listen-cap-link = https://localhost:{listen_port}/
+        """))
+    return conf
+
+
+def start_mpsup(python: Path, conf: Path, folder: Path) -> subprocess.Popen[bytes]:
+    """The unmodified SDK supervisor; its output goes to ``folder/mpsup.log``."""
+    log = open(folder / "mpsup.log", "wb")  # noqa: SIM115 (kept open for the child)
+    return subprocess.Popen([str(python), str(python.parent / "mpsup"), "--config", str(conf)],
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(folder),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def wait_log(path: Path, needle: str, timeout: float = 60) -> str:
+    """Block until ``needle`` appears in the file at ``path``; its text then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if needle in text:
+            return text
+        time.sleep(0.05)
+    raise RuntimeError(f"{needle!r} not seen in {path} within {timeout}s:\n"
+                       + (path.read_text(errors="replace") if path.exists() else ""))
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL after 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 SDK_CLIENT_SCRIPT = r'''
