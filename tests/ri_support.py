@@ -311,8 +311,14 @@ def wait_ri_registration(proc: subprocess.Popen[Any], folder: Path, timeout: flo
                 outcome[label] = status
             return outcome
         if "Error registering capabilities" in text or proc.poll() is not None:
-            time.sleep(0.2)  # let the rest of the message reach the log
-            raise RuntimeError(f"the RI tstat proxy did not register (exit code {proc.poll()}):\n"
+            try:
+                proc.wait(5)  # it exits right after printing the refusal
+            except subprocess.TimeoutExpired:
+                pass
+            text = log.read_text(errors="replace") if log.exists() else ""
+            said = text.partition("Supervisor said: ")[2]
+            reason = f"the supervisor answered {' '.join(said.split())[:300]}" if said else "no answer"
+            raise RuntimeError(f"the RI tstat proxy did not register ({reason}; exit code {proc.poll()}):\n"
                                + log_tail(log))
         if time.monotonic() > deadline:
             raise RuntimeError(f"no registration outcome from the RI tstat proxy within {timeout}s:\n"
