@@ -352,7 +352,8 @@ class RIClientShell:
             [str(python), "-u", "-m", "mplane.client", "-c", str(certs), "-d", host, "-p", str(port)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=str(folder),
             env=ri_env(folder, None))
-        threading.Thread(target=self._reader, daemon=True).start()
+        self._thread = threading.Thread(target=self._reader, daemon=True)
+        self._thread.start()
         try:
             self.intro = self._until_prompt(0, (), timeout, "start")
         except BaseException:
@@ -436,6 +437,10 @@ class RIClientShell:
                 self.process.wait(timeout)
             except (OSError, subprocess.TimeoutExpired):
                 pass
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._thread.join(5)  # the rest of its output, before the pipe is closed
         code = stop_process(self.process)
         with self._cond:
             self._log.close()
