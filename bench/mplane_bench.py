@@ -305,9 +305,9 @@ class Bench:
             finally:
                 daemon.stop()
 
-        for name, side in (("ri_supervisor", ri_side), ("ccnet", ccnet_side)):
+        for name, run in (("ri_supervisor", ri_side), ("ccnet", ccnet_side)):
             try:
-                yield deferToThread(side)
+                yield deferToThread(run)
             except Exception as exc:  # noqa: BLE001 (reported in the table, the bench goes on)
                 message = str(exc)
                 print(f"RI row, {name}: {message}", file=sys.stderr)
@@ -363,7 +363,8 @@ def ri_table(ri: dict[str, Any]) -> str:
         a, b = cc.get(key), rs.get(key)
         if a is None or b is None:
             return "n/a"
-        a, b = (statistics.median(a), statistics.median(b)) if key == "latency_s" else (a, b)
+        if key == "latency_s":
+            a, b = statistics.median(a), statistics.median(b)
         return f"{b / a:.1f}×" if a > 0 else "n/a"
 
     rows.append(f"| median spec→result latency | {cell(cc, 'latency_s')} | {cell(rs, 'latency_s')} "
