@@ -8,12 +8,23 @@ Measures, for each supervisor:
 * capability registrations per second from simulated components (distinct
   certificates, one envelope of two capabilities each, 32 in flight);
 * for ccnet: the daemon's resident memory with 1,000 simulated components registered
-  and each holding a long-poll ``GET show/specification`` open.
+  and each holding a long-poll ``GET show/specification`` open;
+* the RI row: spec→result latency and overhead (latency − the measurement's own 1 s)
+  with the unmodified 2014 RI fork (``../shared/peers/mplane-ri``): its tstat proxy as
+  the component and its client library (``mplane.client.HttpClient``) as the client,
+  ``tstat-log_tcp_complete-core`` with ``when = now + 1s``, against the RI's own
+  supervisor and against ccnet. The proxy is restarted for every run: it keys jobs by
+  the specification's token, which for a relative ``when`` is the same every time, and
+  never forgets them, so a repeated specification gets the first run's result back at
+  once. Each run's client starts right after the fresh proxy's first
+  ``GET show/specification``, i.e. just after a poll (the RI proxy polls every 5 s).
 
-Run: ``PYTHONPATH=. .venv/bin/python bench/mplane_bench.py [--components 1000] [--runs 3]``.
-It needs python3.11 and network access to PyPI once (the SDK venv is cached in
-``$CCNET_MPLANE_SDK_VENV``, default /tmp/ccnet-mplane-sdk-0.9.0). Results are printed as
-JSON and a Markdown table for docs/performance.md.
+Run: ``PYTHONPATH=. .venv/bin/python bench/mplane_bench.py [--components 1000] [--runs 3]``
+(``--ri-only`` for the RI row alone, ``--skip-ri`` without it). It needs python3.11 and
+network access to PyPI once (the SDK venv is cached in ``$CCNET_MPLANE_SDK_VENV``, default
+/tmp/ccnet-mplane-sdk-0.9.0; the RI venv in ``$CCNET_MPLANE_RI_VENV``, default
+/tmp/ccnet-mplane-ri-venv). Results are printed as JSON and Markdown tables for
+docs/performance.md.
 """
 
 from __future__ import annotations
@@ -39,7 +50,17 @@ from twisted.web.client import HTTPConnectionPool  # noqa: E402
 
 from ccnet.config import TLSConfig  # noqa: E402
 from ccnet.tls import TLSMaterial, https_agent  # noqa: E402
-from tests.support import start_daemon, test_pki  # noqa: E402
+from tests.ri_support import (  # noqa: E402
+    ensure_ri_venv,
+    ri_tstat_caps,
+    run_ri_client,
+    start_ccnet_supervisor,
+    start_ri_supervisor,
+    start_ri_tstat_proxy,
+    stop_process,
+    wait_ri_registration,
+)
+from tests.support import free_port, test_pki  # noqa: E402
 from tests.test_mplane_support import (  # noqa: E402
     PING_CAP,
     dotted,
@@ -55,6 +76,9 @@ from tests.test_mplane_support import (  # noqa: E402
 )
 
 CT = "application/x-mplane+json"
+RI_LABEL = "tstat-log_tcp_complete-core"
+RI_WHEN = "now + 1s"
+RI_DURATION = 1.0  # the measurement's own duration, RI_WHEN
 
 
 def rss_mb(pid: int) -> float:
@@ -71,7 +95,7 @@ class Bench:
         os.chdir(work)
         self.pki = test_pki()
         self.sup_identity = dotted(self.pki, "supervisor")
-        self.results: dict[str, Any] = {"ccnet": {}, "mpsup": {}}
+        self.results: dict[str, Any] = {"ccnet": {}, "mpsup": {}, "ri": {}}
 
     # ------------------------------------------------------------------ simulated components
 
@@ -137,25 +161,10 @@ class Bench:
     @defer.inlineCallbacks
     def run_ccnet(self, reactor: Any, python: Path | None) -> Any:
         folder = self.work / "ccnet"
-        folder.mkdir(exist_ok=True)
-        (folder / "users.conf").write_text("IT.ccnet.Clients.client: guest\n")
-        (folder / "caps.conf").write_text("ping: guest\n")
-        conf = textwrap.dedent(f"""\
-            [ccnet]
-            state-dir = {folder / 'var'}
-            [tls]
-            ca = {self.pki.ca_cert}
-            cert = {self.pki.cert('supervisor')}
-            key = {self.pki.key('supervisor')}
-            [supervisor]
-            listen = ssl:0:interface=127.0.0.1
-            users = {folder / 'users.conf'}
-            caps = {folder / 'caps.conf'}
-            long-poll = 30
-            """)
-        daemon = yield deferToThread(start_daemon, conf, folder / "run")
+        daemon, port = yield deferToThread(start_ccnet_supervisor, folder, self.pki,
+                                           {"IT.ccnet.Clients.client": ["guest"]}, {"ping": ["guest"]},
+                                           long_poll=30)
         try:
-            port = daemon.ports["supervisor"]
             res = self.results["ccnet"]
             res["rss_idle_mb"] = round(rss_mb(daemon.process.pid), 1)
             if python is not None:
@@ -177,8 +186,6 @@ class Bench:
 
     @defer.inlineCallbacks
     def run_mpsup(self, reactor: Any, python: Path) -> Any:
-        from tests.support import free_port
-
         folder = self.work / "mpsup"
         folder.mkdir(exist_ok=True)
         cport, sport = free_port(), free_port()
@@ -203,6 +210,70 @@ class Bench:
             res["rss_with_components_mb"] = round(rss_mb(sup.pid), 1)
         finally:
             stop_process(sup)
+
+    # ------------------------------------------------------------------ the RI fork
+
+    def ri_latency(self, python: Path, folder: Path, port: int) -> list[float]:
+        """Blocking: ``--runs`` spec→result latencies of the RI client library through the
+        supervisor on 127.0.0.1:``port``, a fresh RI tstat proxy for each run."""
+        lat = []
+        for run in range(self.args.runs):
+            run_dir = folder / f"run-{run}"
+            proxy = start_ri_tstat_proxy(python, run_dir / "proxy", self.pki, "127.0.0.1", port)
+            try:
+                # A refusal (the proxy prints the status and exits) raises with the proxy's log.
+                outcome = wait_ri_registration(proxy, run_dir / "proxy", timeout=30)
+                if run == 0 and outcome.get(RI_LABEL) != "Ok":
+                    raise RuntimeError(f"the RI tstat proxy's registration: {outcome}")
+                out = run_ri_client(python, run_dir / "client", self.pki, port, RI_LABEL, RI_WHEN, timeout=30)
+            finally:
+                stop_process(proxy)
+            if out.get("kind") != "Result":
+                detail = out.get("error") or f"no Result within 30 s (last answer: {out.get('kind')})"
+                raise RuntimeError(f"RI client run {run}: {detail}\n{out.get('log', '')}")
+            lat.append(round(out["latency"], 3))
+        return lat
+
+    @defer.inlineCallbacks
+    def run_ri(self, reactor: Any, python: Path) -> Any:
+        """The RI row: (a) the RI's own supervisor, (b) a ccnet daemon; a failure on one
+        side is recorded as that side's ``error`` and does not stop the other."""
+        users = {dotted(self.pki, "client"): ["guest"]}
+        caps = ri_tstat_caps(self.pki)
+        res: dict[str, Any] = self.results["ri"]
+
+        def ri_side() -> None:
+            folder = self.work / "ri-supervisor"
+            port = free_port()
+            sup = start_ri_supervisor(python, folder, self.pki, port, users=users, caps=caps)
+            try:
+                res["ri_supervisor"] = {"latency_s": self.ri_latency(python, folder, port)}
+            finally:
+                stop_process(sup)
+
+        def ccnet_side() -> None:
+            folder = self.work / "ri-ccnet"
+            daemon, port = start_ccnet_supervisor(folder, self.pki, users, caps, long_poll=30)
+            try:
+                res["ccnet"] = {"latency_s": self.ri_latency(python, folder, port)}
+            except RuntimeError:
+                log = daemon.log()
+                print(f"ccnet daemon log (tail):\n{log[-3000:]}", file=sys.stderr)
+                raise
+            finally:
+                daemon.stop()
+
+        for name, run in (("ri_supervisor", ri_side), ("ccnet", ccnet_side)):
+            try:
+                yield deferToThread(run)
+            except Exception as exc:  # noqa: BLE001 (reported in the table, the bench goes on)
+                message = str(exc)
+                print(f"RI row, {name}: {message}", file=sys.stderr)
+                res[name] = {"error": message.splitlines()[0].rstrip(":") if message else type(exc).__name__}
+        for side in ("ri_supervisor", "ccnet"):
+            lat = res.get(side, {}).get("latency_s")
+            if lat:
+                res[side]["overhead_s"] = round(statistics.median(lat) - RI_DURATION, 3)
 
 
 def table(results: dict[str, Any]) -> str:
@@ -230,6 +301,37 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def ri_table(ri: dict[str, Any]) -> str:
+    """The RI row: ccnet and the RI's own supervisor side by side, and their ratio."""
+    rows = [f"| unmodified RI tstat proxy + RI client, `{RI_LABEL}`, `when = {RI_WHEN}` "
+            "| ccnet | RI supervisor | RI / ccnet |", "|---|---|---|---|"]
+    cc, rs = ri.get("ccnet", {}), ri.get("ri_supervisor", {})
+
+    def cell(side: dict[str, Any], key: str) -> str:
+        if "error" in side:
+            return f"n/a ({side['error']})"
+        value = side.get(key)
+        if value is None:
+            return "n/a"
+        if key == "latency_s":
+            return f"{statistics.median(value):.2f} s (runs: {', '.join(map(str, value))})"
+        return f"{value:.2f} s"
+
+    def ratio(key: str) -> str:
+        a, b = cc.get(key), rs.get(key)
+        if a is None or b is None:
+            return "n/a"
+        if key == "latency_s":
+            a, b = statistics.median(a), statistics.median(b)
+        return f"{b / a:.1f}×" if a > 0 else "n/a"
+
+    rows.append(f"| median spec→result latency | {cell(cc, 'latency_s')} | {cell(rs, 'latency_s')} "
+                f"| {ratio('latency_s')} |")
+    rows.append(f"| overhead (latency − {RI_DURATION:g} s of measurement) | {cell(cc, 'overhead_s')} "
+                f"| {cell(rs, 'overhead_s')} | {ratio('overhead_s')} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--components", type=int, default=1000)
@@ -237,25 +339,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated components registered with mpsup (it keeps a thread per relay)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--skip-mpsup", action="store_true")
+    parser.add_argument("--skip-ri", action="store_true", help="leave out the RI row")
+    parser.add_argument("--ri-only", action="store_true", help="only the RI row")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ccnet-mplane-bench-"))
     bench = Bench(args, work)
-    python, why = ensure_sdk_venv()
-    if python is None:
+    python, why = (None, "--ri-only") if args.ri_only else ensure_sdk_venv()
+    if python is None and not args.ri_only:
         print(f"SDK not available ({why}): measuring ccnet registrations and memory only", file=sys.stderr)
+    ri_python, ri_why = (None, "--skip-ri") if args.skip_ri else ensure_ri_venv()
+    if ri_python is None and not args.skip_ri:
+        print(f"mPlane RI not available ({ri_why}): no RI row", file=sys.stderr)
 
     @defer.inlineCallbacks
     def run(reactor: Any) -> Any:
         try:
-            yield bench.run_ccnet(reactor, python)
-            if python is not None and not args.skip_mpsup:
-                yield bench.run_mpsup(reactor, python)
+            if not args.ri_only:
+                yield bench.run_ccnet(reactor, python)
+                if python is not None and not args.skip_mpsup:
+                    yield bench.run_mpsup(reactor, python)
+            if ri_python is not None:
+                yield bench.run_ri(reactor, ri_python)
         finally:
-            report = table(bench.results)
             print(json.dumps(bench.results, indent=1))
-            print()
-            print(report)
+            if not args.ri_only:
+                print()
+                print(table(bench.results))
+            if ri_python is not None:
+                print()
+                print(ri_table(bench.results["ri"]))
             if args.json:
                 args.json.write_text(json.dumps(bench.results, indent=1))
 
