@@ -24,7 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -34,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from tests.support import REPO, Daemon, TestPKI, start_daemon, tls_section
+from tests.support import REPO, Daemon, TestPKI, start_daemon, stop_process, tls_section
 from tests.test_mplane_support import dotted
 
 RI_DIR = REPO.parent / "shared" / "peers" / "mplane-ri"
@@ -172,21 +171,6 @@ def _check_etc_mplane() -> None:
 def log_tail(path: Path, chars: int = 4000) -> str:
     text = path.read_text(errors="replace") if path.exists() else "(no log)"
     return text[-chars:]
-
-
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    for stream in (proc.stdin, proc.stdout, proc.stderr):
-        if stream is not None:
-            stream.close()
-    return proc.returncode
 
 
 # ---------------------------------------------------------------------------

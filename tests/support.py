@@ -13,6 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ccnet.pki import PKI
 
@@ -75,6 +76,7 @@ def test_pki() -> TestPKI:
             pki.issue("server", "server", ["DNS:localhost", "IP:127.0.0.1", "IP:::1"])
             pki.issue("supervisor", "supervisor", text_preamble=True)
             pki.issue("component", "component", text_preamble=True)
+            pki.issue("component", "component2", text_preamble=True)  # a second probe host
             pki.issue("client", "client", text_preamble=True)
             pki.issue("client", "admin", text_preamble=True)
             pki.issue("client", "expired", not_before=now - dt.timedelta(days=10),
@@ -115,6 +117,21 @@ def _rewrite_eku_server_only(pki: PKI, name: str) -> None:
     )
     new = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
     pki.cert_path(name).write_bytes(new.public_bytes(serialization.Encoding.PEM))
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
 
 
 def free_port() -> int:

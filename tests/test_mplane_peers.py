@@ -11,7 +11,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from ccnet.mplane.dialect import Dialect
-from tests.support import free_port, test_pki
+from tests.support import free_port, stop_process, test_pki
 from tests.test_mplane_component_support import PROBES, Component, wait_until
 from tests.test_mplane_support import (
     dotted,
@@ -19,7 +19,6 @@ from tests.test_mplane_support import (
     mpsup_config,
     run_sdk_client,
     start_mpsup,
-    stop_process,
     wait_log,
 )
 

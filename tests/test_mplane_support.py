@@ -310,17 +310,6 @@ def wait_log(path: Path, needle: str, timeout: float = 60) -> str:
                        + (path.read_text(errors="replace") if path.exists() else ""))
 
 
-def stop_process(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM, then SIGKILL after 10 s."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 SDK_CLIENT_SCRIPT = r'''
 import configparser, json, sys, time
 import mplane.client, mplane.model, mplane.tls

@@ -40,7 +40,7 @@ from twisted.web.server import Request, Site
 from ccnet.config import parse_listen
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
-from ccnet.mplane.dialect import Dialect, for_client
+from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
 from ccnet.mplane.model import (
     CONTENT_TYPE,
     Envelope,
@@ -523,9 +523,8 @@ class SupervisorLink(service.Service):
         if isinstance(msg, Statement):
             if msg.kind == "receipt":
                 return None
-            wire = self._wire_registry.get(str(msg.label))
-            if wire is not None and wire != msg.registry:
-                msg = replace(msg, registry=wire)
+            if str(msg.label) in self._wire_registry:
+                msg = express(msg, CORE_MEANS[Dialect.RI], self.core.registries)
         return to_json(msg).encode()
 
     async def _send_forever(self) -> None:

@@ -30,22 +30,27 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from ccnet.mplane.model import (
     CORE_REGISTRY_URI,
     KINDS,
     RI_REGISTRY_URI,
+    Element,
     Envelope,
     Message,
     ModelError,
     RegistryStore,
     Statement,
+    When,
     from_dict,
+    render_time,
 )
 
 __all__ = [
     "Dialect",
+    "express",
     "for_client",
     "to_wire",
     "from_wire",
@@ -54,6 +59,7 @@ __all__ = [
     "registration_items",
     "ri_listing",
     "statement_elements",
+    "wire_registry",
 ]
 
 
@@ -82,9 +88,20 @@ def _map_registry(msg: M, old: str, new: str) -> M:
     return msg
 
 
+# The RI writes its open-ended "now + inf ... future" as "now + 0s" (its duration parser
+# reads "inf ... future" as no time at all) and its clients accept any specification that
+# starts now; read such an RI capability as what it was written as.
+_RI_OPEN_ENDED = When.parse("now + 0s")
+_OPEN_ENDED = When.parse("now ... future")
+
+
 def from_wire(msg: M, dialect: Dialect) -> M:
     """A message from a peer of ``dialect`` in ccnet's terms (the registry it really means)."""
-    return _map_registry(msg, CORE_REGISTRY_URI, CORE_MEANS[dialect])
+    msg = _map_registry(msg, CORE_REGISTRY_URI, CORE_MEANS[dialect])
+    if dialect is Dialect.RI and isinstance(msg, Statement) and msg.kind == "capability" \
+            and msg.when == _RI_OPEN_ENDED:
+        return replace(msg, when=_OPEN_ENDED)  # type: ignore[return-value]
+    return msg
 
 
 def to_wire(msg: M, dialect: Dialect) -> M:
@@ -105,6 +122,54 @@ def for_client(stmt: Statement, dialect: Dialect, registries: RegistryStore) -> 
         return replace(stmt, registry=CORE_REGISTRY_URI)
     if registries.fetchable(stmt.registry):
         return stmt
+    return None
+
+
+def wire_registry(uri: str) -> str:
+    """How a peer names registry ``uri``: each dialect's own core is "core" on the wire."""
+    return CORE_REGISTRY_URI if uri in CORE_MEANS.values() else uri
+
+
+def express(stmt: Statement, uri: str, registries: RegistryStore) -> Statement:
+    """``stmt`` for a peer that means registry ``uri``: named as that peer names it, and
+    result values of elements that registry types differently re-written to fit it.
+
+    The RI's registry types ``duration.ms`` and tstat's ``*.ms`` delays as times; ccnet
+    measures them in milliseconds. They reach RI peers as that offset from 1970-01-01
+    (a time the RI parses, and passes on, unlike a null). A value that cannot be
+    expressed at all is sent as null."""
+    out = replace(stmt, registry=wire_registry(uri))
+    if not stmt.resultvalues or not registries.known(uri) or not registries.known(stmt.registry):
+        return out
+    source, target = registries.get(stmt.registry), registries.get(uri)
+    retyped = [(i, source.element(name), target.element(name)) for i, name in enumerate(stmt.results)
+               if name in source and name in target and source.element(name).prim != target.element(name).prim]
+    if not retyped:
+        return out
+    rows = [list(row) for row in stmt.resultvalues]
+    for row in rows:
+        for i, was, now in retyped:
+            if i < len(row) and row[i] is not None:
+                row[i] = _retyped(str(row[i]), was, now)
+    return replace(out, resultvalues=rows)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def _retyped(text: str, was: Element, now: Element) -> str | None:
+    try:
+        now.parse(text)
+        return text
+    except ModelError:
+        pass
+    unit = _UNITS.get(was.name.rsplit(".", 1)[-1])
+    if now.prim == "time" and was.prim in ("natural", "real") and unit is not None:
+        try:
+            return render_time(_EPOCH + timedelta(seconds=float(text) * unit))
+        except (ValueError, OverflowError):
+            return None
     return None
 
 

@@ -31,7 +31,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccnet.mplane.authz import Policy
-from ccnet.mplane.dialect import Dialect, for_client, from_wire, why_not_shown
+from ccnet.mplane.dialect import (
+    Dialect,
+    express,
+    for_client,
+    from_wire,
+    why_not_shown,
+    wire_registry,
+)
 from ccnet.mplane.model import (
     Envelope,
     ExceptionMessage,
@@ -176,23 +183,24 @@ class Measurement:
     interrupt: bool
     created: float
     updated: float
-    client_registry: str | None = None  # the registry the client's specification named
+    client_registry: str | None = None  # the registry the client meant (RI clients: the RI's)
 
-    def to_client(self, msg: Message) -> Message:
-        """``msg`` (from the component) re-addressed to the client: its token, label and registry."""
+    def to_client(self, msg: Message, registries: RegistryStore) -> Message:
+        """``msg`` (from the component) re-addressed to the client: its token and label, in
+        the registry the client meant (see :func:`ccnet.mplane.dialect.express`)."""
         if isinstance(msg, Statement):
-            return replace(msg, token=self.client_token, label=self.client_label,
-                           registry=self.client_registry or msg.registry)
+            msg = replace(msg, token=self.client_token, label=self.client_label)
+            return express(msg, self.client_registry or msg.registry, registries)
         if isinstance(msg, ExceptionMessage):
             return replace(msg, token=self.client_token)
         if isinstance(msg, Envelope):
             return replace(msg, token=self.client_token, label=self.client_label,
-                           contents=[self.to_client(m) for m in msg.contents])
+                           contents=[self.to_client(m, registries) for m in msg.contents])
         return msg
 
     def receipt(self) -> Statement:
         return self.spec.derive("receipt", token=self.client_token, label=self.client_label, link=None,
-                                registry=self.client_registry or self.spec.registry)
+                                registry=wire_registry(self.client_registry or self.spec.registry))
 
 
 def capability_key(component: str, cap: Statement) -> str:
@@ -539,7 +547,7 @@ class SupervisorState:
 
     async def submit(self, peer: Peer, spec: Statement, cap_key: str | None = None,
                      tzero: datetime | None = None, component: str | None = None,
-                     dialect: Dialect = Dialect.SDK, client_registry: str | None = None) -> Message:
+                     dialect: Dialect = Dialect.SDK) -> Message:
         """Accept a client specification: a receipt, or an exception saying what is wrong.
 
         A submission is the same measurement as an earlier one only when it repeats the
@@ -587,7 +595,7 @@ class SupervisorState:
             "specification", label=chosen.label, token=mid, when=spec.when,
             parameters=dict(spec.parameters), link=None)
         m = Measurement(mid, peer.identity, token, spec.label, chosen.key, chosen.component, forwarded,
-                        QUEUED, None, False, now, now, client_registry or spec.registry)
+                        QUEUED, None, False, now, now, spec.registry)
         self.measurements[mid] = m
         self._by_client[(peer.identity, token)] = mid
         await self._save_measurement(m)
@@ -619,7 +627,7 @@ class SupervisorState:
         if m is None:
             return ExceptionMessage(key, f"no measurement {key} for {peer.identity}")
         if m.reply is not None:
-            return m.to_client(m.reply)
+            return m.to_client(m.reply, self.registries)
         return m.receipt()
 
     async def interrupt(self, peer: Peer, msg: Statement) -> Message:
@@ -634,14 +642,14 @@ class SupervisorState:
             self._wake(m.component)
         m.updated = self.clock()
         await self._save_measurement(m)
-        return m.to_client(m.reply) if m.reply is not None else m.receipt()
+        return m.to_client(m.reply, self.registries) if m.reply is not None else m.receipt()
 
     def client_results(self, peer: Peer) -> list[Message]:
         """Replies (results/exceptions) of the peer's measurements, newest last."""
         mine = sorted((m for m in self.measurements.values()
                        if (m.client == peer.identity or self.policy.is_admin(peer.roles)) and m.reply is not None),
                       key=lambda m: m.created)
-        return [m.to_client(m.reply) for m in mine if m.reply is not None]
+        return [m.to_client(m.reply, self.registries) for m in mine if m.reply is not None]
 
     # ------------------------------------------------------------------ housekeeping
 

@@ -422,8 +422,7 @@ class _Dispatch(Resource):
             return Envelope([await self._client_reply(peer, m, cap_key, dialect, component) for m in msg.contents])
         if isinstance(msg, Statement):
             if msg.kind == "specification":
-                reply = await state.submit(peer, msg, cap_key, component=component, dialect=dialect,
-                                           client_registry=to_wire(msg, dialect).registry)
+                reply = await state.submit(peer, msg, cap_key, component=component, dialect=dialect)
                 log.info("mPlane specification {label} from {client}: {outcome}", label=msg.label,
                          client=peer.identity, outcome=reply.kind if not isinstance(reply, ExceptionMessage)
                          else reply.message)
