@@ -35,7 +35,6 @@ import os
 import statistics
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -57,10 +56,9 @@ from tests.ri_support import (  # noqa: E402
     start_ccnet_supervisor,
     start_ri_supervisor,
     start_ri_tstat_proxy,
-    stop_process,
     wait_ri_registration,
 )
-from tests.support import free_port, test_pki  # noqa: E402
+from tests.support import free_port, stop_process, test_pki  # noqa: E402
 from tests.test_mplane_support import (  # noqa: E402
     PING_CAP,
     dotted,
@@ -71,7 +69,6 @@ from tests.test_mplane_support import (  # noqa: E402
     sdk_component_config,
     start_mpsup,
     start_sdk_component,
-    stop_process,
     wait_log,
 )
 

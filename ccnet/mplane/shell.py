@@ -41,7 +41,7 @@ from typing import Any, TextIO, TypeVar
 
 from twisted.internet.error import ConnectError
 
-from ccnet.mplane.client import SDK_PATHS, SUPERVISOR_PATHS, MPlaneClient, MPlaneError
+from ccnet.mplane.client import RI_PATHS, SDK_PATHS, SUPERVISOR_PATHS, MPlaneClient, MPlaneError
 from ccnet.mplane.model import (
     Envelope,
     ExceptionMessage,
@@ -604,12 +604,15 @@ def _first_period(cap: Statement) -> str:
 
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ccnet-client", description="mPlane client shell (ccnet)")
-    p.add_argument("--config", help="INI file with [tls] ca/cert/key and [client] url (and paths = ri|sdk)")
+    p.add_argument("--config", help="INI file with [tls] ca/cert/key and [client] url (and paths = ccnet|ri|sdk)")
     p.add_argument("--url", help="supervisor (or listening component) URL, e.g. https://localhost:8888")
     p.add_argument("--cert", help="client certificate (PEM)")
     p.add_argument("--key", help="client private key (PEM)")
     p.add_argument("--ca", help="CA bundle that signed the server (PEM)")
-    p.add_argument("--sdk", action="store_true", help="talk to an SDK-style listener (/capability and /)")
+    p.add_argument("--sdk", action="store_const", const="sdk", dest="paths",
+                   help="talk to an SDK-style listener (/capability and /)")
+    p.add_argument("--ri", action="store_const", const="ri", dest="paths",
+                   help="talk to the RI fork's own supervisor (/show/capability ...)")
     p.add_argument("-c", "--command", action="append", default=[],
                    help="run these commands (';' separated; may repeat) and exit")
     p.add_argument("--wait", action="store_true", help="runcap waits for the result and prints it")
@@ -627,7 +630,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
             if getattr(args, attr) is None and attr in tls:
                 setattr(args, attr, str(base / tls[attr]))
         args.url = args.url or client.get("url")
-        args.sdk = args.sdk or client.get("paths", "ri").strip() == "sdk"
+        args.paths = args.paths or client.get("paths", "ccnet").strip()
+    if args.paths not in (None, "ccnet", "ri", "sdk"):
+        p.error(f"paths = {args.paths}: expected ccnet, ri or sdk")
     missing = [n for n in ("url", "cert", "key", "ca") if not getattr(args, n)]
     if missing:
         p.error("missing --" + ", --".join(missing) + " (or give them in --config)")
@@ -650,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         sys.stderr.write(f"ccnet-client: cannot use the TLS files: {exc}\n")
         return 2
-    paths = SDK_PATHS if args.sdk else SUPERVISOR_PATHS
+    paths = {"sdk": SDK_PATHS, "ri": RI_PATHS}.get(args.paths or "ccnet", SUPERVISOR_PATHS)
     client = MPlaneClient(reactor, args.url, material, paths, timeout=args.timeout)
     thread = threading.Thread(target=reactor.run, kwargs={"installSignalHandlers": False}, daemon=True)
     thread.start()
