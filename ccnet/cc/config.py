@@ -101,6 +101,8 @@ class CCConfig:
     routes: RouteTable
     handlers: tuple[HandlerSpec, ...] = ()
     ignored: tuple[str, ...] = ()
+    #: error-replies = always: answer senders that did not opt in with "ack" too.
+    error_replies_to_all: bool = False
 
     def handler(self, section: str) -> HandlerSpec:
         for spec in self.handlers:
@@ -190,7 +192,15 @@ def parse(ini: IniFile) -> CCConfig | None:
     pidfile = sect.get_path("pidfile", None)
     stats_period = sect.get_float("stats-period", 30.0, minimum=0)
     cc_stats = sect.get_int("cc-stats", 1, minimum=0)
-    error_replies = sect.get_bool("error-replies", True)
+    # yes: error replies to senders that opted in ("ack": true); always: to every sender
+    # with a route (ccnet before 2026-11); no: never (the original's silent drops).
+    if sect.has("error-replies") and sect.get_str("error-replies").lower() == "always":
+        error_replies, error_replies_to_all = True, True
+    else:
+        try:
+            error_replies, error_replies_to_all = sect.get_bool("error-replies", True), False
+        except ConfigError:
+            raise sect.error("error-replies", "yes, always or no", sect.get_str("error-replies")) from None
     max_body = sect.get_size("max-body-size", DEFAULT_MAX_BODY)
     zmq_opts = parse_zmq(sect)
     cms = _parse_cms(sect, ini)
@@ -215,6 +225,7 @@ def parse(ini: IniFile) -> CCConfig | None:
         cms=cms,
         routes=routes,
         ignored=ignored,
+        error_replies_to_all=error_replies_to_all,
     )
     specs = [parse_handler(ini, section, cc) for section in routes.sections()]
     return replace(cc, handlers=tuple(specs))

@@ -1,0 +1,185 @@
+"""The original CC's daemons as peers: they receive nothing they did not ask for.
+
+The peers are raw pyzmq DEALER sockets (no ccnet code) sending frames exactly as
+markokr/cc 0.8.7 builds them: ``xtx.create_cmsg(msg)`` gives
+``['', req, json.dumps(Struct), '' (, blob)]`` with the ``cc.reqs`` fields
+(``BaseMessage``: req, time, hostname, blob_hash) and never an ``ack`` field.
+The original taskrunner reads every incoming message as a task and its infosender
+never reads at all, so anything ccnet sends them beyond the original's own replies
+is a crash line or a leak there.
+
+Absence is checked without timing: a peer ends with an ``echo.request``, which the
+original answers too; ZeroMQ keeps per-connection order, so anything else sent to
+the peer before it arrives first.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from twisted.internet import defer, threads
+
+from tests.test_cc_handlers_common import wait_for
+from tests.test_cc_server import ServerTestCase
+
+HOST = "testhost"
+_CTX = zmq.Context.instance()
+
+
+def upstream_frames(req: str, blob: bytes | None = None, route: tuple[bytes, ...] = (), **fields: Any) -> list[bytes]:
+    """Frames as cc.crypto.CryptoContext.create_cmsg builds them without cms keys."""
+    body = {"req": req, "time": time.time(), "hostname": socket.gethostname(), "blob_hash": ""}
+    body.update(fields)
+    frames = [*route, b"", req.encode(), json.dumps(body).encode(), b""]
+    if blob is not None:
+        frames.append(blob)
+    return frames
+
+
+def _dealer(endpoint: str) -> zmq.Socket:  # type: ignore[type-arg]
+    s = _CTX.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVTIMEO, 10_000)
+    s.connect(endpoint)
+    return s
+
+
+def _types(frames_list: list[list[bytes]]) -> list[str]:
+    return [f[f.index(b"") + 1].decode() for f in frames_list]
+
+
+def _body(frames: list[bytes]) -> dict[str, Any]:
+    return json.loads(frames[frames.index(b"") + 2])  # type: ignore[no-any-return]
+
+
+def _until_echo(sock: zmq.Socket) -> list[list[bytes]]:  # type: ignore[type-arg]
+    """Ask for an echo and return everything received up to and including its answer."""
+    sock.send_multipart(upstream_frames("echo.request", target="sync"))
+    got = []
+    while True:
+        frames = sock.recv_multipart()
+        got.append(frames)
+        if b"echo.response" in frames:
+            return got
+
+
+ROUTER = """
+[ccserver]
+cc-socket = tcp://127.0.0.1:*
+cc-role = remote
+stats-period = 0
+
+[routes]
+echo = h:echo
+task = h:taskrouter
+pub.infofile = h:infowriter
+
+[h:echo]
+handler = cc.handler.echo
+
+[h:taskrouter]
+handler = cc.handler.taskrouter
+
+[h:infowriter]
+handler = cc.handler.infowriter
+dstdir = {dstdir}
+"""
+
+
+class UpstreamPeerTests(ServerTestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        self.dst = Path(self.mktemp()).absolute()
+        self.dst.mkdir()
+        self.srv = self.start(ROUTER.format(dstdir=self.dst))
+        assert self.srv.endpoint is not None
+        self.endpoint: str = self.srv.endpoint
+
+    @defer.inlineCallbacks
+    def test_upstream_taskrunner_receives_only_its_tasks(self) -> Any:
+        def scenario() -> dict[str, Any]:
+            runner, client = _dealer(self.endpoint), _dealer(self.endpoint)
+            try:
+                runner.send_multipart(upstream_frames("task.register", host=HOST))
+                registered = _until_echo(runner)
+                # taskclient (CCReqStream): a query id route frame, task fields as cc.taskmgr sends
+                send = upstream_frames("task.send.u1", route=(b"Q000001",), task_host=HOST,
+                                       task_handler="cc.task.sample", task_id="u1", cmd="test")
+                client.send_multipart(send)
+                forwarded = client.recv_multipart()
+                task = runner.recv_multipart()
+                runner.send_multipart(upstream_frames("task.reply.u1", task_id="u1", status="launched",
+                                                      feedback={"rc": 0, "out": ""}))
+                launched = client.recv_multipart()
+                # what the original drops silently: a reply for a task nobody waits for,
+                # and its log records when no route takes log.*
+                runner.send_multipart(upstream_frames("task.reply.gone", task_id="gone", status="stopped",
+                                                      feedback={}))
+                runner.send_multipart(upstream_frames(
+                    "log.info", log_level="INFO", service_type="task_runner", job_name="task_runner",
+                    log_msg="Registering as testhost", log_time=time.time(), log_pid=1, log_line=1,
+                    log_function="periodic_reg"))
+                after = _until_echo(runner)
+                # the original answers "cannot route" to a requester too
+                client.send_multipart(upstream_frames("task.send.u2", route=(b"Q000002",), task_host="nohost",
+                                                      task_handler="cc.task.sample", task_id="u2"))
+                refused = client.recv_multipart()
+                return {"registered": registered, "forwarded": forwarded, "task": task, "launched": launched,
+                        "after": after, "refused": refused, "sent": send}
+            finally:
+                runner.close()
+                client.close()
+
+        out = yield threads.deferToThread(scenario)
+        self.assertEqual(_types(out["registered"]), ["echo.response"])  # no reply.task.register
+        self.assertEqual(out["forwarded"][:3], [b"Q000001", b"", b"task.reply.u1"])
+        self.assertEqual(_body(out["forwarded"])["status"], "forwarded")
+        self.assertEqual(out["task"], out["sent"][1:])  # the task itself, byte-exact, no route left
+        self.assertEqual(out["launched"][:3], [b"Q000001", b"", b"task.reply.u1"])
+        self.assertEqual(_types(out["after"]), ["echo.response"])  # no error replies either
+        self.assertEqual(out["refused"][:3], [b"Q000002", b"", b"error"])
+        self.assertEqual(_body(out["refused"])["msg"], "cannot route to nohost")
+        totals = self.srv.stats.totals
+        self.assertEqual(totals["count.dropped.msg.log.info"], 1)
+        self.assertEqual(totals["count.error.msg.task.reply.gone"], 1)
+        self.assertEqual(totals["unanswered.msg.log.info"], 1)
+        self.assertEqual(totals["unanswered.msg.task.reply.gone"], 1)
+        self.assertIn('ccnet_cc_unanswered_total{type="log.info"} 1', self.srv.stats.prometheus())
+
+    @defer.inlineCallbacks
+    def test_upstream_infosender_gets_no_acknowledgements(self) -> Any:
+        sender = _dealer(self.endpoint)
+        self.addCleanup(sender.close)
+        content = b"uptime 1 day\n"
+        frames = upstream_frames("pub.infofile", blob=content, filename="/var/log/info.1", mtime=1700000000.0,
+                                 comp="", data="")
+        yield threads.deferToThread(sender.send_multipart, frames)
+        written = self.dst / f"{socket.gethostname()}--info.1"  # host-subdirs = no, as the original
+        yield wait_for(lambda: self.srv.stats.totals["count.ok.msg.pub.infofile"] == 1)
+        self.assertEqual(written.read_bytes(), content)
+        got = yield threads.deferToThread(_until_echo, sender)
+        self.assertEqual(_types(got), ["echo.response"])
+
+    @defer.inlineCallbacks
+    def test_a_sender_that_opts_in_gets_acks_and_errors(self) -> Any:
+        def scenario() -> list[list[bytes]]:
+            peer = _dealer(self.endpoint)
+            try:
+                peer.send_multipart(upstream_frames("task.register", host=HOST, ack=True))
+                peer.send_multipart(upstream_frames("task.reply.gone", task_id="gone", status="stopped",
+                                                    feedback={}, ack=True))
+                peer.send_multipart(upstream_frames("log.info", log_msg="x", ack=True))
+                return _until_echo(peer)
+            finally:
+                peer.close()
+
+        got = yield threads.deferToThread(scenario)
+        self.assertEqual(_types(got), ["reply.task.register", "error", "error", "echo.response"])
+        self.assertEqual(_body(got[1])["msg"], "no requester known for task gone")
+        self.assertEqual(_body(got[2])["msg"], "no route for message type log.info")
