@@ -183,3 +183,140 @@ class UpstreamPeerTests(ServerTestCase):
         self.assertEqual(_types(got), ["reply.task.register", "error", "error", "echo.response"])
         self.assertEqual(_body(got[1])["msg"], "no requester known for task gone")
         self.assertEqual(_body(got[2])["msg"], "no route for message type log.info")
+
+
+# markokr/cc 0.8.7 cc/test/test_task.py's configs, as written there (TMP and PORTn
+# substituted as its parsekonf does), plus a section for a task module this checkout has.
+TASK_HOST_INI = """
+[ccserver]
+logfile = TMP/%(job_name)s.log
+pidfile = TMP/%(job_name)s.pid
+cc-role = local
+cc-socket = PORT1
+
+[routes]
+task = h:taskproxy
+job = h:jobmgr
+log = h:locallogger
+
+[h:locallogger]
+handler = cc.handler.locallogger
+
+[h:taskproxy]
+handler = cc.handler.proxy
+remote-cc = PORT2
+
+[h:jobmgr]
+handler = cc.handler.jobmgr
+daemons = d:taskrunner
+
+[d:taskrunner]
+module = cc.daemon.taskrunner
+local-id = testhost
+#reg-period = 300
+#maint-period = 60
+
+[cc.task.sample]
+# sudo = xx
+
+[tests.upstream_task_sample]
+"""
+
+TASK_ROUTER_INI = """
+[ccserver]
+logfile = TMP/%(job_name)s.log
+pidfile = TMP/%(job_name)s.pid
+cc-role = remote
+cc-socket = PORT2
+
+[routes]
+task = h:taskrouter
+
+[h:taskrouter]
+handler = cc.handler.taskrouter
+#route-lifetime = 3600
+#maint-period = 60
+"""
+
+
+def _konf(text: str, tmp: Path, ports: dict[str, int]) -> str:
+    text = text.replace("TMP", str(tmp))
+    for name, port in ports.items():
+        text = text.replace(name, f"tcp://127.0.0.1:{port}")
+    return text
+
+
+class UpstreamTaskConfigTests(ServerTestCase):
+    def test_task_host_ini_with_cc_task_sections_is_accepted(self) -> None:
+        from ccnet.cc.daemons.base import load_job
+        from ccnet.cc.daemons.taskrunner import parse_options
+        from ccnet.config import IniFile, parse_config
+
+        folder = Path(self.mktemp()).absolute()
+        folder.mkdir()
+        path = folder / "task-host.ini"
+        path.write_text(_konf(TASK_HOST_INI, folder, {"PORT1": 3001, "PORT2": 3002}).replace(
+            "# sudo = xx", "sudo = xx"))
+        config = parse_config(IniFile.load(path))  # no "unknown section"
+        self.assertEqual([t.module for t in config.cc.upstream_tasks], ["cc.task.sample", "tests.upstream_task_sample"])
+        self.assertEqual(config.cc.upstream_tasks[0].sudo, "xx")
+        _, opts = load_job(path, "d:taskrunner", parse_options, env={})
+        self.assertEqual(opts.local_id, "testhost")
+        self.assertEqual(sorted(opts.upstream_tasks), ["cc.task.sample", "tests.upstream_task_sample"])
+
+
+class UpstreamTestTaskScenarioTests(ServerTestCase):
+    """cc/test/test_task.py's scenario with two ccnet daemons standing in for the
+    ccservers (the task host runs ccnet's taskrunner under jobmgr, as its config says)
+    and a requester framing task.send as cc.taskmgr does."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_sample_crash_and_missing_module_tasks(self) -> Any:
+        from tests.support import free_port, start_daemon
+
+        base = Path(self.mktemp()).absolute()
+        ports = {"PORT1": free_port(), "PORT2": free_port()}
+        daemons = []
+        for name, text in (("task-router", TASK_ROUTER_INI), ("task-host", TASK_HOST_INI)):
+            folder = base / name
+            folder.mkdir(parents=True)
+            d = yield threads.deferToThread(start_daemon, _konf(text, folder, ports), folder)
+            self.addCleanup(threads.deferToThread, d.stop)
+            daemons.append(d)
+        router = f"tcp://127.0.0.1:{ports['PORT2']}"
+
+        def send_task(uid: str, **fields: Any) -> list[str]:
+            """Send until the host is registered; statuses until a final one (cc.taskmgr's view)."""
+            client = _dealer(router)
+            try:
+                for attempt in range(600):
+                    qid = b"Q%06d" % attempt
+                    client.send_multipart(upstream_frames(f"task.send.{uid}", route=(qid,), task_host=HOST,
+                                                          task_id=uid, **fields))
+                    first = client.recv_multipart()
+                    if first[2] != b"error":
+                        break
+                    time.sleep(0.1)  # the taskrunner is still starting and registering
+                statuses = [_body(first)["status"]]
+                while statuses[-1] not in ("finished", "failed", "stopped"):
+                    statuses.append(_body(client.recv_multipart())["status"])
+                return statuses
+            finally:
+                client.close()
+
+        done = yield threads.deferToThread(send_task, "t1", task_handler="tests.upstream_task_sample", cmd="test")
+        self.assertEqual(done[:2], ["forwarded", "starting"])
+        self.assertEqual(done[-1], "finished")
+        crash_run = yield threads.deferToThread(send_task, "t2", task_handler="tests.upstream_task_sample",
+                                                cmd="crash-run")
+        self.assertIn("failed", crash_run)
+        crash_launch = yield threads.deferToThread(send_task, "t3", task_handler="tests.upstream_task_sample",
+                                                   cmd="crash-launch")
+        self.assertEqual(crash_launch, ["forwarded", "starting", "failed"])
+        missing = yield threads.deferToThread(send_task, "t4", task_handler="cc.task.nonexist")
+        self.assertEqual(missing[-1], "failed")
+        for d in daemons:
+            self.assertNotIn("Traceback", d.log())
+            self.assertNotIn("Except", d.log())
