@@ -320,3 +320,68 @@ class UpstreamTestTaskScenarioTests(ServerTestCase):
         for d in daemons:
             self.assertNotIn("Traceback", d.log())
             self.assertNotIn("Except", d.log())
+
+
+# cc/test/test_basic.py's configs, as written there.
+LOG_RECV_INI = """
+[ccserver]
+logfile = TMP/%(job_name)s.log
+pidfile = TMP/%(job_name)s.pid
+cc-role = remote
+cc-socket = PORT1
+[routes]
+log = h:locallog
+[h:locallog]
+handler = cc.handler.locallogger
+"""
+
+LOG_SEND_INI = """
+[ccserver]
+logfile = TMP/%(job_name)s.log
+pidfile = TMP/%(job_name)s.pid
+cc-role = local
+cc-socket = PORT2
+
+[routes]
+log = h:proxy
+
+[h:proxy]
+handler = cc.handler.proxy
+remote-cc = PORT1
+"""
+
+
+class UpstreamTestBasicScenarioTests(ServerTestCase):
+    """cc/test/test_basic.py's scenario: bin/testmsg.py's frames into two ccnet daemons."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_log_reaches_remote_logger_and_unrouted_info_is_only_logged(self) -> Any:
+        from tests.support import free_port, start_daemon
+
+        base = Path(self.mktemp()).absolute()
+        ports = {"PORT1": free_port(), "PORT2": free_port()}
+        daemons = {}
+        for name, text in (("log-recv", LOG_RECV_INI), ("log-send", LOG_SEND_INI)):
+            folder = base / name
+            folder.mkdir(parents=True)
+            daemons[name] = yield threads.deferToThread(start_daemon, _konf(text, folder, ports), folder)
+            self.addCleanup(threads.deferToThread, daemons[name].stop)
+        now = time.time()
+        # bin/testmsg.py log / info, byte for byte the frames it sends (XREQ = DEALER)
+        log_msg = {"req": "log.info", "time": now, "log_time": now, "hostname": "host", "job_name": "job",
+                   "log_level": "INFO", "log_msg": "Foo"}
+        info_msg = {"req": "pub.infofile", "time": now, "mtime": 1314187603, "hostname": "me", "filename": "info.1",
+                    "data": "cXdlcnR5\n", "comp": "", "mode": "b"}
+        sender = _dealer(f"tcp://127.0.0.1:{ports['PORT2']}")
+        self.addCleanup(sender.close)
+        for msg in (log_msg, info_msg):
+            yield threads.deferToThread(sender.send_multipart,
+                                        [b"", msg["req"].encode(), json.dumps(msg).encode(), b""])
+        yield wait_for(lambda: "Foo" in daemons["log-recv"].log(), timeout=30)
+        yield wait_for(lambda: "no route" in daemons["log-send"].log(), timeout=30)
+        for d in daemons.values():
+            self.assertNotIn("Except", d.log())
+            self.assertNotIn("Traceback", d.log())
+

@@ -19,6 +19,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.support import REPO, VENV_BIN, Daemon, free_port, start_daemon
+from tests.test_cc_handlers_common import wait_for
 from tests.test_rpc_fixtures import make_proxy_of
 
 CLIENT_DN = "/C=IT/O=ccnet/OU=Clients/CN=client"
@@ -104,6 +105,7 @@ class ShippedConfigProxyTests(unittest.TestCase):
 
         with self.assertRaises(requests.exceptions.RequestException):
             await deferToThread(get)
-        self.assertIn("proxy certificates not allowed", self.daemon.log())
+        # the daemon's output is read by another thread: wait for the rejection's log line
+        await wait_for(lambda: "proxy certificates not allowed" in self.daemon.log())
 
 
