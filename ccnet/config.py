@@ -357,6 +357,26 @@ class TLSConfig:
 
 
 @dataclass(frozen=True)
+class ListenerTLS:
+    """What one HTTPS listener accepts beyond ``[tls]``'s defaults.
+
+    ``allow-anonymous`` (clients without a certificate) and ``allow-proxies`` (RFC 3820
+    proxy certificates) are read from the listener's own section; ``allow-proxies``
+    there wins over ``[tls] allow-proxies``, which is the default for every listener.
+    """
+
+    allow_anonymous: bool = False
+    allow_proxies: bool = False
+
+
+def _parse_listener_tls(sect: SectionReader, tls: TLSConfig | None) -> ListenerTLS:
+    return ListenerTLS(
+        allow_anonymous=sect.get_bool("allow-anonymous", False),
+        allow_proxies=sect.get_bool("allow-proxies", tls.allow_proxies if tls is not None else False),
+    )
+
+
+@dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path
     users: Path | None
@@ -389,8 +409,8 @@ class Config:
     rpc: Any = None
     cc: Any = None
     component: Any = None
-    # listener name -> allow anonymous TLS clients (no client certificate)
-    anonymous: dict[str, bool] = field(default_factory=dict)
+    # HTTPS listener name -> how it relaxes [tls] (anonymous clients, RFC 3820 proxies)
+    listener_tls: dict[str, ListenerTLS] = field(default_factory=dict)
 
     def enabled_services(self) -> list[str]:
         names = ["supervisor", "rpc", "cc", "component", "metrics"]
@@ -405,7 +425,7 @@ PROTOCOLS: list[tuple[str, str, tuple[str, ...]]] = [
     ("component", "ccnet.mplane.component_config", ("component",)),
 ]
 
-# Listener sections whose TLS may be relaxed with allow-anonymous.
+# Listener sections whose TLS may be relaxed with allow-anonymous / allow-proxies.
 HTTPS_SECTIONS = ("supervisor", "rpc")
 
 
@@ -496,10 +516,9 @@ def parse_config(ini: IniFile) -> Config:
     tls = _parse_tls(ini)
     store = _parse_store(ini, daemon)
     metrics = _parse_metrics(ini)
-    anonymous: dict[str, bool] = {}
-    for name in HTTPS_SECTIONS:
-        if ini.has_section(name):
-            anonymous[name] = ini.section(name).get_bool("allow-anonymous", False)
+    listener_tls = {
+        name: _parse_listener_tls(ini.section(name), tls) for name in HTTPS_SECTIONS if ini.has_section(name)
+    }
     parts: dict[str, Any] = {}
     for attr, module, sections in PROTOCOLS:
         present = [s for s in sections if ini.has_section(s)]
@@ -518,7 +537,7 @@ def parse_config(ini: IniFile) -> Config:
         tls=tls,
         store=store,
         metrics=metrics,
-        anonymous=anonymous,
+        listener_tls=listener_tls,
         **parts,
     )
     if not any(getattr(config, n) is not None for n in ("supervisor", "rpc", "cc", "component")):

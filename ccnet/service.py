@@ -448,7 +448,11 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
     def https(name: str, resource: Resource, listen: str, max_body: int) -> None:
         resource.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
         spec = parse_listen(listen)
-        creator = tls.server(config.anonymous.get(name, False), name) if tls is not None else None
+        policy = config.listener_tls.get(name)
+        creator = None
+        if tls is not None:
+            creator = (tls.server(policy.allow_anonymous, name, policy.allow_proxies) if policy is not None
+                       else tls.server(name=name))
         if creator is not None:
             creators[name] = creator
         # A protocol may bring its own Site (e.g. RPC: early 413, lean form parsing).

@@ -157,12 +157,19 @@ class TLSMaterial:
         log.info("TLS material reloaded from {cert}", cert=str(self.cfg.cert))
 
     # -- servers -------------------------------------------------------------
-    def server(self, allow_anonymous: bool = False, name: str = "tls") -> ServerTLS:
-        creator = ServerTLS(self, allow_anonymous, name)
+    def server(
+        self, allow_anonymous: bool = False, name: str = "tls", allow_proxies: bool | None = None
+    ) -> ServerTLS:
+        """A listener's connection creator; ``allow_proxies`` None follows ``[tls] allow-proxies``."""
+        if allow_proxies is None:
+            allow_proxies = self.cfg.allow_proxies
+        creator = ServerTLS(self, allow_anonymous, name, allow_proxies)
         self._servers.add(creator)
         return creator
 
-    def build_server_context(self, allow_anonymous: bool, on_reject: Callable[[str, str], None]) -> SSL.Context:
+    def build_server_context(
+        self, allow_anonymous: bool, on_reject: Callable[[str, str], None], allow_proxies: bool | None = None
+    ) -> SSL.Context:
         loaded = self._loaded
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(
@@ -189,7 +196,7 @@ class TLSMaterial:
             store.add_crl(crl)
         if loaded.crls:
             flags |= crypto.X509StoreFlags.CRL_CHECK
-        if self.cfg.allow_proxies:
+        if self.cfg.allow_proxies if allow_proxies is None else allow_proxies:
             flags |= crypto.X509StoreFlags.ALLOW_PROXY_CERTS
         if flags:
             store.set_flags(flags)
@@ -247,12 +254,13 @@ def _allows_client_auth(cert: x509.Certificate) -> bool:
 class ServerTLS:
     """Creates server-side TLS connections from a context that reload swaps."""
 
-    def __init__(self, material: TLSMaterial, allow_anonymous: bool, name: str) -> None:
+    def __init__(self, material: TLSMaterial, allow_anonymous: bool, name: str, allow_proxies: bool = False) -> None:
         self.material = material
         self.allow_anonymous = allow_anonymous
+        self.allow_proxies = allow_proxies
         self.name = name
         self.rejections: dict[str, int] = {}
-        self._context = material.build_server_context(allow_anonymous, self._rejected)
+        self._context = material.build_server_context(allow_anonymous, self._rejected, allow_proxies)
 
     def _rejected(self, subject: str, reason: str) -> None:
         self.rejections[reason] = self.rejections.get(reason, 0) + 1
@@ -264,7 +272,7 @@ class ServerTLS:
         )
 
     def rebuild(self) -> None:
-        self._context = self.material.build_server_context(self.allow_anonymous, self._rejected)
+        self._context = self.material.build_server_context(self.allow_anonymous, self._rejected, self.allow_proxies)
 
     def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:  # noqa: N802 (Twisted API)
         return SSL.Connection(self._context, None)

@@ -73,6 +73,25 @@ class SendTests(ServerTestCase):
         rc, _, err = yield threads.deferToThread(run_cli, "send", "echo", "{}", "--config", str(ks / "ca.crt"))
         self.assertEqual(rc, 2)
 
+    @defer.inlineCallbacks
+    def test_keystore_flag_keeps_the_other_cms_keys_of_the_config_and_encrypted_reply_is_signed(self) -> Any:
+        ks = make_keystore(Path(self.mktemp()).absolute())
+        srv = self.start(echo_config(extra=f"cms-keystore = {ks}\ncms-verify-ca = ca\ncms-sign = server\n"
+                                           "cms-decrypt = server\ncms-encrypt = client"))
+        ini = Path(self.mktemp())
+        ini.write_text(f"[cc]\ncc-socket = {srv.endpoint}\ncms-keystore = {ks}\n"
+                       "cms-sign = client\ncms-encrypt = server\ncms-verify-ca = ca\ncms-decrypt = client\n")
+        rc, out, err = yield threads.deferToThread(
+            run_cli, "send", "echo.request", '{"target": "enc"}', "--config", str(ini), "--keystore", str(ks)
+        )
+        self.assertEqual(rc, 0, err + out)
+        reply = json.loads(out)
+        self.assertEqual(reply["type"], "echo.response")
+        self.assertEqual(reply["body"]["orig_target"], "enc")
+        self.assertIs(reply["encrypted"], True)
+        self.assertIs(reply["signed"], True)
+        self.assertEqual(reply["signer"]["cn"], "server")
+
     def test_timeout_and_bad_arguments_exit_2(self) -> None:
         rc, _, err = run_cli("send", "echo.request", "{}", "--endpoint",
                              f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.2")

@@ -117,6 +117,7 @@ class DatabaseHandlerTests(ServerMixin, TestCase):
         msg = body("db", function=f"{self.schema}.add", params={"h": "h2", "n": 3}, **{"return": "one"})
         (rep,) = yield self.ask(srv, [[b"", b"db", msg, b""]])
         self.assertEqual(reply_body(rep)["data"], [["h2", "3"]])
+        self.assertNotIn("ident", reply_body(rep))  # as the original: no ident asked, none sent
 
     @defer.inlineCallbacks
     def test_return_json_makes_the_function_result_the_reply(self) -> Any:

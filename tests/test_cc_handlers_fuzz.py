@@ -36,6 +36,8 @@ class FakeServer:
     def reply(self, request: Any, req: str, fields: Any, blob: Any = None) -> None:
         self.sent.append((req, fields))
 
+    ack = reply
+
     def send_frames(self, frames: list[bytes]) -> None:
         self.sent.append(frames)
 

@@ -47,6 +47,7 @@ def info(filename: str, mtime: float, data: bytes, comp: str = "", blob: bool = 
 
     from ccnet.cc.message import make_body
 
+    fields.setdefault("ack", True)  # a ccnet infosender: it reads the acknowledgement
     frames[2] = json.dumps(make_body(mtype, fields, hostname=host, now=time.time())).encode()
     return frames
 

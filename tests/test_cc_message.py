@@ -16,6 +16,7 @@ from ccnet.cc.message import (
     error_reply,
     make_message,
     parse,
+    wants_replies,
 )
 
 
@@ -72,6 +73,18 @@ class ParseTests(TestCase):
         assert isinstance(m, Invalid)
         self.assertTrue(m.replyable)
         self.assertIn("too many frames", m.reason)
+
+    def test_opt_in_is_read_from_bodies_that_are_otherwise_invalid(self) -> None:
+        hijacked = parse([b"p", b"", b"echo.request", body("db.confdb", ack=True), b""])
+        assert isinstance(hijacked, Invalid)
+        self.assertTrue(hijacked.wants_replies)
+        silent = parse([b"p", b"", b"echo.request", body("db.confdb"), b""])
+        assert isinstance(silent, Invalid)
+        self.assertFalse(silent.wants_replies)
+        self.assertFalse(wants_replies({"ack": "yes"}))  # only JSON true opts in
+        ok = parse([b"p", b"", b"echo.request", body("echo.request", ack=True), b""])
+        assert isinstance(ok, CCMessage)
+        self.assertTrue(wants_replies(ok.decoded))
 
     def test_body_validation_errors_name_the_problem(self) -> None:
         cases = {

@@ -63,6 +63,8 @@ class Slow(CCHandler):
 
 
 def body(req: str, **extra: Any) -> bytes:
+    """A body from a client that reads replies ("ack": true, as ccnet's own clients)."""
+    extra.setdefault("ack", True)
     return json.dumps(make_body(req, extra, hostname="client", now=time.time())).encode()
 
 
@@ -170,7 +172,8 @@ class EchoAndErrorTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_malformed_frames_get_error_replies_and_server_keeps_serving(self) -> Any:
-        srv = self.start(echo_config())
+        # A malformed body cannot say "ack": only error-replies = always answers these.
+        srv = self.start(echo_config(extra="error-replies = always"))
         bad = [
             [b"", b"echo.request"],  # no json frame
             [b"", b"echo.request", b"{not json", b""],
@@ -191,6 +194,16 @@ class EchoAndErrorTests(ServerTestCase):
         self.assertEqual(srv.stats.totals["count.invalid"], 5)
 
     @defer.inlineCallbacks
+    def test_malformed_frames_without_opt_in_are_logged_and_counted_not_answered(self) -> Any:
+        srv = self.start(echo_config())
+        reps = yield self.ask(srv, [[b"", b"echo.request", b"{not json", b""],
+                                    [b"", b"echo.request", body("echo.request"), b""]])
+        self.assertEqual([r[1] for r in reps], [b"echo.response"])
+        self.assertEqual(srv.stats.totals["count.invalid"], 1)
+        self.assertEqual(srv.stats.totals["unanswered.msg.echo.request"], 1)
+        self.flushLoggedErrors()
+
+    @defer.inlineCallbacks
     def test_unanswerable_frames_are_dropped(self) -> Any:
         srv = self.start(echo_config())
         reps = yield self.ask(
@@ -206,7 +219,7 @@ class EchoAndErrorTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_oversize_message_is_refused(self) -> Any:
-        srv = self.start(echo_config(extra="max-body-size = 1 KB"))
+        srv = self.start(echo_config(extra="max-body-size = 1 KB\nerror-replies = always"))
         (rep,) = yield self.ask(srv, [[b"", b"echo.request", body("echo.request"), b"", b"x" * 2000]])
         self.assertIn("too large", json.loads(rep[2])["msg"])
 
@@ -472,7 +485,7 @@ class CryptoServerTests(ServerTestCase):
     def test_verify_ca_rejects_unsigned_and_answers_signed(self) -> Any:
         srv = self.start(self.crypto_config("cms-verify-ca = ca\ncms-sign = server"))
         client = CMSCodec(keystore=self.ks, sign="client")
-        signed = client.encode((), make_body("echo.request", {"target": "s"}, "client", time.time()))
+        signed = client.encode((), make_body("echo.request", {"target": "s", "ack": True}, "client", time.time()))
         reps = yield self.ask(
             srv, [[b"", b"echo.request", body("echo.request"), b""], signed.frames()], replies=2
         )
@@ -493,7 +506,7 @@ class CryptoServerTests(ServerTestCase):
     def test_signature_from_foreign_ca_is_rejected(self) -> Any:
         srv = self.start(self.crypto_config("cms-verify-ca = ca"))
         bad = CMSCodec(keystore=self.ks, sign="foreign").encode(
-            (), make_body("echo.request", {}, "client", time.time())
+            (), make_body("echo.request", {"ack": True}, "client", time.time())
         )
         (rep,) = yield self.ask(srv, [bad.frames()])
         self.assertIn("trusted CA", json.loads(rep[2])["msg"])
@@ -502,7 +515,7 @@ class CryptoServerTests(ServerTestCase):
     def test_encrypted_request_is_decrypted_and_answered(self) -> Any:
         srv = self.start(self.crypto_config("cms-verify-ca = ca\ncms-decrypt = server"))
         client = CMSCodec(keystore=self.ks, sign="client", encrypt="server")
-        enc = client.encode((), make_body("echo.request", {"target": "e"}, "client", time.time()))
+        enc = client.encode((), make_body("echo.request", {"target": "e", "ack": True}, "client", time.time()))
         reps = yield self.ask(
             srv, [enc.frames(), [b"", b"echo.request", body("echo.request"), b""]], replies=2
         )
@@ -518,7 +531,7 @@ class CryptoServerTests(ServerTestCase):
             f"[up]\nhandler = proxy\nremote-cc = {remote.endpoint}\n"
         )
         client = CMSCodec(keystore=self.ks, sign="client", encrypt="server")
-        enc = client.encode((), make_body("echo.request", {"target": "hop"}, "client", time.time()))
+        enc = client.encode((), make_body("echo.request", {"target": "hop", "ack": True}, "client", time.time()))
         (rep,) = yield self.ask(local, [enc.frames()])
         self.assertEqual(rep[1], b"echo.response")
         self.assertEqual(json.loads(rep[2])["orig_target"], "hop")

@@ -99,6 +99,17 @@ class ConfigErrorTests(unittest.TestCase):
     def test_bad_boolean_names_key(self) -> None:
         self.assertConfigError(tls_section(self.pki) + "allow-proxies = maybe\n", "tls", "allow-proxies", "yes or no")
 
+    def test_allow_proxies_per_listener_wins_over_tls(self) -> None:
+        base = tls_section(self.pki) + "[rpc]\nlisten = ssl:0\n{rpc}[supervisor]\nlisten = ssl:0\n"
+        cfg = load_config(self.write(base.format(rpc="allow-proxies = yes\n")))
+        self.assertTrue(cfg.listener_tls["rpc"].allow_proxies)
+        self.assertFalse(cfg.listener_tls["supervisor"].allow_proxies)
+        inherited = base.replace("[rpc]", "allow-proxies = yes\n[rpc]").format(rpc="allow-proxies = no\n")
+        cfg = load_config(self.write(inherited))
+        self.assertFalse(cfg.listener_tls["rpc"].allow_proxies)
+        self.assertTrue(cfg.listener_tls["supervisor"].allow_proxies)
+        self.assertConfigError(base.format(rpc="allow-proxies = perhaps\n"), "rpc", "allow-proxies", "yes or no")
+
     def test_bad_store_url(self) -> None:
         self.assertConfigError("[store]\nurl = mysql://x\n", "store", "url", "postgresql://")
 

@@ -169,7 +169,7 @@ class SecurityTests(unittest.TestCase):
             sock.connect(self.d.cc_endpoint)
             # Over [cc] max-body-size (set to 64 KB for these daemons) but under the
             # hard per-frame cap: answered with an error instead of being handled.
-            msg = make_message("echo.request", {"target": "x", "pad": "p" * (100 * 1024)})
+            msg = make_message("echo.request", {"target": "x", "pad": "p" * (100 * 1024), "ack": True})
             sock.send_multipart(msg.frames())
             if not sock.poll(10000):
                 return None

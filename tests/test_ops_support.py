@@ -159,7 +159,8 @@ class OpsDaemon:
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(self.cc_endpoint)
-            sock.send_multipart(make_message("echo.request", {"target": self.cc_endpoint}).frames())
+            # "ack": a client that reads error replies too (as ccnet-cc)
+            sock.send_multipart(make_message("echo.request", {"target": self.cc_endpoint, "ack": True}).frames())
             if not sock.poll(int(timeout * 1000)):
                 return None
             reply = parse([b"server", *sock.recv_multipart()])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,7 +64,16 @@ class WireFormTests(unittest.TestCase):
 
     def test_unserializable_value_raises_codec_error(self) -> None:
         self.assertRaises(CodecError, encode, object())
-        self.assertRaises(CodecError, encode, float("nan"))
+
+    def test_nan_and_infinity_are_written_as_DIRAC_writes_them(self) -> None:
+        # DIRAC's JEncode is json.dumps with its defaults: bare NaN / Infinity literals.
+        value = [float("nan"), float("inf"), float("-inf"), 1.5]
+        text = encode(value)
+        self.assertEqual(text, json.dumps(value, separators=(",", ":")))
+        self.assertEqual(text, "[NaN,Infinity,-Infinity,1.5]")
+        back = decode(text)
+        self.assertTrue(math.isnan(back[0]))
+        self.assertEqual(back[1:], [math.inf, -math.inf, 1.5])
 
     def test_garbage_raises_codec_error(self) -> None:
         for text in ["[", '{"__dCls": "dt", "obj": "yesterday"}', '{"__dCls": "b64", "obj": "**"}', b"\xff"]:

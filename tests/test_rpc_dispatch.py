@@ -194,8 +194,13 @@ class CredentialTests(unittest.TestCase):
         self.assertRaises(CredentialsError, build_credentials, ident("gateway", "Hosts"), USERS,
                           ["/C=IT/O=ccnet/OU=Clients/CN=alice", "wheel"])
 
-    def test_hosts_extra_credentials_refused_for_a_user(self) -> None:
-        self.assertRaises(CredentialsError, build_credentials, ident("alice"), USERS, "hosts")
+    def test_hosts_extra_credentials_from_a_user_make_an_anonymous_visitor(self) -> None:
+        # DIRAC clients with useCertificates=True send "hosts" whatever their certificate.
+        creds = build_credentials(ident("alice"), USERS, "hosts")
+        self.assertEqual((creds.cred_dict["username"], creds.cred_dict["group"]), ("anonymous", "visitor"))
+        self.assertEqual(creds.cred_dict["DN"], "/C=IT/O=ccnet/OU=Clients/CN=alice")
+        self.assertEqual(creds.cred_dict["extraCredentials"], "hosts")
+        self.assertIsNone(creds.record)
 
     def test_hosts_extra_credentials_make_a_host_group(self) -> None:
         cred = build_credentials(ident("gateway", "Hosts"), USERS, "hosts").cred_dict
@@ -267,6 +272,15 @@ class PlanTests(unittest.TestCase):
 
     def test_delegation_from_untrusted_is_401(self) -> None:
         self.assertStatus(plan("open", ident("bob"), extra=["/C=x/CN=y", "g"]), 401)
+
+    def test_hosts_from_a_user_certificate_opens_all_methods_only(self) -> None:
+        # As DIRAC's AuthManager: an invalid host is a visitor where "all" allows it.
+        out = plan("open", ident("alice"), extra="hosts")
+        self.assertIsInstance(out, CallPlan)
+        assert isinstance(out, CallPlan)
+        self.assertEqual(out.credentials.cred_dict["group"], "visitor")
+        self.assertStatus(plan("plain", ident("alice"), extra="hosts"), 401)
+        self.assertStatus(plan("admin", ident("alice"), extra="hosts"), 401)
 
     def test_blocking_marks(self) -> None:
         table = MethodTable(Sample)

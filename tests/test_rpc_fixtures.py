@@ -79,8 +79,16 @@ def _der_seq(*items: bytes) -> bytes:
 
 def make_proxy(pki: TestPKI, name: str, out: Path, limited: bool = False) -> Path:
     """An RFC 3820 proxy of certificate ``name``, written DIRAC-style (cert, key, chain)."""
-    eec = x509.load_pem_x509_certificates(pki.cert(name).read_bytes())[0]
-    eec_key = serialization.load_pem_private_key(pki.key(name).read_bytes(), None)
+    return make_proxy_of(pki.cert(name), pki.key(name), out, limited)
+
+
+def make_proxy_of(cert: Path, key_file: Path, out: Path, limited: bool = False) -> Path:
+    """An RFC 3820 proxy signed by the first certificate of ``cert`` (a certificate or
+    itself a proxy file: proxies of proxies), written DIRAC-style: the new proxy, its key,
+    then the whole issuing chain."""
+    chain = x509.load_pem_x509_certificates(cert.read_bytes())
+    eec = chain[0]
+    eec_key = serialization.load_pem_private_key(key_file.read_bytes(), None)
     key = ec.generate_private_key(ec.SECP256R1())
     serial = x509.random_serial_number()
     subject = x509.Name(
@@ -116,7 +124,7 @@ def make_proxy(pki: TestPKI, name: str, out: Path, limited: bool = False) -> Pat
             serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
             serialization.NoEncryption(),
         )
-        + eec.public_bytes(serialization.Encoding.PEM)
+        + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
     )
     return out
 

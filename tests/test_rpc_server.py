@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,36 @@ class BuiltinTests(unittest.TestCase):
             self.assertIn(key, value)
         self.assertEqual(value["time"]["__dCls"], "dt")
         self.assertEqual(value["URL"], f"https://localhost:{self.site.port_number}/Test/Service")
+
+    async def test_ping_load_is_loadavg_text_and_URL_the_address_the_client_used(self) -> None:
+        # DIRAC: load = the first three fields of /proc/loadavg; URL = Tornado's full_url().
+        agent = client_agent(self.site)
+        url = self.site.url(host="127.0.0.1")
+        response = await treq.post(url, data={"method": "ping"}, agent=agent)
+        value = json.loads(await treq.content(response))["Value"]
+        self.assertRegex(value["load"], r"^\d+\.\d+ \d+\.\d+ \d+\.\d+\Z")
+        self.assertEqual(value["URL"], url)
+
+    async def test_nan_and_infinity_round_trip_as_DIRAC_JEncode(self) -> None:
+        status, _, body = await call(self.site, {"method": "echo", "args": "[[NaN, Infinity, -Infinity]]"})
+        self.assertEqual(status, 200)
+        nan, inf, minus_inf = body["Value"]
+        self.assertTrue(math.isnan(nan))
+        self.assertEqual((inf, minus_inf), (math.inf, -math.inf))
+
+    async def test_hosts_extra_credentials_from_a_user_certificate_is_a_visitor(self) -> None:
+        # DIRAC clients with useCertificates=True send extraCredentials="hosts" from any certificate.
+        status, _, body = await call(self.site, {"method": "ping", "extraCredentials": '"hosts"'})
+        self.assertEqual(status, 200, body)
+        status, _, body = await call(self.site, {"method": "add", "args": "[1, 2]",
+                                                 "extraCredentials": '"hosts"'})
+        self.assertEqual((status, body["Value"]), (200, 3))
+        status, _, body = await call(self.site, {"method": "whoami", "extraCredentials": '"hosts"'})
+        self.assertEqual(status, 401)
+        self.assertIs(body["OK"], False)
+        status, _, body = await call(self.site, {"method": "adminOnly", "extraCredentials": '"hosts"'},
+                                     who="admin")
+        self.assertEqual(status, 401)
 
     async def test_echo_returns_its_argument(self) -> None:
         arg = [1, "two", {"__dCls": "date", "obj": "2020-01-02"}]

@@ -29,7 +29,7 @@ import zmq
 from ccnet.cc.config import DEFAULT_SOCKET, valid_zmq_endpoint
 from ccnet.cc.config import parse as parse_cc_config
 from ccnet.cc.crypto import CMSCodec, CryptoError
-from ccnet.cc.message import BodyError, CCMessage, Invalid, make_body, parse, valid_type
+from ccnet.cc.message import ACK_FIELD, BodyError, CCMessage, Invalid, make_body, parse, valid_type
 from ccnet.cc.routing import RouteTable
 from ccnet.config import ConfigError, IniFile
 
@@ -84,12 +84,12 @@ def _apply_config(args: argparse.Namespace) -> None:
         args.endpoint = cfg.socket.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
             "tcp://*:", "tcp://127.0.0.1:"
         )
-    if args.keystore is None and cfg.cms.keystore is not None:
-        args.keystore = cfg.cms.keystore
-        args.sign = args.sign or cfg.cms.sign
-        args.encrypt = args.encrypt or cfg.cms.encrypt
-        args.verify_ca = args.verify_ca or list(cfg.cms.verify_ca)
-        args.decrypt = args.decrypt or cfg.cms.decrypt
+    # Each flag wins over its own key; every key not given as a flag comes from the file.
+    args.keystore = args.keystore or cfg.cms.keystore
+    args.sign = args.sign or cfg.cms.sign
+    args.encrypt = args.encrypt or cfg.cms.encrypt
+    args.verify_ca = args.verify_ca or list(cfg.cms.verify_ca)
+    args.decrypt = args.decrypt or cfg.cms.decrypt
 
 
 def _codec(args: argparse.Namespace) -> CMSCodec:
@@ -107,7 +107,8 @@ def _describe(msg: CCMessage, codec: CMSCodec) -> dict[str, Any]:
     out: dict[str, Any] = {
         "route": [r.hex() for r in msg.route],
         "type": msg.type,
-        "signed": bool(msg.signature) and not msg.encrypted,
+        # An ENC1 envelope always holds a signed message (the format has no unsigned form).
+        "signed": bool(msg.signature),
         "encrypted": msg.encrypted,
         "blob_bytes": None if msg.blob is None else len(msg.blob),
     }
@@ -137,6 +138,8 @@ def _send(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         return EXIT_FAIL
     blob = args.blob.read_bytes() if args.blob else None
     codec = _codec(args)
+    if not args.no_wait:
+        fields.setdefault(ACK_FIELD, True)  # we read the reply: acks and error replies welcome
     msg = codec.encode((), make_body(args.type, fields, args.hostname, time.time()), blob)
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)

@@ -22,7 +22,8 @@ __all__ = [
     "parse_handler",
     "valid_zmq_endpoint",
     "zmq_endpoint",
-    "CCConfig", "ZmqOptions", "CMSOptions", "HandlerSpec", "parse", "parse_zmq", "DEFAULT_SOCKET"]
+    "CCConfig", "ZmqOptions", "CMSOptions", "HandlerSpec", "parse", "parse_zmq", "DEFAULT_SOCKET",
+    "UpstreamTask", "parse_upstream_tasks"]
 
 DEFAULT_SOCKET = "tcp://127.0.0.1:10000"
 
@@ -101,12 +102,55 @@ class CCConfig:
     routes: RouteTable
     handlers: tuple[HandlerSpec, ...] = ()
     ignored: tuple[str, ...] = ()
+    #: The original's task sections (``[cc.task.sample]``), for the taskrunner.
+    upstream_tasks: tuple[UpstreamTask, ...] = ()
+    #: error-replies = always: answer senders that did not opt in with "ack" too.
+    error_replies_to_all: bool = False
 
     def handler(self, section: str) -> HandlerSpec:
         for spec in self.handlers:
             if spec.section == section:
                 return spec
         raise KeyError(section)
+
+
+#: An original-CC task section: named after the task's Python module (``[cc.task.sample]``).
+_TASK_SECTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+\Z")
+
+
+@dataclass(frozen=True)
+class UpstreamTask:
+    """One ``[package.module]`` section: the original taskrunner runs a task whose
+    ``task_handler`` names a section of its ini as ``python -m <module> -d <ini>``."""
+
+    module: str
+    #: Run the task as this user (``sudo -n -u USER``), the original's ``sudo`` key.
+    sudo: str | None = None
+    #: The section's other keys: the task's own options (it reads the ini itself).
+    options: tuple[tuple[str, str], ...] = ()
+
+
+#: Keys that make a section a handler or daemon section, never a task's.
+_NOT_TASK_KEYS = ("handler", "plugin", "module", "script")
+
+
+def parse_upstream_tasks(ini: IniFile) -> dict[str, UpstreamTask]:
+    """Every section named like a Python module that is not a handler or daemon section.
+
+    The original CC keeps its task configuration in the ccserver's ini (its
+    taskrunner runs only tasks with a section there); ccnet accepts those sections
+    and its taskrunner runs them the same way."""
+    tasks: dict[str, UpstreamTask] = {}
+    for name in ini.section_names():
+        if not _TASK_SECTION.match(name):
+            continue
+        sect = ini.section(name)
+        if any(sect.has(k) for k in _NOT_TASK_KEYS):
+            continue
+        sudo = sect.get_str("sudo", "") or None
+        options = tuple(sorted((k, sect.get_str(k)) for k in sect.keys() if k != "sudo"))
+        tasks[name] = UpstreamTask(name, sudo, options)
+    return tasks
 
 
 ZMQ_ENDPOINT_HELP = "a ZMQ endpoint such as tcp://127.0.0.1:10000 (port * = any free port)"
@@ -190,7 +234,15 @@ def parse(ini: IniFile) -> CCConfig | None:
     pidfile = sect.get_path("pidfile", None)
     stats_period = sect.get_float("stats-period", 30.0, minimum=0)
     cc_stats = sect.get_int("cc-stats", 1, minimum=0)
-    error_replies = sect.get_bool("error-replies", True)
+    # yes: error replies to senders that opted in ("ack": true); always: to every sender
+    # with a route (ccnet before 2026-11); no: never (the original's silent drops).
+    if sect.has("error-replies") and sect.get_str("error-replies").lower() == "always":
+        error_replies, error_replies_to_all = True, True
+    else:
+        try:
+            error_replies, error_replies_to_all = sect.get_bool("error-replies", True), False
+        except ConfigError:
+            raise sect.error("error-replies", "yes, always or no", sect.get_str("error-replies")) from None
     max_body = sect.get_size("max-body-size", DEFAULT_MAX_BODY)
     zmq_opts = parse_zmq(sect)
     cms = _parse_cms(sect, ini)
@@ -215,9 +267,11 @@ def parse(ini: IniFile) -> CCConfig | None:
         cms=cms,
         routes=routes,
         ignored=ignored,
+        error_replies_to_all=error_replies_to_all,
     )
     specs = [parse_handler(ini, section, cc) for section in routes.sections()]
-    return replace(cc, handlers=tuple(specs))
+    tasks = parse_upstream_tasks(ini)
+    return replace(cc, handlers=tuple(specs), upstream_tasks=tuple(tasks.values()))
 
 
 def _parse_routes(ini: IniFile) -> RouteTable:

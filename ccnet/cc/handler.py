@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from zope.interface import Attribute, Interface, implementer, provider
 
-from ccnet.cc.message import CCMessage
+from ccnet.cc.message import CCMessage, wants_replies
 
 if TYPE_CHECKING:
     from ccnet.cc.config import CCConfig
@@ -37,8 +37,14 @@ __all__ = [
 
 
 class HandlerError(Exception):
-    """Raised by a handler for bad input it understood: the text goes back to
-    the sender in an ``error`` reply and is counted as an error, not a crash."""
+    """Raised by a handler for bad input it understood: counted as an error, not a
+    crash, logged, and the text goes back in an ``error`` reply to a sender that
+    opted in (``"ack": true``).  ``always_reply`` marks the errors the original CC
+    answers too (taskrouter's "cannot route to HOST"): those go to every sender."""
+
+    def __init__(self, msg: str, *, always_reply: bool = False) -> None:
+        super().__init__(msg)
+        self.always_reply = always_reply
 
 
 @dataclass
@@ -64,6 +70,11 @@ class CCRequest:
     def route(self) -> tuple[bytes, ...]:
         return self.msg.route
 
+    @property
+    def wants_replies(self) -> bool:
+        """The sender set ``"ack": true``: it reads acknowledgements and error replies."""
+        return wants_replies(self.payload if self.payload is not None else self.msg.decoded)
+
 
 class ICCServer(Interface):
     """What a handler gets from the CC server it runs in."""
@@ -83,10 +94,16 @@ class ICCServer(Interface):
 
     def reply(request: CCRequest, req: str, fields: Mapping[str, Any], blob: bytes | None) -> None:
         """Send a new message of type ``req`` back along ``request``'s route,
-        signed/encrypted with the server's cms-* settings."""
+        signed/encrypted with the server's cms-* settings.  For the replies the
+        original CC sends too (echo.response, database replies, task acks)."""
+
+    def ack(request: CCRequest, req: str, fields: Mapping[str, Any], blob: bytes | None) -> None:
+        """Like reply(), for acknowledgements the original CC never sends: only
+        sent when the sender opted in with ``"ack": true``."""
 
     def error_reply(request: CCRequest, msg: str) -> None:
-        """Answer ``request`` with an ``error`` message (unless error-replies = no)."""
+        """Answer ``request`` with an ``error`` message when the sender opted in
+        (``error-replies``); otherwise log and count it."""
 
     def send_frames(frames: list[bytes]) -> None:
         """Send raw frames out of the listening ROUTER (first frame = peer id)."""

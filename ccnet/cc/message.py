@@ -35,7 +35,14 @@ __all__ = [
     "make_message",
     "error_body",
     "error_reply",
+    "ACK_FIELD",
+    "wants_replies",
 ]
+
+#: Body field a sender sets (``"ack": true``) to say it reads what ccnet sends back beyond
+#: the original CC's replies: acknowledgements and error replies.  ccnet's own daemons
+#: and ``ccnet-cc`` set it; the original's daemons never do, so they get neither.
+ACK_FIELD = "ack"
 
 TYPE_RE = re.compile(r"^[a-zA-Z0-9_-]+(\.[a-zA-Z0-9_-]+)*\Z")
 ENC1 = b"ENC1"
@@ -111,6 +118,8 @@ class Invalid:
     type: str | None = None
     replyable: bool = False
     size: int = 0
+    #: The json frame was readable and said ``"ack": true`` (see :func:`wants_replies`).
+    wants_replies: bool = False
 
 
 class BodyError(ValueError):
@@ -149,26 +158,45 @@ def parse(
     # Beyond here the type is known: the sender can be answered if it has a route.
     replyable = bool(route)
 
-    def bad(reason: str) -> Invalid:
-        return Invalid(reason, route, mtype, replyable, size)
+    def bad(reason: str, body: bytes | None = None) -> Invalid:
+        return Invalid(reason, route, mtype, replyable, size, _opted_in(body, max_body))
 
     if len(parts) < 2:
         return bad("missing json frame")
     if len(parts) > 4:
-        return bad(f"too many frames: {len(parts)} after the delimiter, at most 4")
+        return bad(f"too many frames: {len(parts)} after the delimiter, at most 4", parts[1])
     body = parts[1]
     signature = parts[2] if len(parts) > 2 else b""
     blob = parts[3] if len(parts) > 3 else None
     msg_size = len(body) + len(signature) + len(blob or b"")
     if msg_size > max_body:
-        return bad(f"message too large: {msg_size} bytes, limit {max_body}")
+        return bad(f"message too large: {msg_size} bytes, limit {max_body}", body)
     decoded = None
     if check_body and body != ENC1:
         try:
             decoded = decode_body(body, mtype)
         except BodyError as e:
-            return bad(str(e))
+            return bad(str(e), body)
     return CCMessage(route, mtype, body, signature, blob, len(parts) > 2, decoded)
+
+
+def _opted_in(body: bytes | None, max_body: int) -> bool:
+    """Whether a json frame that failed validation still says ``"ack": true``.
+
+    Read up to twice ``max_body``: the server caps single frames there (libzmq drops
+    larger ones), so this never parses more than the socket already accepted."""
+    if body is None or len(body) > 2 * max_body or b'"ack"' not in body:
+        return False
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(obj, dict) and wants_replies(obj)
+
+
+def wants_replies(body: Mapping[str, Any] | None) -> bool:
+    """True when a decoded body opted in to acknowledgements and error replies."""
+    return body is not None and body.get(ACK_FIELD) is True
 
 
 def decode_body(body: bytes, mtype: str) -> dict[str, Any]:

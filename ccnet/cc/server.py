@@ -4,8 +4,10 @@ Message flow: frames → :func:`ccnet.cc.message.parse` → route lookup
 (:class:`ccnet.cc.routing.RouteTable`) → optional decrypt/verify
 (:class:`ccnet.cc.crypto.CMSCodec`, only when a handler on the route reads the
 payload, as the original) → every handler in dispatch order.  Anything that
-goes wrong is answered with one ``error`` reply along the request's route
-(unless ``error-replies = no``), logged with the peer, and counted.
+goes wrong is logged with the peer and counted, and answered with one ``error``
+reply along the request's route when the sender opted in with ``"ack": true``
+(``error-replies = always``: every sender; ``no``: none).  Peers that did not opt in
+(the original CC's daemons) get only what the original CC would send them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,15 @@ from zope.interface import implementer
 from ccnet.cc.config import CCConfig
 from ccnet.cc.crypto import CMSCodec, CryptoError
 from ccnet.cc.handler import CCRequest, HandlerError, ICCHandler, ICCServer
-from ccnet.cc.message import BodyError, CCMessage, Invalid, error_body, make_body, parse
+from ccnet.cc.message import (
+    BodyError,
+    CCMessage,
+    Invalid,
+    error_body,
+    make_body,
+    parse,
+    wants_replies,
+)
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 
@@ -176,20 +186,36 @@ class CCServer:
     ) -> None:
         self.send_frames(self.encode(request.route, req, fields, blob).frames())
 
+    def ack(
+        self, request: CCRequest, req: str, fields: Mapping[str, Any], blob: bytes | None = None
+    ) -> None:
+        if request.wants_replies:
+            self.reply(request, req, fields, blob)
+
     def error_reply(self, request: CCRequest, msg: str) -> None:
-        self._error(request.route, request.type, msg)
+        self._error(request.route, request.type, msg, request.wants_replies)
 
     # ------------------------------------------------------------------ dispatch
 
     def _wallclock(self) -> float:
         return float(self.clock.seconds())
 
-    def _error(self, route: tuple[bytes, ...], mtype: str | None, msg: str) -> None:
-        """The one place errors become replies."""
+    def _error(self, route: tuple[bytes, ...], mtype: str | None, msg: str, opted_in: bool,
+               always: bool = False) -> None:
+        """The one place errors become replies.
+
+        Only a sender that opted in (``"ack": true``) is answered, unless the original
+        answers this error too (``always``) or ``error-replies = always``: a peer that
+        did not ask (the original's taskrunner reads every message as a task) gets
+        nothing; the error is counted (``unanswered``) and was logged by the caller.
+        """
         if not self.config.error_replies or not route:
             return
         if mtype is not None and (mtype == "error" or mtype.startswith("error.")):
             return  # never answer an error with an error: two CCs would ping-pong
+        if not (opted_in or always or self.config.error_replies_to_all):
+            self.stats.count_unanswered(mtype)
+            return
         body = error_body(msg, mtype, self.hostname, self._wallclock())
         try:
             out = self.codec.encode(route, body)
@@ -209,7 +235,7 @@ class CCServer:
         if not sections:
             self.stats.count("dropped", msg.type, msg.size)
             log.warn("dropping msg, no route: {type} from {peer}", type=msg.type, peer=_peer(msg.route))
-            self._error(msg.route, msg.type, f"no route for message type {msg.type}")
+            self._error(msg.route, msg.type, f"no route for message type {msg.type}", wants_replies(msg.decoded))
             return
         handlers = [self.handlers[s] for s in sections]
         request = CCRequest(msg, started)
@@ -223,7 +249,7 @@ class CCServer:
                     "cc: rejected {type} from {peer}: {reason}",
                     type=msg.type, peer=_peer(msg.route), reason=str(exc),
                 )
-                self._error(msg.route, msg.type, f"rejected {msg.type}: {exc}")
+                self._error(msg.route, msg.type, f"rejected {msg.type}: {exc}", wants_replies(msg.decoded))
                 runnable = [h for h in handlers if not h.reads_payload]
                 if not runnable:
                     return
@@ -256,14 +282,15 @@ class CCServer:
                 "cc handler [{section}] refused {type} from {peer}: {reason}",
                 section=handler.name, type=mtype, peer=peer, reason=failure.getErrorMessage(),
             )
-            self._error(request.route, mtype, failure.getErrorMessage())
+            self._error(request.route, mtype, failure.getErrorMessage(), request.wants_replies,
+                        always=failure.value.always_reply)
         else:
             self.stats.count("crashed", mtype)
             log.failure(
                 "cc handler [{section}] crashed on {type} from {peer}",
                 failure, section=handler.name, type=mtype, peer=peer,
             )
-            self._error(request.route, mtype, f"handler [{handler.name}] failed on {mtype}")
+            self._error(request.route, mtype, f"handler [{handler.name}] failed on {mtype}", request.wants_replies)
         return False
 
     def _done(self, oks: list[bool], request: CCRequest) -> None:
@@ -281,7 +308,7 @@ class CCServer:
             self._invalid_logged += 1
             log.warn("Invalid CC message from {peer}: {reason}", peer=_peer(bad.route), reason=bad.reason)
         if bad.replyable:
-            self._error(bad.route, bad.type, f"invalid message: {bad.reason}")
+            self._error(bad.route, bad.type, f"invalid message: {bad.reason}", bad.wants_replies)
 
 
 @implementer(IService)

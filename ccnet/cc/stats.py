@@ -4,7 +4,10 @@ Counter names follow the original ccserver stats: ``count``, ``bytes``,
 ``count.<outcome>`` and, per type, ``count.<outcome>.msg.<type>``.  Outcomes:
 ``ok`` (handled), ``dropped`` (no route / queue overflow), ``crashed`` (handler
 exception), ``error`` (rejected with an error reply: bad payload, signature),
-``invalid`` (unparseable frames).
+``invalid`` (unparseable frames).  Besides the outcome, ``unanswered`` (and
+``unanswered.msg.<type>``) counts error replies withheld from senders that did not
+opt in with ``"ack": true`` (the original CC's daemons): what the original drops
+silently, ccnet logs and counts here instead of answering.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ class CCStats:
         self.queue_depth: dict[str, int] = {}
         #: Total handling time, as the original ``seconds`` counter.
         self.seconds = 0.0
+        #: Error replies withheld (sender did not opt in), per type; not an outcome.
+        self.unanswered: Counter[str] = Counter()
+        self._last_unanswered: Counter[str] = Counter()
+
+    def count_unanswered(self, mtype: str | None) -> None:
+        self.unanswered[mtype or ""] += 1
 
     def count(self, outcome: str, mtype: str | None = None, nbytes: int = 0) -> None:
         key = (outcome, mtype)
@@ -77,8 +86,15 @@ class CCStats:
         lat.observe(seconds)
         self.seconds += seconds
 
-    def _named(self, cells: dict[tuple[str, str | None], int], nbytes: int) -> Counter[str]:
+    def _named(
+        self, cells: dict[tuple[str, str | None], int], nbytes: int, unanswered: Counter[str]
+    ) -> Counter[str]:
         out: Counter[str] = Counter()
+        for withheld, n in unanswered.items():
+            if n > 0:
+                out["unanswered"] += n
+                if self.per_type and withheld:
+                    out[f"unanswered.msg.{withheld}"] += n
         for (outcome, mtype), n in cells.items():
             if not n:
                 continue
@@ -93,14 +109,15 @@ class CCStats:
     @property
     def totals(self) -> Counter[str]:
         """Counters since start, by the original names (``count.ok.msg.echo``)."""
-        return self._named(self._cells, self._bytes)
+        return self._named(self._cells, self._bytes, self.unanswered)
 
     def take_period(self) -> dict[str, int]:
         """Counters since the previous call (for the periodic stats log line)."""
         last = self._last_cells
         diff = {k: v - last.get(k, 0) for k, v in self._cells.items()}
-        named = self._named(diff, self._bytes - self._last_bytes)
+        named = self._named(diff, self._bytes - self._last_bytes, self.unanswered - self._last_unanswered)
         self._last_cells, self._last_bytes = dict(self._cells), self._bytes
+        self._last_unanswered = Counter(self.unanswered)
         return dict(named)
 
     def snapshot(self) -> dict[str, object]:
@@ -125,6 +142,9 @@ class CCStats:
                 continue  # per-type series sum to the totals
             label = f'outcome="{outcome}"' + (f',type="{mtype}"' if mtype else "")
             lines.append(f"{prefix}_messages_total{{{label}}} {v}")
+        lines.append(f"# TYPE {prefix}_unanswered_total counter")
+        for mtype, n in sorted(self.unanswered.items()):
+            lines.append(f'{prefix}_unanswered_total{{type="{mtype}"}} {n}')
         lines.append(f"# TYPE {prefix}_bytes_total counter")
         lines.append(f"{prefix}_bytes_total {totals.get('bytes', 0)}")
         lines.append(f"# TYPE {prefix}_latency_seconds histogram")

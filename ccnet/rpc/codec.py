@@ -7,6 +7,8 @@ Pure module (no Twisted).  Wire forms, identical to ``DIRAC.Core.Utilities.JEnco
   microseconds; aware datetimes are converted to UTC first and decode as naive UTC);
 * ``date`` -> ``{"__dCls": "date", "obj": "YYYY-mm-dd"}``;
 * ``bytes`` -> ``{"__dCls": "b64", "obj": "<base64>"}``;
+* ``nan``/``inf``/``-inf`` -> the literals ``NaN``/``Infinity``/``-Infinity`` (Python's
+  json default, which DIRAC keeps; not strict JSON);
 * objects of *registered* classes -> ``{"__dCls": "<Class>", "__dMod": "<module>", <attrs>}``.
 
 DIRAC imports the module named by the peer when decoding an object; ccnet never does:
@@ -50,7 +52,9 @@ class JCodec:
         for cls in classes:
             self._by_name[(cls.__module__, cls.__name__)] = cls
         self._encoder = json.JSONEncoder(
-            default=self._default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            # NaN and ±Infinity as the bare literals NaN/Infinity/-Infinity, as DIRAC's
+            # json.dumps writes them (and json.loads on both sides reads them back).
+            default=self._default, ensure_ascii=False, separators=(",", ":"), allow_nan=True
         )
         self._decoder = json.JSONDecoder(object_hook=self._object_hook)
 

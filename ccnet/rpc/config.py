@@ -6,7 +6,8 @@
     listen = ssl:8443            ; Twisted endpoint string
     max-body = 10 MB             ; larger request bodies get 413
     threads = 10                 ; bounded pool for blocking exports
-    allow-proxies = yes          ; RFC 3820 proxies (default: as [tls] allow-proxies)
+    allow-proxies = yes          ; RFC 3820 proxies at the TLS handshake and in credentials
+                                 ; (default: as [tls] allow-proxies)
     trust-ssl-headers = no       ; read X-SSL-CERT from a TLS-terminating proxy
     url = https://rpc.example.org:8443   ; advertised base URL (srv_getURL)
 

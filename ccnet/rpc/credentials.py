@@ -7,7 +7,8 @@ users mapping and the optional ``extraCredentials`` form field, following
 * no certificate (anonymous listener) or an unknown DN -> ``username: anonymous``,
   ``group: visitor``;
 * ``extraCredentials = "hosts"``: a registered host certificate acting as a host
-  (group ``hosts``);
+  (group ``hosts``); any other certificate sending it (DIRAC clients with
+  ``useCertificates=True`` do) is anonymous/visitor, as in DIRAC;
 * ``extraCredentials = [DN, group]``: delegation, honoured only when the caller holds the
   ``TrustedHost`` property; from anybody else it is refused (401, as DIRAC does).
 """
@@ -129,10 +130,13 @@ def build_credentials(
             # The delegating host vouches for one group: rules see only that one.
             record = dataclasses.replace(delegated, group=group, groups=frozenset({group}))
     elif extra_credentials == HOSTS_GROUP and record is not None:
-        # DIRAC: only a registered host may act as a host; a user asking for it is refused.
-        if HOSTS_GROUP not in record.groups:
-            raise CredentialsError('extraCredentials "hosts" is only for host certificates')
-        record = dataclasses.replace(record, group=HOSTS_GROUP)
+        if HOSTS_GROUP in record.groups:
+            record = dataclasses.replace(record, group=HOSTS_GROUP)
+        else:
+            # DIRAC's AuthManager: a certificate that is not a registered host asking to act
+            # as one is not a valid host; it goes on as anonymous/visitor, so methods open
+            # to "all" still answer and everything else is refused (401).
+            record = None
     elif extra_credentials is not None and not isinstance(extra_credentials, str):
         raise CredentialsError("extraCredentials must be \"hosts\" or [DN, group]")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from ccnet.rpc.service import MountedService
 __all__ = ["ThreadPoolService", "build", "build_resource"]
 
 log = Logger(namespace="ccnet.rpc")
+
+#: A Host header worth echoing in a URL: a name or address, optionally a port.
+_HOST_HEADER = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)(:[0-9]{1,5})?\Z")
 
 
 @implementer(IService)
@@ -74,8 +78,11 @@ def build_resource(
     if allow_proxies is None:
         allow_proxies = cfg.allow_proxies
     if allow_proxies is None:
-        tls_cfg = getattr(getattr(runtime, "config", None), "tls", None)
-        allow_proxies = bool(getattr(tls_cfg, "allow_proxies", False))
+        # The listener's setting as the daemon config resolved it ([rpc] over [tls]).
+        config = getattr(runtime, "config", None)
+        policy = getattr(config, "listener_tls", {}).get("rpc")
+        tls_cfg = getattr(config, "tls", None)
+        allow_proxies = policy.allow_proxies if policy is not None else bool(getattr(tls_cfg, "allow_proxies", False))
     mounted = {}
     for svc in cfg.services:
         mounted[svc.name] = MountedService(
@@ -99,6 +106,10 @@ def build_resource(
     def base_url(request: Request) -> str:
         if cfg.url:
             return cfg.url
+        # As DIRAC (Tornado's request.full_url()): the address the client used.
+        named = request.getHeader("host")
+        if named and _HOST_HEADER.match(named):
+            return f"https://{named}"
         host = request.getHost()
         hostname = getattr(getattr(runtime.config, "daemon", None), "hostname", None)
         return f"https://{hostname or getattr(host, 'host', 'localhost')}:{getattr(host, 'port', 8443)}"

@@ -233,7 +233,8 @@ class RPCService:
         info["service start time"] = self._startTime
         info["service uptime"] = int((now - self._startTime).total_seconds())
         try:
-            info["load"] = " ".join(str(x) for x in os.getloadavg())
+            with open("/proc/loadavg") as handle:  # DIRAC sends the first three fields as text
+                info["load"] = " ".join(handle.read().split()[:3])
         except OSError:
             pass
         info["name"] = self.srv_getServiceName()

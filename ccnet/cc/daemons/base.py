@@ -35,7 +35,7 @@ from ccnet.cc.config import (
     zmq_endpoint,
 )
 from ccnet.cc.crypto import CMSCodec, CryptoError
-from ccnet.cc.message import BodyError, CCMessage, Invalid, make_body, parse
+from ccnet.cc.message import ACK_FIELD, BodyError, CCMessage, Invalid, make_body, parse
 from ccnet.cc.transport import ZmqSocket, dealer, make_factory
 from ccnet.config import ConfigError, IniFile, SectionReader
 
@@ -251,6 +251,8 @@ class CCJob:
 
     def build(self, route: Sequence[bytes], req: str, fields: Mapping[str, Any], blob: bytes | None = None) -> list[bytes]:
         body = make_body(req, fields, self.config.hostname, float(self.clock.seconds()))
+        # ccnet's daemons read everything the server sends back: acks and error replies.
+        body[ACK_FIELD] = True
         return self.codec.encode(tuple(route), body, blob).frames()
 
     def send(self, req: str, fields: Mapping[str, Any], blob: bytes | None = None) -> None:

@@ -11,19 +11,27 @@ host with a taskrouter and runs the tasks sent to it.
   ``finished`` or ``failed``.  A resent ``task.send`` with a known uid gets
   the latest status again instead of a second run.  Finished tasks are
   forgotten after ``task-grace-period`` seconds.
+* Original-CC tasks: a ``task_handler`` that names a ``[package.module]``
+  section of the ini (the original's task configuration, e.g.
+  ``[cc.task.sample]`` with ``sudo = user``) runs as the original runs it,
+  ``[sudo -n -u user] <task-python> -m package.module -d <ini>``
+  (:mod:`ccnet.cc.daemons.tasks.upstream`), next to ccnet's task plugins.
 """
 
 from __future__ import annotations
 
+import base64
 import socket
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from ccnet.cc.config import UpstreamTask, parse_upstream_tasks
 from ccnet.cc.daemons.base import CCErrorReply, CCJob, common_keys, run_daemon
-from ccnet.cc.daemons.tasks import ITask, TaskContext, TaskFailed, resolve_task
+from ccnet.cc.daemons.tasks import ITask, TaskContext, TaskFailed, resolve_task, upstream
 from ccnet.cc.message import CCMessage
 from ccnet.config import IniFile, SectionReader
 
@@ -41,6 +49,10 @@ class TaskRunnerOptions:
     allowed_tasks: tuple[str, ...]
     shell_commands: tuple[str, ...]
     task_timeout: float
+    #: Interpreter for original-CC task modules (the original ran ``python``).
+    task_python: str = sys.executable
+    #: The ini's ``[package.module]`` task sections, by module name.
+    upstream_tasks: dict[str, UpstreamTask] = field(default_factory=dict)
 
 
 def parse_options(section: SectionReader, ini: IniFile) -> TaskRunnerOptions:
@@ -55,6 +67,8 @@ def parse_options(section: SectionReader, ini: IniFile) -> TaskRunnerOptions:
         allowed_tasks=tuple(section.get_list("allowed-tasks", ["shell"])),
         shell_commands=tuple(section.get_list("shell-commands", [])),
         task_timeout=section.get_float("task-timeout", 300.0, minimum=0.1),
+        task_python=section.get_str("task-python", sys.executable),
+        upstream_tasks=parse_upstream_tasks(ini),
     )
     if section.has("task-heartbeat"):
         section.get_bool("task-heartbeat")
@@ -80,10 +94,15 @@ class TaskRunner(CCJob):
         self.tasks: dict[str, TaskState] = {}
         self.registered = False
         self._registering = False
+        self._launching: set[defer.Deferred[Any]] = set()
 
     def startJob(self) -> None:  # noqa: N802
         self.every(self.options.reg_period, self.register)
         self.every(self.options.maint_period, self.maintenance, now=False)
+
+    def stopJob(self) -> Any:  # noqa: N802
+        # Launchers of original-CC tasks exit at once (the task daemonizes): wait for them.
+        return defer.DeferredList(list(self._launching), consumeErrors=True)
 
     @defer.inlineCallbacks
     def register(self) -> Any:
@@ -139,7 +158,11 @@ class TaskRunner(CCJob):
             self.reply(state, "failed", {"error": "task.send needs a 'task_handler' string"})
             return
         if handler not in self.options.allowed_tasks:
-            self.reply(state, "failed", {"error": f"task handler {handler} is not in allowed-tasks"})
+            if handler in self.options.upstream_tasks:
+                self._launch_upstream(state, self.options.upstream_tasks[handler], payload, msg.signature)
+                return
+            self.reply(state, "failed", {"error": f"task handler {handler} is not in allowed-tasks "
+                                                  f"and has no [{handler}] section"})
             return
         try:
             factory = resolve_task(handler)
@@ -155,6 +178,25 @@ class TaskRunner(CCJob):
         self.reply(state, "launched")
         log.info("taskrunner: launched {handler} task {id} ({uid})", handler=handler, id=state.task_id, uid=uid)
         d.addCallbacks(self._finished, self._failed, callbackArgs=(state,), errbackArgs=(state,))
+
+    def _launch_upstream(self, state: TaskState, spec: UpstreamTask, payload: dict[str, Any],
+                         signature: bytes) -> None:
+        """Run an original-CC task module; it reports its own progress from then on."""
+        argv = upstream.task_command(self.options.task_python, spec.module, self.config.ini_path.absolute(),
+                                     spec.sudo)
+        log.info("taskrunner: launching {cmd} for task {id} ({uid})", cmd=" ".join(argv), id=state.task_id,
+                 uid=state.uid)
+        d = upstream.launch(self.reactor, argv, upstream.task_stdin(payload, signature))
+
+        def launched(result: tuple[int, bytes]) -> None:
+            rc, out = result
+            feedback = {"rc": rc, "out": base64.encodebytes(out).decode("ascii")}
+            self.reply(state, "launched" if rc == 0 else "failed", feedback)
+
+        d.addCallback(launched)
+        d.addErrback(lambda f: log.failure("taskrunner: launching {uid} failed", f, uid=state.uid))
+        self._launching.add(d)
+        d.addBoth(lambda _: self._launching.discard(d))
 
     def _finished(self, feedback: Any, state: TaskState) -> None:
         self.reply(state, "finished", feedback if isinstance(feedback, dict) else {"result": feedback})

@@ -225,11 +225,10 @@ class DatabaseHandler(CCHandler):
             self.server.reply(request, reply.pop("req"), reply)
             return
         data: Any = jsonable(rows) if call.returns == "all" else (jsonable(rows[0]) if rows else None)
-        self.server.reply(
-            request,
-            f"reply.{request.type}",
-            {"data": data, "rowcount": rowcount, "statusmessage": status, "ident": call.ident},
-        )
+        fields: dict[str, Any] = {"data": data, "rowcount": rowcount, "statusmessage": status}
+        if call.ident:  # as the original: the key only when the request carried an ident
+            fields["ident"] = call.ident
+        self.server.reply(request, f"reply.{request.type}", fields)
 
     def _failed(self, failure: Any, request: CCRequest, call: DBCall) -> None:
         if failure.check(HandlerError):

@@ -5,7 +5,8 @@ blob, mode) and ``pub.discovery`` (written as ``discovery.json`` per host).
 Each file is written atomically: ``name.new`` is written and fsynced, the old
 version is hard-linked to ``name<bakext>`` when ``bakext`` is set, then the
 new file is renamed over it, its mtime set to the sender's, and the folder
-fsynced.  Only then is the sender acknowledged with ``reply.<req>``
+fsynced.  Only then is a sender that asked for it (``"ack": true``, as ccnet's
+infosender does; the original's never reads replies) acknowledged with ``reply.<req>``
 (``status`` ``written`` or ``skipped`` when the file on disk is as new), so
 an acknowledged file survives a crash.  Writes run on ``worker-threads``
 threads, one file never on two threads at once.  File names that would leave
@@ -230,7 +231,7 @@ class InfoWriterHandler(DstDirWriter):
             self.written += 1
         log.debug("cc infowriter [{section}]: {status} {path}", section=self.name, status=status, path=str(dst))
         if self.options.ack:
-            self.server.reply(
+            self.server.ack(
                 request, f"reply.{request.type}",
                 {"filename": filename, "mtime": mtime, "status": status},
             )

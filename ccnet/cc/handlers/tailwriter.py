@@ -11,7 +11,8 @@ renamed with a ``.%Y-%m-%d_%H-%M-%S`` suffix first; so is it when the sender say
 the file was truncated (its ``gen`` counter went up), and late chunks of the previous
 source still go to the renamed output.  A gap (fpos ahead of what was written) is
 logged and the chunk appended, as the original did.
-The sender is acknowledged with ``reply.pub.logtail`` {filename, fpos, next}.
+A sender that asked for it (``"ack": true``) is acknowledged with ``reply.pub.logtail``
+{filename, fpos, next}.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class TailWriterHandler(DstDirWriter):
 
         def ack(result: tuple[str, int]) -> None:
             status, nxt = result
-            self.server.reply(request, f"reply.{request.type}",
+            self.server.ack(request, f"reply.{request.type}",
                               {"filename": filename, "fpos": fpos, "next": nxt, "status": status})
 
         d.addCallback(ack)

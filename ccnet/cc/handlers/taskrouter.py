@@ -2,7 +2,9 @@
 
 * ``task.register`` {host}: remember the sender's route as that host's
   executor for ``route-lifetime`` seconds (re-registering replaces it);
-  answered with ``reply.task.register`` {host, expires}.
+  acknowledged with ``reply.task.register`` {host, expires} when the sender
+  asked (``"ack": true``: ccnet's taskrunner; the original's reads every
+  message as a task, so it gets none).
 * ``task.send.<uid>`` {task_host, task_handler, task_id, ...}: forwarded
   unchanged (signature included) to the host's executor, the requester's
   route kept under ``uid``, and the requester acknowledged with
@@ -10,6 +12,8 @@
   "cannot route to HOST".
 * ``task.reply.<uid>`` (from the executor): forwarded unchanged to the
   requester; each reply keeps the uid alive for ``reply-timeout`` seconds.
+  An unknown uid is logged and counted (the original drops it silently); only
+  an executor that opted in gets an error reply.
 """
 
 from __future__ import annotations
@@ -122,7 +126,7 @@ class TaskRouterHandler(CCHandler):
                 raise HandlerError("task.register: sender has no route")
             expires = self.book.register(host, request.route, now)
             log.info("cc taskrouter [{section}]: executor for {host} registered", section=self.name, host=host)
-            self.server.reply(request, "reply.task.register", {"host": host, "expires": expires})
+            self.server.ack(request, "reply.task.register", {"host": host, "expires": expires})
         elif mtype.startswith("task.send.") and len(mtype) > len("task.send."):
             uid = mtype[len("task.send."):]
             host = field_str(p, "task_host", max_len=255)
@@ -130,7 +134,8 @@ class TaskRouterHandler(CCHandler):
             task_id = field_str(p, "task_id", "")
             route = self.book.host_route(host, now)
             if route is None:
-                raise HandlerError(f"cannot route to {host}")
+                # The original answers this one too, so every requester gets it.
+                raise HandlerError(f"cannot route to {host}", always_reply=True)
             self.book.remember(uid, request.route, now)
             self.server.send_frames(request.msg.with_route(route).frames())
             self.server.reply(

@@ -1,0 +1,1 @@
+"""Plugins of ccnet's CC daemons (the original's ``cc.daemon.plugins``)."""
