@@ -4,27 +4,17 @@ supervisor (component-initiated workflow) and directly (client-initiated workflo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from tests.support import test_pki
 from tests.test_mplane_component_support import Component, wait_until
-from tests.test_mplane_support import Supervisor, ensure_sdk_venv, run_sdk_client
+from tests.test_mplane_support import SDKPeerTest, Supervisor, run_sdk_client
 
 
-class SDKClientTests(unittest.TestCase):
-    timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.python, why = yield deferToThread(ensure_sdk_venv)
-        if self.python is None:
-            raise unittest.SkipTest(why)
-        self.folder = Path(self.mktemp()).resolve()
+class SDKClientTests(SDKPeerTest):
 
     def check_result(self, out: dict[str, Any]) -> dict[str, Any]:
         self.assertTrue(out["receipt"], out)

@@ -3,19 +3,17 @@ test_mplane_ri.py, the RI fork's own supervisor)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from ccnet.mplane.dialect import Dialect
 from tests.support import free_port, stop_process, test_pki
 from tests.test_mplane_component_support import PROBES, Component, wait_until
 from tests.test_mplane_support import (
+    SDKPeerTest,
     dotted,
-    ensure_sdk_venv,
     mpsup_config,
     run_sdk_client,
     start_mpsup,
@@ -25,16 +23,7 @@ from tests.test_mplane_support import (
 TSTAT = "[probe:tstat]\nmodule = ccnet.mplane.probes.tstat\nmode = replay\n"
 
 
-class MpsupTests(unittest.TestCase):
-    timeout = 240
-
-    @defer.inlineCallbacks
-    def setUp(self) -> Any:
-        self.python, why = yield deferToThread(ensure_sdk_venv)
-        if self.python is None:
-            raise unittest.SkipTest(why)
-        self.folder = Path(self.mktemp()).resolve()
-        self.folder.mkdir(parents=True)
+class MpsupTests(SDKPeerTest):
 
     @defer.inlineCallbacks
     def test_ccnet_component_registers_what_mpsup_knows_and_runs_ping_through_it(self) -> Any:

@@ -4,18 +4,16 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
-from twisted.trial import unittest
 
 from tests.support import free_port
 from tests.test_mplane_support import (
+    SDKPeerTest,
     Supervisor,
     dotted,
-    ensure_sdk_venv,
     run_sdk_client,
     sdk_component_config,
     start_sdk_component,
@@ -25,15 +23,10 @@ USERS = "IT.ccnet.Clients.client: guest\n"
 CAPS = "ping-average: guest\nping-detail: guest\n"
 
 
-class SDKInteropTests(unittest.TestCase):
-    timeout = 240
-
+class SDKInteropTests(SDKPeerTest):
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.python, why = yield deferToThread(ensure_sdk_venv)
-        if self.python is None:
-            raise unittest.SkipTest(why)
-        self.folder = Path(self.mktemp()).resolve()
+        yield super().setUp()
         self.sup = Supervisor(self.folder, users=USERS, caps=CAPS, long_poll=15.0)
         yield self.sup.start()
         self.addCleanup(self.sup.stop)
@@ -83,18 +76,12 @@ class SDKInteropTests(unittest.TestCase):
         self.assertNotIn("ping-average-ip4-0", self.component_log.read_text())
 
 
-class SDKListeningComponentTests(unittest.TestCase):
+class SDKListeningComponentTests(SDKPeerTest):
     """The client-initiated component workflow: ccnet calls an SDK component that listens."""
-
-    timeout = 240
 
     @defer.inlineCallbacks
     def test_supervisor_pulls_capabilities_and_runs_a_spec_on_a_listening_sdk_component(self) -> Any:
-        python, why = yield deferToThread(ensure_sdk_venv)
-        if python is None:
-            raise unittest.SkipTest(why)
-        folder = Path(self.mktemp()).resolve()
-        folder.mkdir(parents=True)
+        python, folder = self.python, self.folder
         port = free_port()
         sup = Supervisor(folder, users=USERS, caps=CAPS, components=(f"https://localhost:{port}/",),
                          component_refresh=1.0, redeem_interval=0.2)

@@ -15,6 +15,8 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
@@ -213,6 +215,21 @@ def ensure_sdk_venv() -> tuple[Path | None, str]:
         return None, f"pip install mplane-sdk=={SDK_VERSION} failed: {out.stderr.strip()[-500:]}"
     marker.write_text("ok")
     return python, ""
+
+
+class SDKPeerTest(unittest.TestCase):
+    """Tests that run the official SDK in its venv: ``self.python`` (skipped without one)
+    and an absolute scratch ``self.folder``."""
+
+    timeout = 240
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.python, why = yield deferToThread(ensure_sdk_venv)
+        if self.python is None:
+            raise unittest.SkipTest(why)
+        self.folder = Path(self.mktemp()).resolve()
+        self.folder.mkdir(parents=True)
 
 
 def sdk_tls_section(pki: TestPKI, name: str) -> str:
