@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,8 @@ cc-socket = tcp://127.0.0.1:{port}
 [taskrunner]
 local-id = exec1
 reg-period = 30
+# the original ran "python" from PATH; the test task needs this venv's (pyzmq)
+task-python = {python}
 
 # the original's task configuration: a section named after the task module
 [tests.upstream_task_sample]
@@ -135,7 +138,7 @@ class UpstreamTaskTests(ServerMixin, TestCase):
         folder.mkdir(parents=True)
         self.marker = folder / "marker"
         ini = folder / "host.ini"
-        ini.write_text(UPSTREAM_DAEMON.format(port=self.port, marker=self.marker))
+        ini.write_text(UPSTREAM_DAEMON.format(port=self.port, marker=self.marker, python=sys.executable))
         self.server = self.start_server(SERVER.format(port=self.port))
         # the task runs as `python -m tests.upstream_task_sample`: it needs this checkout
         old = os.environ.get("PYTHONPATH")
@@ -183,7 +186,11 @@ class UpstreamTaskTests(ServerMixin, TestCase):
     def test_module_without_a_section_is_refused(self) -> Any:
         yield wait_for(lambda: self.job.registered)
         replies = yield self.ask_task("m4", task_handler="cc.task.nonexist", task_id="t4")
-        self.assertEqual(replies[-1]["status"], "failed")
+        # As the original answers it: no "starting", and the reason in base64 "out".
+        self.assertEqual([r["status"] for r in replies], ["forwarded", "failed"])
+        self.assertEqual(replies[-1]["feedback"]["rc"], -1)
+        self.assertEqual(base64.b64decode(replies[-1]["feedback"]["out"]),
+                         b"Task module 'cc.task.nonexist' not configured")
         self.assertIn("no [cc.task.nonexist] section", replies[-1]["feedback"]["error"])
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,7 @@ daemons = d:taskrunner
 [d:taskrunner]
 module = cc.daemon.taskrunner
 local-id = testhost
+task-python = PYTHON
 #reg-period = 300
 #maint-period = 60
 
@@ -240,7 +242,7 @@ handler = cc.handler.taskrouter
 
 
 def _konf(text: str, tmp: Path, ports: dict[str, int]) -> str:
-    text = text.replace("TMP", str(tmp))
+    text = text.replace("TMP", str(tmp)).replace("PYTHON", sys.executable)
     for name, port in ports.items():
         text = text.replace(name, f"tcp://127.0.0.1:{port}")
     return text

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import socket
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +48,8 @@ class TaskRunnerOptions:
     allowed_tasks: tuple[str, ...]
     shell_commands: tuple[str, ...]
     task_timeout: float
-    #: Interpreter for original-CC task modules (the original ran ``python``).
-    task_python: str = sys.executable
+    #: Interpreter for original-CC task modules: ``python`` on PATH, as the original ran them.
+    task_python: str = "python"
     #: The ini's ``[package.module]`` task sections, by module name.
     upstream_tasks: dict[str, UpstreamTask] = field(default_factory=dict)
 
@@ -67,7 +66,7 @@ def parse_options(section: SectionReader, ini: IniFile) -> TaskRunnerOptions:
         allowed_tasks=tuple(section.get_list("allowed-tasks", ["shell"])),
         shell_commands=tuple(section.get_list("shell-commands", [])),
         task_timeout=section.get_float("task-timeout", 300.0, minimum=0.1),
-        task_python=section.get_str("task-python", sys.executable),
+        task_python=section.get_str("task-python", "python"),
         upstream_tasks=parse_upstream_tasks(ini),
     )
     if section.has("task-heartbeat"):
@@ -153,16 +152,20 @@ class TaskRunner(CCJob):
         state = TaskState(uid, task_id if isinstance(task_id, str) else "", handler if isinstance(handler, str) else "",
                           "starting", {}, float(self.clock.seconds()))
         self.tasks[uid] = state
-        self.reply(state, "starting")
         if not isinstance(handler, str) or not handler:
             self.reply(state, "failed", {"error": "task.send needs a 'task_handler' string"})
             return
-        if handler not in self.options.allowed_tasks:
-            if handler in self.options.upstream_tasks:
-                self._launch_upstream(state, self.options.upstream_tasks[handler], payload, msg.signature)
-                return
-            self.reply(state, "failed", {"error": f"task handler {handler} is not in allowed-tasks "
+        if handler not in self.options.allowed_tasks and handler not in self.options.upstream_tasks:
+            # As the original answers it (no "starting"; its client prints "out"), with our reason too.
+            why = f"Task module {handler!r} not configured"
+            log.warn("taskrunner: {why}", why=why)
+            self.reply(state, "failed", {"rc": -1, "out": base64.encodebytes(why.encode()).decode("ascii"),
+                                         "error": f"task handler {handler} is not in allowed-tasks "
                                                   f"and has no [{handler}] section"})
+            return
+        self.reply(state, "starting")
+        if handler not in self.options.allowed_tasks:
+            self._launch_upstream(state, self.options.upstream_tasks[handler], payload, msg.signature)
             return
         try:
             factory = resolve_task(handler)

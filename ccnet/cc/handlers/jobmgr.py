@@ -175,8 +175,9 @@ class JobState:
                  cmd=" ".join(self.spec.argv))
         try:
             self.process = self.mgr.server.reactor.spawnProcess(
+                # In ccnet's own working directory, as the original's jobmgr started them:
+                # original-CC daemons and tasks open relative paths of their ini from there.
                 _ChildProtocol(self), self.spec.argv[0], list(self.spec.argv), env=env,
-                path=str(Path(self.spec.argv[-2]).parent),
             )
         except OSError as exc:
             log.error("cc jobmgr: cannot launch {job}: {error}", job=self.spec.job_name, error=str(exc))
