@@ -389,6 +389,8 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class StoreConfig:
     url: str
+    #: Seconds a store call may take before it fails (``[store] timeout``).
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -477,6 +479,7 @@ def _parse_store(ini: IniFile, daemon: DaemonConfig) -> StoreConfig:
         return StoreConfig(default)
     sect = ini.section("store")
     url = sect.get_str("url", default)
+    timeout = sect.get_float("timeout", 10.0, minimum=0.1)
     sect.finish()
     if url.startswith("sqlite:///"):
         raw = url[len("sqlite:///") :]
@@ -486,7 +489,7 @@ def _parse_store(ini: IniFile, daemon: DaemonConfig) -> StoreConfig:
         from ccnet.store import redact_url
 
         raise sect.error("url", "sqlite:///PATH or postgresql://user@host/db", redact_url(url))
-    return StoreConfig(url)
+    return StoreConfig(url, timeout)
 
 
 def _parse_metrics(ini: IniFile) -> MetricsConfig | None:

@@ -436,7 +436,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         reactor = default_reactor
     tls = TLSMaterial(config.tls) if config.tls is not None else None
     users = UserMap.load(config.daemon.users) if config.daemon.users else UserMap.empty()
-    store = Store.open(config.store.url, reactor)
+    store = Store.open(config.store.url, reactor, config.store.timeout)
     runtime = Runtime(
         reactor=reactor, config=config, tls=tls, users=users, store=store, version=__version__
     )

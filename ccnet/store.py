@@ -1,29 +1,47 @@
-"""Persistent state behind a Deferred API: SQLite (default) or PostgreSQL via adbapi.
+"""Persistent state behind a Deferred API: SQLite (default) or PostgreSQL, on a thread pool.
 
 SQL is written once with ``?`` placeholders and translated for PostgreSQL. Schemas are
-versioned per component (``migrate``), so each protocol owns its tables. SQLite runs with
-one connection in WAL mode and ``synchronous=FULL``: a write that returned is on disk.
+versioned per component (``migrate``), so each protocol owns its tables; all migrations of
+all components (and of every daemon sharing the database) run one at a time. SQLite runs
+with one connection in WAL mode and ``synchronous=FULL``: a write that returned is on disk.
+
+Every call is bounded by ``timeout`` seconds (PostgreSQL also gets it as connect timeout
+and ``statement_timeout``): past it the caller gets :class:`StoreTimeout` and the
+connection is cut, so a database that accepts connections but never answers cannot hold
+a request or a pool thread. A call that failed because its connection was broken (an
+outage the pool has not noticed yet) runs again on a fresh connection, as long as it
+failed before its commit: the first request after an outage succeeds.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from twisted.enterprise import adbapi
-from twisted.internet import defer
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
-__all__ = ["Store", "StoreError", "redact_url"]
+__all__ = ["DEFAULT_TIMEOUT", "Store", "StoreError", "StoreTimeout", "redact_url"]
 
 log = Logger()
 
 _PLACEHOLDER = re.compile(r"\?")
+
+#: Seconds a store call may take before its caller gets StoreTimeout (``[store] timeout``).
+DEFAULT_TIMEOUT = 10.0
+
+#: The advisory lock every migration holds (PostgreSQL): one schema change at a time for
+#: all components and all daemons sharing the database.
+SCHEMA_LOCK = "ccnet_schema"
 
 
 def redact_url(url: str) -> str:
@@ -41,28 +59,174 @@ class StoreError(Exception):
     """The store cannot be opened or used."""
 
 
-def _sqlite_connect(path: str) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
+class StoreTimeout(StoreError):
+    """The database did not answer within the store timeout; nothing was committed."""
+
+
+def _sqlite_connect(path: str, timeout: float = 30.0) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.isolation_level = ""  # type: ignore[assignment]  # back to implicit transactions for adbapi's commit/rollback
+    conn.isolation_level = ""  # type: ignore[assignment]  # back to implicit transactions for the pool's commit/rollback
     return conn
+
+
+def _broken(failure: Failure) -> bool:
+    """Did the call fail because its connection is gone (not because of its SQL)?"""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return False
+    return bool(failure.check(psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def _cut(conn: Any) -> None:
+    """Unblock a thread waiting on ``conn``: interrupt SQLite, shut a PostgreSQL socket."""
+    if isinstance(conn, sqlite3.Connection):
+        conn.interrupt()
+        return
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # already closed
+        return
+    # shutdown() on a duplicate reaches the same socket: the waiting read sees EOF at once.
+    with socket.socket(fileno=os.dup(fd)) as sock:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _unusable(conn: Any) -> bool:
+    return bool(getattr(conn, "broken", False) or getattr(conn, "closed", False))
+
+
+class _Call:
+    """One store call as the pool thread and the reactor's timer both see it."""
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kw: dict[str, Any]) -> None:
+        self.fn, self.args, self.kw = fn, args, kw
+        self.lock = threading.Lock()
+        self.conn: Any = None  # the DB-API connection running it
+        self.abandoned = False  # the caller was told it timed out: never commit it
+        self.body_done = False  # ``fn`` returned: only the commit is left
+
+
+class _Pool:
+    """DB-API connections, one per worker thread of a Twisted thread pool.
+
+    A connection whose call failed and that cannot roll back (or says it is broken) is
+    closed and forgotten: that thread's next call opens a new one.
+    """
+
+    def __init__(self, connect: Callable[[], Any], reactor: Any, size: int) -> None:
+        self._connect = connect
+        self._reactor = reactor
+        self.size = size
+        self._threads = ThreadPool(minthreads=0, maxthreads=size, name="ccnet-store")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[Any] = set()
+        self._started = False
+        reactor.callWhenRunning(self._start)
+
+    def _start(self) -> None:
+        if not self._started and not self._threads.joined:
+            self._started = True
+            self._threads.start()
+
+    def run(self, call: _Call) -> defer.Deferred[Any]:
+        return threads.deferToThreadPool(self._reactor, self._threads, self._in_thread, call)
+
+    def _in_thread(self, call: _Call) -> Any:
+        conn = getattr(self._local, "conn", None)
+        with call.lock:
+            if call.abandoned:
+                raise StoreTimeout("abandoned before it started")
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._lock:
+                self._open.add(conn)
+        with call.lock:
+            if call.abandoned:
+                raise StoreTimeout("abandoned before it started")
+            call.conn = conn
+        try:
+            cursor = conn.cursor()
+            try:
+                result = call.fn(cursor, *call.args, **call.kw)
+            finally:
+                try:
+                    cursor.close()
+                except Exception:
+                    pass
+            with call.lock:
+                if call.abandoned:
+                    # The caller was told it failed: it must not commit now.
+                    raise StoreTimeout("abandoned before its commit")
+                call.body_done = True
+            conn.commit()
+            return result
+        except BaseException:
+            try:
+                conn.rollback()
+            except Exception:
+                self._forget(conn)
+            else:
+                if _unusable(conn):
+                    self._forget(conn)
+            raise
+
+    def _forget(self, conn: Any) -> None:
+        self._local.conn = None
+        with self._lock:
+            self._open.discard(conn)
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        """Cut what is running, stop the threads, close every connection."""
+        with self._lock:
+            conns = list(self._open)
+            self._open.clear()
+        for conn in conns:
+            try:
+                _cut(conn)
+            except Exception:
+                pass
+        if self._started:
+            self._threads.stop()
+        else:
+            self._threads.joined = True
+        for conn in conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
 
 
 class Store:
     """Asynchronous access to the daemon's database."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, dialect: str, url: str) -> None:
+    def __init__(self, pool: _Pool, dialect: str, url: str, reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._pool = pool
         self.dialect = dialect
         self.url = url
+        self.reactor = reactor
+        self.timeout = timeout
         self.closed = False
         #: Called with (seconds, ok) after every interaction (the daemon feeds /metrics).
         self.observer: Callable[[float, bool], None] | None = None
+        #: Calls that gave up after ``timeout``, and calls run again on a fresh connection.
+        self.timeouts = 0
+        self.reconnects = 0
 
     @classmethod
-    def open(cls, url: str, reactor: Any = None) -> Store:
+    def open(cls, url: str, reactor: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -75,26 +239,22 @@ class Store:
                 except OSError as exc:
                     raise StoreError(f"cannot create the folder for {path}: {exc.strerror}") from None
             # One connection: SQLite serialises writers anyway, and :memory: must be shared.
-            pool = adbapi.ConnectionPool(
-                "ccnet.store", path, cp_min=1, cp_max=1, cp_reactor=reactor,
-                cp_reconnect=True,
-            )
-            return cls._started(pool, reactor, "sqlite", url)
+            pool = _Pool(lambda: _sqlite_connect(path, timeout), reactor, 1)
+            return cls(pool, "sqlite", url, reactor, timeout)
         if url.startswith(("postgresql://", "postgres://")):
-            pool = adbapi.ConnectionPool(
-                "psycopg", url, cp_min=1, cp_max=5, cp_reactor=reactor, cp_reconnect=True,
-                cp_noisy=False,
-            )
-            return cls._started(pool, reactor, "postgresql", url)
-        raise StoreError(f"store url {redact_url(url)!r}: expected sqlite:///PATH or postgresql://...")
+            import psycopg
 
-    @classmethod
-    def _started(cls, pool: adbapi.ConnectionPool, reactor: Any, dialect: str, url: str) -> Store:
-        # adbapi starts its threads when the reactor starts; a reactor that already
-        # started (a test run, a store opened later) never fires that again.
-        if getattr(reactor, "_started", False):
-            pool.start()
-        return cls(pool, dialect, url)
+            seconds = max(1, round(timeout))
+            # Bounded on the server and on the wire as well: a dead peer or a stuck
+            # statement frees its connection even without the reactor's timer.
+            options: dict[str, Any] = dict(
+                connect_timeout=max(2, seconds), options=f"-c statement_timeout={seconds * 1000}",
+                keepalives=1, keepalives_idle=seconds, keepalives_interval=max(1, seconds // 3),
+                keepalives_count=3, tcp_user_timeout=seconds * 1000,
+            )
+            pool = _Pool(lambda: psycopg.connect(url, **options), reactor, 5)
+            return cls(pool, "postgresql", url, reactor, timeout)
+        raise StoreError(f"store url {redact_url(url)!r}: expected sqlite:///PATH or postgresql://...")
 
     def sql(self, statement: str) -> str:
         """Translate ``?`` placeholders for the backend."""
@@ -117,10 +277,36 @@ class Store:
     def _interact(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred[Any]:
         if self.closed:
             return defer.fail(StoreError(f"store {redact_url(self.url)} is closed"))
-        d: defer.Deferred[Any] = self._pool.runInteraction(fn, *args, **kw)
+        call = _Call(fn, args, kw)
+        d: defer.Deferred[Any] = defer.Deferred()
+        started = time.monotonic()
+        timer = self.reactor.callLater(self.timeout, self._give_up, call, d)
+        # A broken connection fails fast; each pool thread may hold one after an outage.
+        attempts = [self._pool.size + 1]
+
+        def finished(result: Any) -> None:
+            if d.called:
+                return  # timed out: the caller already has its answer
+            if isinstance(result, Failure) and not call.body_done and _broken(result) and not self.closed:
+                # Nothing was committed (the failure came before the commit): run it again.
+                attempts[0] -= 1
+                if attempts[0] > 0:
+                    self.reconnects += 1
+                    log.info("store connection broken ({error}); running the call on a fresh one",
+                             error=result.getErrorMessage() or result.type.__name__)
+                    self._pool.run(call).addBoth(finished)
+                    return
+            timer.cancel()
+            if isinstance(result, Failure):
+                if _broken(result):
+                    result = Failure(StoreError(f"database unavailable: {result.getErrorMessage()}"))
+                d.errback(result)
+            else:
+                d.callback(result)
+
+        self._pool.run(call).addBoth(finished)
         observer = self.observer
         if observer is not None:
-            started = time.monotonic()
 
             def seen(result: Any) -> Any:
                 observer(time.monotonic() - started, not isinstance(result, Failure))
@@ -128,6 +314,20 @@ class Store:
 
             d.addBoth(seen)
         return d
+
+    def _give_up(self, call: _Call, d: defer.Deferred[Any]) -> None:
+        with call.lock:
+            call.abandoned = True
+            conn = call.conn
+        self.timeouts += 1
+        log.warn("store {url}: no answer within {timeout}s; the call fails and its connection is cut",
+                 url=redact_url(self.url), timeout=self.timeout)
+        if conn is not None:
+            try:
+                _cut(conn)
+            except Exception as exc:  # never let the timer itself fail
+                log.warn("store: cannot cut a stuck connection: {error}", error=str(exc))
+        d.errback(StoreTimeout(f"the database did not answer within {self.timeout:g}s"))
 
     def run_interaction(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> defer.Deferred[Any]:
         """Run ``fn(cursor, *args)`` in one transaction in the pool's thread.
@@ -145,7 +345,9 @@ class Store:
             if self.dialect == "sqlite":
                 cursor.execute("BEGIN IMMEDIATE")
             else:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"ccnet_schema:{component}",))
+                # One lock for every component: CREATE TABLE IF NOT EXISTS ccnet_schema (and
+                # any other DDL) racing in two transactions fails on a fresh database.
+                cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (SCHEMA_LOCK,))
             cursor.execute(
                 "CREATE TABLE IF NOT EXISTS ccnet_schema (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
             )
@@ -180,15 +382,3 @@ class Store:
             self.closed = True
             self._pool.close()
         return defer.succeed(None)
-
-
-def connect(path: str, **_: Any) -> sqlite3.Connection:
-    """adbapi's ``connect`` for SQLite (the pool imports this module by name)."""
-    return _sqlite_connect(path)
-
-
-# adbapi reads these DB-API attributes from the module it is given.
-apilevel = "2.0"
-threadsafety = 1
-paramstyle = "qmark"
-Error = sqlite3.Error

@@ -230,3 +230,91 @@ def start_daemon(config_text: str, folder: Path, *extra: str, env: dict[str, str
     if wait:
         daemon.wait_ready()
     return daemon
+
+
+def pg_url(dsn: str, port: int | None = None, dbname: str | None = None) -> str:
+    """``dsn`` with its port and/or database name replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if port is not None:
+        host = parts.hostname or "127.0.0.1"
+        auth = netloc.rpartition("@")[0]
+        netloc = (auth + "@" if auth else "") + f"{host}:{port}"
+    path = f"/{dbname}" if dbname is not None else parts.path
+    return urlunsplit(parts._replace(netloc=netloc, path=path))
+
+
+def pg_port(dsn: str) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(dsn).port or 5432
+
+
+class TCPProxy:
+    """A TCP forwarder (to PostgreSQL in the tests) that a test can cut, stall and restore.
+
+    ``cut`` closes the port and resets every connection (a server that went away);
+    ``stall`` keeps accepting but forwards nothing more (a server that hangs);
+    ``restore`` forwards again, on the same port.
+    """
+
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        from twisted.protocols import portforward
+
+        owner = self
+
+        class Server(portforward.ProxyServer):
+            def connectionMade(self) -> None:  # noqa: N802 (Twisted API)
+                owner.connections.append(self)
+                if owner.stalled:
+                    self.transport.pauseProducing()  # accepted, never answered
+                    self.held = True
+                    return
+                super().connectionMade()
+
+            def connectionLost(self, reason: object) -> None:  # noqa: N802 (Twisted API)
+                if self in owner.connections:
+                    owner.connections.remove(self)
+                super().connectionLost(reason)  # type: ignore[arg-type]
+
+        self.factory = portforward.ProxyFactory(host, port)
+        self.factory.protocol = Server
+        self.port: object = None
+        self.number = 0
+        self.stalled = False
+        self.connections: list[object] = []
+
+    def start(self) -> None:
+        from twisted.internet import reactor
+
+        self.port = reactor.listenTCP(self.number, self.factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.number = self.port.getHost().port  # type: ignore[attr-defined]
+
+    def stop(self) -> object:
+        from twisted.internet import defer
+
+        for p in list(self.connections):
+            p.transport.abortConnection()  # type: ignore[attr-defined]
+        if self.port is not None and self.port.connected:  # type: ignore[attr-defined]
+            return self.port.stopListening()  # type: ignore[attr-defined]
+        return defer.succeed(None)
+
+    def cut(self) -> object:
+        return self.stop()
+
+    def stall(self) -> None:
+        self.stalled = True
+        for p in self.connections:
+            p.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def restore(self) -> None:
+        self.stalled = False
+        if self.port is None or not self.port.connected:  # type: ignore[attr-defined]
+            self.start()
+        for p in list(self.connections):
+            if getattr(p, "held", False):
+                p.transport.abortConnection()  # type: ignore[attr-defined]
+            else:
+                p.transport.resumeProducing()  # type: ignore[attr-defined]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,8 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
-from ccnet.store import Store, StoreError
-from tests.support import PG_DSN
+from ccnet.store import Store, StoreError, StoreTimeout
+from tests.support import PG_DSN, TCPProxy, pg_port, pg_url
 
 
 class StoreBehaviour:
@@ -130,3 +131,103 @@ class MigrationAtomicityTests(unittest.TestCase):
 
         self.assertEqual(redact_url("postgresql://u:s3cret@db/x"), "postgresql://u:***@db/x")
         self.assertEqual(redact_url("postgresql://u@db/x"), "postgresql://u@db/x")
+
+
+def _pg_or_skip() -> None:
+    import psycopg
+
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        raise unittest.SkipTest(f"PostgreSQL not reachable at {PG_DSN}: {exc}") from None
+
+
+class PostgreSQLFaultTests(unittest.TestCase):
+    """The store against PostgreSQL through a TCP proxy the test cuts, stalls and restores."""
+
+    timeout = 60
+    store_timeout = 1.0
+
+    def setUp(self) -> Any:
+        _pg_or_skip()
+        self.proxy = TCPProxy(pg_port(PG_DSN))
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+        self.store = Store.open(pg_url(PG_DSN, port=self.proxy.number), reactor, timeout=self.store_timeout)
+        self.addCleanup(self.store.close)
+        self.table = f"fault_{uuid.uuid4().hex[:10]}"
+        self.addCleanup(lambda: Store.open(PG_DSN, reactor).run(f"DROP TABLE IF EXISTS {self.table}"))
+        return self.store.run(f"CREATE TABLE {self.table} (k TEXT PRIMARY KEY)")
+
+    def fill_pool(self) -> Any:
+        """Several calls at once, so several pool threads hold a connection."""
+        return defer.gatherResults([self.store.run("SELECT pg_sleep(0.05)") for _ in range(5)])
+
+    @defer.inlineCallbacks
+    def test_stalled_database_fails_calls_within_the_timeout_and_the_write_is_not_applied(self) -> Any:
+        yield self.fill_pool()
+        self.proxy.stall()
+        started = time.monotonic()
+        failure = yield self.assertFailure(
+            self.store.run(f"INSERT INTO {self.table} (k) VALUES (?)", ("during",)), StoreTimeout)
+        took = time.monotonic() - started
+        self.assertIn("did not answer within 1s", str(failure))
+        self.assertLess(took, self.store_timeout + 2, "the caller waited well past the store timeout")
+        # A new connection that hangs in its start-up is bounded the same way.
+        yield self.assertFailure(self.store.run("SELECT 1"), StoreTimeout)
+        self.proxy.restore()
+        rows = yield self.store.run(f"SELECT k FROM {self.table}")  # first call after recovery
+        self.assertEqual(rows, [])  # what the caller was told failed did not happen
+        yield self.store.run(f"INSERT INTO {self.table} (k) VALUES (?)", ("after",))
+        self.assertEqual((yield self.store.run(f"SELECT k FROM {self.table}")), [("after",)])
+
+    @defer.inlineCallbacks
+    def test_after_a_cut_the_first_call_succeeds_on_a_fresh_connection(self) -> Any:
+        yield self.fill_pool()
+        yield self.proxy.cut()
+        failure = yield self.assertFailure(self.store.run("SELECT 1"), StoreError)
+        self.assertIn("database unavailable", str(failure))
+        self.proxy.restore()
+        # Every pool thread still holds a dead connection: the very first call must work anyway.
+        for _ in range(6):
+            self.assertEqual((yield self.store.run("SELECT 1")), [(1,)])
+        self.assertGreater(self.store.reconnects, 0)
+
+
+class FreshDatabaseMigrationTests(unittest.TestCase):
+    """Every part migrating at once on an empty PostgreSQL database."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_concurrent_migrations_of_many_components_on_a_fresh_database(self) -> Any:
+        _pg_or_skip()
+        import psycopg
+
+        for attempt in range(4):
+            name = f"ccnet_fresh_{uuid.uuid4().hex[:12]}"
+            admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+            admin.execute(f"CREATE DATABASE {name}")
+            admin.close()
+            self.addCleanup(_drop_database, name)
+            store = Store.open(pg_url(PG_DSN, dbname=name), reactor)
+            try:
+                parts = [f"part{i}" for i in range(6)]
+                versions = yield defer.gatherResults(
+                    [store.migrate(p, [f"CREATE TABLE {p}_t (x INTEGER)", f"CREATE INDEX {p}_i ON {p}_t (x)"])
+                     for p in parts], consumeErrors=True)
+                self.assertEqual(versions, [2] * len(parts), f"attempt {attempt}")
+                rows = yield store.run("SELECT component, version FROM ccnet_schema ORDER BY component")
+                self.assertEqual(rows, [(p, 2) for p in parts])
+            finally:
+                yield store.close()
+
+
+def _drop_database(name: str) -> None:
+    import psycopg
+
+    admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
+    try:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        admin.close()
