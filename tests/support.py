@@ -318,3 +318,37 @@ class TCPProxy:
                 p.transport.abortConnection()  # type: ignore[attr-defined]
             else:
                 p.transport.resumeProducing()  # type: ignore[attr-defined]
+
+
+def pg_reachable() -> str | None:
+    """Why PostgreSQL at CCNET_TEST_PG_DSN cannot be used, or None when it can."""
+    import psycopg
+
+    try:
+        psycopg.connect(PG_DSN, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL not reachable at {PG_DSN}: {exc}"
+    return None
+
+
+def create_database() -> str:
+    """A new, empty database on CCNET_TEST_PG_DSN's server; returns its DSN (drop it with
+    :func:`drop_database`)."""
+    import uuid
+
+    import psycopg
+
+    name = f"ccnet_fresh_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    return pg_url(PG_DSN, dbname=name)
+
+
+def drop_database(dsn: str) -> None:
+    from urllib.parse import urlsplit
+
+    import psycopg
+
+    name = urlsplit(dsn).path.lstrip("/")
+    with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

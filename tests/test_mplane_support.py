@@ -58,7 +58,7 @@ class Supervisor:
     """A supervisor built with ``supervisor.build`` and served over mutual TLS on 127.0.0.1:0."""
 
     def __init__(self, folder: Path, users: str = "", caps: str = "", store_url: str | None = None,
-                 users_map: str = "", **cfg: Any) -> None:
+                 users_map: str = "", store_timeout: float = 10.0, **cfg: Any) -> None:
         self.pki = test_pki()
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
@@ -67,11 +67,12 @@ class Supervisor:
         self.store_url = store_url or f"sqlite:///{folder / 'state.db'}"
         self.cfg = SupervisorConfig(users=folder / "users.conf", caps=folder / "caps.conf", **cfg)
         self.users_map = users_map
+        self.store_timeout = store_timeout
         self.port = 0
 
     @defer.inlineCallbacks
     def start(self) -> Any:
-        self.store = Store.open(self.store_url, reactor)
+        self.store = Store.open(self.store_url, reactor, self.store_timeout)
         runtime = SimpleNamespace(
             reactor=reactor, store=self.store, version="test",
             users=UserMap.from_string(self.users_map) if self.users_map else UserMap.empty(),

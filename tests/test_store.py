@@ -12,7 +12,15 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from ccnet.store import Store, StoreError, StoreTimeout
-from tests.support import PG_DSN, TCPProxy, pg_port, pg_url
+from tests.support import (
+    PG_DSN,
+    TCPProxy,
+    create_database,
+    drop_database,
+    pg_port,
+    pg_reachable,
+    pg_url,
+)
 
 
 class StoreBehaviour:
@@ -134,12 +142,9 @@ class MigrationAtomicityTests(unittest.TestCase):
 
 
 def _pg_or_skip() -> None:
-    import psycopg
-
-    try:
-        psycopg.connect(PG_DSN, connect_timeout=3).close()
-    except psycopg.Error as exc:
-        raise unittest.SkipTest(f"PostgreSQL not reachable at {PG_DSN}: {exc}") from None
+    why = pg_reachable()
+    if why is not None:
+        raise unittest.SkipTest(why)
 
 
 class PostgreSQLFaultTests(unittest.TestCase):
@@ -202,15 +207,11 @@ class FreshDatabaseMigrationTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_concurrent_migrations_of_many_components_on_a_fresh_database(self) -> Any:
         _pg_or_skip()
-        import psycopg
 
         for attempt in range(4):
-            name = f"ccnet_fresh_{uuid.uuid4().hex[:12]}"
-            admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-            admin.execute(f"CREATE DATABASE {name}")
-            admin.close()
-            self.addCleanup(_drop_database, name)
-            store = Store.open(pg_url(PG_DSN, dbname=name), reactor)
+            dsn = create_database()
+            self.addCleanup(drop_database, dsn)
+            store = Store.open(dsn, reactor)
             try:
                 parts = [f"part{i}" for i in range(6)]
                 versions = yield defer.gatherResults(
@@ -221,13 +222,3 @@ class FreshDatabaseMigrationTests(unittest.TestCase):
                 self.assertEqual(rows, [(p, 2) for p in parts])
             finally:
                 yield store.close()
-
-
-def _drop_database(name: str) -> None:
-    import psycopg
-
-    admin = psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5)
-    try:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    finally:
-        admin.close()

@@ -3,6 +3,8 @@
 Almost no Twisted here (only Deferreds for the write batcher): the state is plain dictionaries, changed synchronously (the reactor
 thread is the only writer) and written through to ``ccnet.store`` by ``async`` methods
 whose callers await them before answering (so a result is on disk before the 200).
+Memory changes only once the write committed: a write that failed (the caller gets an
+error) leaves no trace, so an error reply always means nothing happened.
 Long-poll waiters are plain callbacks registered per component.
 
 Writes go through a group-commit batcher: every write queued while a transaction is
@@ -349,12 +351,10 @@ class SupervisorState:
         refused on its own."""
         now = self.clock()
         outcome: dict[str, dict[str, str]] = {}
-        comp = self.components.get(peer.identity)
-        if comp is None:
-            comp = Component(peer.identity, peer.dn, False, now, now)
-            self.components[peer.identity] = comp
-        comp.last_seen = now
-        comp.dialect = dialect
+        known = self.components.get(peer.identity)
+        # Changed on a copy: memory follows once the write committed.
+        comp = (replace(known, last_seen=now, dialect=dialect) if known is not None
+                else Component(peer.identity, peer.dn, False, now, now, dialect=dialect))
         changed: list[Capability] = []
         for name, item in items:
             if isinstance(item, ModelError):
@@ -379,10 +379,15 @@ class SupervisorState:
             cap = item.with_token(self.registries)
             key = capability_key(peer.identity, cap)
             record = Capability(key, peer.identity, cap.label, cap, now)
-            self.capabilities[key] = record
             changed.append(record)
             outcome[name] = {"registered": "ok"}
         await self.batcher.write([self._component_op(comp)] + [self._capability_op(r) for r in changed])
+        if known is None:
+            self.components[peer.identity] = comp
+        else:
+            known.last_seen, known.callback, known.dialect = comp.last_seen, comp.callback, comp.dialect
+        for r in changed:
+            self.capabilities[r.key] = r
         self.counters["registrations"] += len(changed)
         for r in changed:
             self._count("registrations", r.label)
@@ -394,10 +399,10 @@ class SupervisorState:
                 if c.component == peer.identity
                 and ((msg.token is not None and c.statement.token == msg.token)
                      or (msg.label is not None and c.label == msg.label))]
-        for k in gone:
-            del self.capabilities[k]
         if gone:
             await self.batcher.write([("DELETE FROM mplane_capability WHERE cap_key = ?", (k,)) for k in gone])
+        for k in gone:
+            self.capabilities.pop(k, None)
         return len(gone)
 
     def known_component(self, identity: str) -> bool:
@@ -415,24 +420,27 @@ class SupervisorState:
         """Specifications and interrupts for the component's poll; marks them sent."""
         now = self.clock()
         out: list[Message] = []
-        touched = []
+        touched: list[tuple[Measurement, Measurement]] = []  # (held, as written)
         comp = self.components.get(identity)
         if comp is not None:
             comp.last_seen = now
         for m in self._pending(identity):
+            new = m
             # A spec handed over without any receipt for a while may have been lost with
             # its connection: hand it over again (components answer a known token with
             # the same receipt).
             if m.state == QUEUED or (m.state == SENT and now - m.updated > self.redeliver_after):
                 out.append(replace(m.spec, link=result_link))
-                m.state, m.updated = SENT, now
-                touched.append(m)
-            if m.interrupt and m.state not in FINAL and m.state != QUEUED:
+                new = replace(new, state=SENT, updated=now)
+            if new.interrupt and new.state not in FINAL and new.state != QUEUED:
                 out.append(m.spec.derive("interrupt", link=None))
-                m.interrupt = False
-                touched.append(m)
+                new = replace(new, interrupt=False)
+            if new is not m:
+                touched.append((m, new))
         if touched:
-            await self.batcher.write([self._measurement_op(m) for m in touched])
+            await self.batcher.write([self._measurement_op(new) for _, new in touched])
+        for m, new in touched:
+            m.state, m.updated, m.interrupt = new.state, new.updated, new.interrupt
         return out
 
     async def accept(self, peer: Peer, msg: Message) -> str | None:
@@ -445,10 +453,9 @@ class SupervisorState:
                 now = self.clock()
                 end = msg.when.datetimes(datetime.fromtimestamp(now, UTC))[1] if msg.when is not None else None
                 done = end is None or end.timestamp() <= now
-                m.state, m.reply, m.updated = (DONE if done else RUNNING), msg, now
+                await self._update(m, state=(DONE if done else RUNNING), reply=msg, updated=now)
                 self.counters["results"] += 1
                 self._count("results", m.spec.label)
-                await self._save_measurement(m)
                 return None
             # A batch of separate replies: store each.
             problems = [p for p in [await self.accept(peer, m) for m in msg.contents] if p]
@@ -458,22 +465,28 @@ class SupervisorState:
         if m is None or m.component != peer.identity:
             return f"no measurement {token} was sent to {peer.identity}"
         now = self.clock()
+        event = None
         if isinstance(msg, ExceptionMessage):
-            m.state, m.reply = FAILED, msg
-            self.counters["exceptions"] += 1
-            self._count("exceptions", m.spec.label)
+            change: dict[str, Any] = {"state": FAILED, "reply": msg}
+            event = "exceptions"
         elif isinstance(msg, Statement) and msg.kind == "receipt":
-            if m.state not in FINAL:
-                m.state = RUNNING
+            change = {"state": RUNNING} if m.state not in FINAL else {}
         elif isinstance(msg, Statement) and msg.kind == "result":
-            m.state, m.reply = DONE, msg
-            self.counters["results"] += 1
-            self._count("results", m.spec.label)
+            change = {"state": DONE, "reply": msg}
+            event = "results"
         else:
             return f"expected a receipt, result or exception, got a {msg.kind}"
-        m.updated = now
-        await self._save_measurement(m)
+        await self._update(m, updated=now, **change)
+        if event is not None:
+            self.counters[event] += 1
+            self._count(event, m.spec.label)
         return None
+
+    async def _update(self, m: Measurement, **change: Any) -> None:
+        """Write ``m`` with ``change`` applied; only once that committed, apply it to ``m``."""
+        await self._save_measurement(replace(m, **change))
+        for name, value in change.items():
+            setattr(m, name, value)
 
     # ------------------------------------------------------------------ client side
 
@@ -596,9 +609,9 @@ class SupervisorState:
             parameters=dict(spec.parameters), link=None)
         m = Measurement(mid, peer.identity, token, spec.label, chosen.key, chosen.component, forwarded,
                         QUEUED, None, False, now, now, spec.registry)
+        await self._save_measurement(m)  # a specification whose write failed is not queued
         self.measurements[mid] = m
         self._by_client[(peer.identity, token)] = mid
-        await self._save_measurement(m)
         self.counters["specifications"] += 1
         self._count("specifications", chosen.label)
         self._wake(chosen.component)
@@ -634,14 +647,15 @@ class SupervisorState:
         m = self._own(peer, msg.token or msg.label)
         if m is None:
             return ExceptionMessage(msg.token, f"no measurement {msg.token or msg.label} for {peer.identity}")
+        change: dict[str, Any] = {"updated": self.clock()}
         if m.state == QUEUED:
             # Never reached the component: drop it here.
-            m.state, m.reply = FAILED, ExceptionMessage(m.id, "Interrupted before it started")
+            change.update(state=FAILED, reply=ExceptionMessage(m.id, "Interrupted before it started"))
         elif m.state not in FINAL:
-            m.interrupt = True
+            change["interrupt"] = True
+        await self._update(m, **change)
+        if change.get("interrupt"):
             self._wake(m.component)
-        m.updated = self.clock()
-        await self._save_measurement(m)
         return m.to_client(m.reply, self.registries) if m.reply is not None else m.receipt()
 
     def client_results(self, peer: Peer) -> list[Message]:
@@ -659,11 +673,11 @@ class SupervisorState:
             return 0
         cutoff = self.clock() - self.result_expiry
         old = [m for m in self.measurements.values() if m.state in FINAL and m.updated < cutoff]
-        for m in old:
-            del self.measurements[m.id]
-            self._by_client.pop((m.client, m.client_token), None)
         if old:
             await self.batcher.write([("DELETE FROM mplane_measurement WHERE id = ?", (m.id,)) for m in old])
+        for m in old:
+            self.measurements.pop(m.id, None)
+            self._by_client.pop((m.client, m.client_token), None)
         return len(old)
 
     def status(self, peer: Peer, recent: int = 50) -> dict[str, Any]:

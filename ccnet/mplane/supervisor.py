@@ -52,6 +52,7 @@ from ccnet.mplane.model import (
     to_json,
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
+from ccnet.store import StoreError
 from ccnet.web import request_identity
 
 __all__ = ["build", "SupervisorResource", "SupervisorService"]
@@ -238,6 +239,11 @@ class _Dispatch(Resource):
             return
         except HTTPError as exc:
             body = self._error(request, exc)
+        except StoreError as exc:
+            # The write did not commit and memory was not changed: nothing happened, retry later.
+            log.error("mPlane supervisor request {method} {path} failed: {error}", method=request.method,
+                      path=request.path, error=str(exc))
+            body = self._error(request, HTTPError(503, f"Database unavailable, nothing was done: {exc}"))
         except Exception:
             log.failure("mPlane supervisor request {method} {path} failed", method=request.method,
                         path=request.path)

@@ -1,0 +1,117 @@
+"""The supervisor when its database fails: an error reply means nothing happened."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.trial import unittest
+
+from ccnet.mplane.model import Envelope, ExceptionMessage
+from tests.support import (
+    PG_DSN,
+    TCPProxy,
+    create_database,
+    drop_database,
+    pg_port,
+    pg_reachable,
+    pg_url,
+)
+from tests.test_mplane_supervisor import CAPS, SPEC, USERS
+from tests.test_mplane_support import PING_CAP, Peer, Supervisor, envelope
+
+STORE_TIMEOUT = 2.0
+
+
+def redemption() -> dict[str, Any]:
+    r = dict(SPEC, redemption="measure")
+    del r["specification"]
+    return r
+
+
+class SupervisorDatabaseOutageTests(unittest.TestCase):
+    """A supervisor on a fresh PostgreSQL database reached through a TCP proxy."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        why = pg_reachable()
+        if why is not None:
+            raise unittest.SkipTest(why)
+        dsn = create_database()
+        self.addCleanup(drop_database, dsn)
+        self.proxy = TCPProxy(pg_port(PG_DSN))
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+        self.sup = Supervisor(Path(self.mktemp()), users=USERS, caps=CAPS,
+                              store_url=pg_url(dsn, port=self.proxy.number), store_timeout=STORE_TIMEOUT)
+        yield self.sup.start()
+        self.addCleanup(self.sup.stop)
+        self.client, self.component = Peer(self.sup, "client"), Peer(self.sup, "component")
+        code, _, body = yield self.component.request("POST", "register/capability", envelope(PING_CAP))
+        self.assertEqual(code, 200, body)
+
+    @defer.inlineCallbacks
+    def assert_nothing_was_queued(self) -> Any:
+        # The first requests after the database is back succeed...
+        code, _, body = yield self.component.request("GET", "show/specification")
+        self.assertEqual(code, 200, body)
+        # ... and the failed specification left no trace: nothing for the component, nothing
+        # for the client to redeem.
+        self.assertEqual(json.loads(body)["contents"], [])
+        _, msg, _ = yield self.client.message("POST", "show/result", redemption())
+        self.assertIsInstance(msg, ExceptionMessage)
+        self.assertEqual(self.sup.state.measurements, {})
+        rows = yield self.sup.store.run("SELECT COUNT(*) FROM mplane_measurement")
+        self.assertEqual(rows, [(0,)])
+        # Submitting again works and is queued once.
+        _, receipt, _ = yield self.client.message("POST", "register/specification", SPEC)
+        self.assertEqual(receipt.kind, "receipt")
+        _, work, _ = yield self.component.message("GET", "show/specification")
+        self.assertIsInstance(work, Envelope)
+        self.assertEqual([m.kind for m in work.contents], ["specification"])
+
+    @defer.inlineCallbacks
+    def test_specification_submitted_while_the_database_is_cut_gets_503_and_is_not_queued(self) -> Any:
+        yield self.proxy.cut()
+        code, _, body = yield self.client.request("POST", "register/specification", SPEC)
+        self.assertEqual(code, 503, body)
+        self.assertIn(b"nothing was done", body)
+        self.proxy.restore()
+        yield self.assert_nothing_was_queued()
+
+    @defer.inlineCallbacks
+    def test_specification_submitted_while_the_database_hangs_gets_503_within_the_timeout(self) -> Any:
+        self.proxy.stall()
+        started = time.monotonic()
+        code, _, body = yield self.client.request("POST", "register/specification", SPEC)
+        took = time.monotonic() - started
+        self.assertEqual(code, 503, body)
+        self.assertLess(took, STORE_TIMEOUT + 3, "the reply waited well past [store] timeout")
+        self.proxy.restore()
+        yield self.assert_nothing_was_queued()
+
+    @defer.inlineCallbacks
+    def test_registration_that_fails_to_commit_registers_nothing(self) -> Any:
+        other = dict(PING_CAP, label="ping-other-ip4")
+        yield self.proxy.cut()
+        code, _, body = yield self.component.request("POST", "register/capability", envelope(other))
+        self.assertEqual(code, 503, body)
+        self.proxy.restore()
+        _, caps, _ = yield self.client.message("GET", "capability")
+        self.assertNotIn("ping-other-ip4", [c.label for c in caps.contents])
+        self.assertNotIn("ping-other-ip4", [c.label for c in self.sup.state.capabilities.values()])
+
+
+@defer.inlineCallbacks
+def wait_for(predicate: Any, what: str, seconds: float = 10.0) -> Any:
+    """Let the store's thread answer (real time), bounded."""
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        yield task.deferLater(reactor, 0.02, lambda: None)
