@@ -30,6 +30,8 @@ class Runtime:
     version: str
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
     metrics_sources: dict[str, Callable[[], str]] = field(default_factory=dict)
+    #: Failed rounds of periodic jobs by job name (``ccnet.periodic``), for /metrics.
+    job_failures: dict[str, int] = field(default_factory=dict)
 
     def on_reload(self, hook: Callable[[], None]) -> None:
         self.reload_hooks.append(hook)

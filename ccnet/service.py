@@ -524,7 +524,8 @@ def listener_states(root: CCNetService) -> dict[str, bool]:
 
 
 def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerTLS]) -> Any:
-    """The daemon-wide series: listeners, connections, TLS rejections, store latency."""
+    """The daemon-wide series: listeners, connections, TLS rejections, store latency and
+    faults, failed periodic rounds."""
     from ccnet.metrics import Counter, Gauge, Histogram, render
 
     store_latency = Histogram("ccnet_store_seconds", "Store interaction latency.", ["outcome"])
@@ -549,6 +550,15 @@ def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerT
             if listener is not None:
                 for reason, n in sorted(listener.connections.handshake_failures.items()):
                     rejected.inc(name, reason, amount=n)
-        return render([listening, connections, rejected, store_latency])
+        periodic = Counter("ccnet_periodic_failures_total",
+                           "Failed rounds of periodic jobs (each runs again next period).", ["job"])
+        for job, n in sorted(root.runtime.job_failures.items()):
+            periodic.inc(job, amount=n)
+        timeouts = Counter("ccnet_store_timeouts_total", "Store calls that got no answer within [store] timeout.")
+        timeouts.inc(amount=store.timeouts)
+        reconnects = Counter("ccnet_store_reconnects_total",
+                             "Store calls run again on a fresh connection after a broken one.")
+        reconnects.inc(amount=store.reconnects)
+        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects])
 
     return render_all

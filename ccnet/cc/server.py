@@ -38,6 +38,7 @@ from ccnet.cc.message import (
 )
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
+from ccnet.periodic import every
 
 __all__ = ["build", "CCServer", "CCService", "CCStartError"]
 
@@ -122,9 +123,8 @@ class CCServer:
         for h in self.handlers.values():
             h.start()
         if self.config.stats_period > 0 and self.config.cc_stats > 0:
-            self._stats_loop = task.LoopingCall(self.log_stats)
-            self._stats_loop.clock = self.clock
-            self._stats_loop.start(self.config.stats_period, now=False)
+            self._stats_loop = every(self.clock, self.config.stats_period, "cc-stats", self.log_stats, now=False,
+                                      failures=getattr(self.runtime, "job_failures", None))
         return self.endpoint
 
     @defer.inlineCallbacks

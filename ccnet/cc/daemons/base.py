@@ -28,6 +28,7 @@ from typing import Any, cast
 from twisted.internet import defer, task
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
 
+from ccnet import periodic
 from ccnet.cc.config import (
     CMSOptions,
     ZmqOptions,
@@ -224,18 +225,11 @@ class CCJob:
         return d.addBoth(close)
 
     def every(self, period: float, fn: Callable[[], Any], now: bool = True) -> task.LoopingCall:
-        loop = task.LoopingCall(self._guard, fn)
-        loop.clock = self.clock
-        loop.start(period, now=now)
+        # A failing round must not stop the loop (ccnet.periodic logs it and runs the next).
+        job = getattr(fn, "__qualname__", None) or type(self).__name__
+        loop = periodic.every(self.clock, period, job, fn, now=now)
         self._loops.append(loop)
         return loop
-
-    @staticmethod
-    def _guard(fn: Callable[[], Any]) -> Any:
-        d = defer.maybeDeferred(fn)
-        # A failing round must not stop the loop.
-        d.addErrback(lambda f: None if f.check(defer.CancelledError) else log.failure("periodic task failed", f))
-        return d
 
     def startJob(self) -> None:  # noqa: N802 (Twisted naming)
         """Subclass hook: set up timers."""

@@ -30,6 +30,7 @@ from zope.interface import implementer, provider
 
 from ccnet.cc.handler import CCHandler, CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
 from ccnet.cc.handlers.payload import field_str
+from ccnet.periodic import every
 
 __all__ = ["JobMgrHandler", "JobMgrOptions", "JobSpec", "daemon_module", "restart_delay", "handler_class"]
 
@@ -288,9 +289,9 @@ class JobMgrHandler(CCHandler):
     def start(self) -> None:
         for job in self.jobs.values():
             job.start()
-        self._maint = task.LoopingCall(self.maintenance)
-        self._maint.clock = self.server.clock
-        self._maint.start(self.options.maint_period, now=False)
+        self._maint = every(self.server.clock, self.options.maint_period, f"cc-{self.name}-maintenance",
+                            self.maintenance, now=False,
+                            failures=getattr(self.server.runtime, "job_failures", None))
 
     def maintenance(self) -> None:
         now = self.server.clock.seconds()

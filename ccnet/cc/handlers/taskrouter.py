@@ -27,6 +27,7 @@ from zope.interface import implementer, provider
 
 from ccnet.cc.handler import CCHandler, CCRequest, HandlerError, ICCHandler, ICCHandlerFactory
 from ccnet.cc.handlers.payload import field_str
+from ccnet.periodic import every
 
 __all__ = ["TaskRouterHandler", "TaskRouterOptions", "RouteBook", "handler_class"]
 
@@ -100,9 +101,9 @@ class TaskRouterHandler(CCHandler):
         self._maint: task.LoopingCall | None = None
 
     def start(self) -> None:
-        self._maint = task.LoopingCall(self.maintenance)
-        self._maint.clock = self.server.clock
-        self._maint.start(self.options.maint_period, now=False)
+        self._maint = every(self.server.clock, self.options.maint_period, f"cc-{self.name}-maintenance",
+                            self.maintenance, now=False,
+                            failures=getattr(self.server.runtime, "job_failures", None))
 
     def stop(self) -> None:
         if self._maint is not None and self._maint.running:
