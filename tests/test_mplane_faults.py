@@ -1,4 +1,5 @@
-"""The supervisor when its database fails: an error reply means nothing happened."""
+"""The supervisor when its database fails: an error reply means nothing happened, and
+periodic result expiry keeps running after a failed round."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from typing import Any
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-from ccnet.mplane.model import Envelope, ExceptionMessage
+from ccnet.mplane.authz import Policy
+from ccnet.mplane.model import Envelope, ExceptionMessage, RegistryStore
+from ccnet.mplane.state import DONE, Measurement, SupervisorState, callback_spec
+from ccnet.mplane.supervisor import SupervisorService
+from ccnet.store import Store
 from tests.support import (
     PG_DSN,
     TCPProxy,
@@ -105,6 +110,37 @@ class SupervisorDatabaseOutageTests(unittest.TestCase):
         _, caps, _ = yield self.client.message("GET", "capability")
         self.assertNotIn("ping-other-ip4", [c.label for c in caps.contents])
         self.assertNotIn("ping-other-ip4", [c.label for c in self.sup.state.capabilities.values()])
+
+
+class ExpirySurvivesFailureTests(unittest.TestCase):
+    """Result expiry on a Clock: a round that cannot write is logged, counted and retried."""
+
+    @defer.inlineCallbacks
+    def test_expiry_runs_again_after_a_failed_round(self) -> Any:
+        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(store.close)
+        clock = task.Clock()
+        state = SupervisorState(store, RegistryStore(), Policy.from_files(None, None), clock.seconds,
+                                result_expiry=60.0)
+        failures: dict[str, int] = {}
+        svc = SupervisorService(state, store, clock, expiry_interval=10.0, failures=failures)
+        svc.startService()
+        self.addCleanup(svc.stopService)
+        yield svc.ready
+        m = Measurement("m1", "client", "tok", None, "key", "comp", callback_spec(), DONE, None, False, 0.0, 0.0)
+        yield defer.ensureDeferred(state._save_measurement(m))
+        state.measurements[m.id] = m
+        # The database refuses the round's DELETE: the round fails...
+        yield store.run("ALTER TABLE mplane_measurement RENAME TO mplane_measurement_away")
+        clock.advance(70)
+        yield wait_for(lambda: failures.get("mplane-result-expiry") == 1, "the failed round to be counted")
+        self.assertIn("m1", state.measurements)  # nothing removed from memory either
+        # ... and the next period runs again and does the work.
+        yield store.run("ALTER TABLE mplane_measurement_away RENAME TO mplane_measurement")
+        clock.advance(10)
+        yield wait_for(lambda: "m1" not in state.measurements, "the next round to expire the result")
+        self.assertEqual((yield store.run("SELECT COUNT(*) FROM mplane_measurement")), [(0,)])
+        self.assertEqual(failures, {"mplane-result-expiry": 1})
 
 
 @defer.inlineCallbacks

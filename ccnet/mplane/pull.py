@@ -37,6 +37,7 @@ from ccnet.mplane.model import (
     to_json,
 )
 from ccnet.mplane.state import Peer, SupervisorState
+from ccnet.periodic import every
 from ccnet.tls import TLSMaterial, peer_identity
 
 __all__ = ["ComponentPuller", "RecordingPolicy"]
@@ -102,9 +103,7 @@ class ComponentPuller(service.Service):
         super().startService()
         self.state.on_work = self._on_work
         if self.remotes:
-            self._loop = task.LoopingCall(self._discover_all)
-            self._loop.clock = self.reactor
-            self._loop.start(self.refresh, now=True).addErrback(lambda f: log.failure("discovery failed", f))
+            self._loop = every(self.reactor, self.refresh, "mplane-component-discovery", self._discover_all)
 
     def stopService(self) -> defer.Deferred[Any]:  # noqa: N802 (Twisted API)
         super().stopService()

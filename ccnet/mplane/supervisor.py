@@ -52,6 +52,7 @@ from ccnet.mplane.model import (
     to_json,
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
+from ccnet.periodic import every
 from ccnet.store import StoreError
 from ccnet.web import request_identity
 
@@ -72,7 +73,8 @@ class SupervisorService(service.Service):
     """Opens the state (schema migration, reload after restart) and expires old results."""
 
     def __init__(self, state: SupervisorState, store: Any, clock: Any, expiry_interval: float,
-                 preload: Callable[[], Coroutine[Any, Any, None]] | None = None) -> None:
+                 preload: Callable[[], Coroutine[Any, Any, None]] | None = None,
+                 failures: dict[str, int] | None = None) -> None:
         self.setName("mplane-supervisor")
         self.state = state
         self.store = store
@@ -82,6 +84,8 @@ class SupervisorService(service.Service):
         self._preload = preload
         self._loop: task.LoopingCall | None = None
         self._started = False
+        #: Failed periodic rounds by job (the daemon's ccnet_periodic_failures_total).
+        self.failures = failures if failures is not None else {}
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -102,10 +106,9 @@ class SupervisorService(service.Service):
                  "{measurements} measurements", components=len(self.state.components),
                  capabilities=len(self.state.capabilities), measurements=len(self.state.measurements))
         if self.state.result_expiry > 0:
-            self._loop = task.LoopingCall(lambda: defer.ensureDeferred(self.state.expire()))
-            self._loop.clock = self.clock
-            self._loop.start(self._expiry_interval, now=True).addErrback(
-                lambda f: log.failure("result expiry failed", f))
+            # A failed round (database down) is logged and counted; the next one runs.
+            self._loop = every(self.clock, self._expiry_interval, "mplane-result-expiry", self.state.expire,
+                               failures=self.failures)
         self.ready.callback(None)
 
     def _failed(self, failure: Failure) -> None:
@@ -539,7 +542,8 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
 
     svc = SupervisorService(state, runtime.store, reactor,
                             expiry_interval=max(1.0, min(3600.0, cfg.result_expiry / 10 or 3600.0)),
-                            preload=preload if remote else None)
+                            preload=preload if remote else None,
+                            failures=getattr(runtime, "job_failures", None))
     def reload_policy() -> None:
         # SIGHUP: re-read users/caps; a broken file keeps the old policy.
         try:
