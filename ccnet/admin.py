@@ -90,6 +90,9 @@ def summarize(report: dict[str, Any]) -> str:
             extra = "" if ready.get("store", True) else " (store not answering)"
             if ready.get("not_listening"):
                 extra += f" (not listening: {', '.join(ready['not_listening'])})"
+            others = [p for p in ready.get("not_ready", []) if p != "store" and p not in ready.get("not_listening", [])]
+            if others:
+                extra += f" (not ready: {', '.join(others)})"
             lines.append(f"ready    {'yes' if ready.get('ready') else 'NO'}{extra}")
     status = report.get("supervisor")
     if status is not None:

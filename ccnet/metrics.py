@@ -225,10 +225,13 @@ def process_metrics(started: float) -> str:
 
 
 class ReadyResource(Resource):
-    """``GET /ready``: 200 when every listener is listening and the store answers, else 503.
+    """``GET /ready``: 200 when every listener is listening, the store answers and every
+    registered part (``runtime.register_part``: the supervisor's state, the component's
+    outbox, managed CC daemons) is up, else 503.
 
-    The body says what is not ready (``store: false``, ``not_listening: [names]``), so an
-    operator sees why at a glance.
+    The body says what is not ready (``store: false``, ``not_listening: [names]``,
+    ``not_ready: [every part that is not, listeners and store included]``), so an operator
+    sees why at a glance.
     """
 
     isLeaf = True
@@ -249,18 +252,33 @@ class ReadyResource(Resource):
         def done(ok: Any) -> None:
             listeners = self.listeners()
             store = ok is True
-            ready = store and all(listeners.values())
+            parts = {name: _up(up) for name, up in getattr(self._runtime, "parts", {}).items()}
+            ready = store and all(listeners.values()) and all(parts.values())
             if request.finished or getattr(request, "_disconnected", False):
                 return
             body: dict[str, Any] = {"ready": ready, "store": store}
             down = sorted(name for name, up in listeners.items() if not up)
             if down:
                 body["not_listening"] = down
+            if parts:
+                body["parts"] = parts
+            not_ready = sorted(set(down) | {name for name, up in parts.items() if not up}
+                               | (set() if store else {"store"}))
+            if not_ready:
+                body["not_ready"] = not_ready
             request.write(json_response(request, 200 if ready else 503, body))
             request.finish()
 
         d.addCallback(done)
         return NOT_DONE_YET
+
+
+def _up(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:
+        log.failure("readiness check failed")
+        return False
 
 
 class MetricsResource(Resource):

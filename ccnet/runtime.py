@@ -32,9 +32,15 @@ class Runtime:
     metrics_sources: dict[str, Callable[[], str]] = field(default_factory=dict)
     #: Failed rounds of periodic jobs by job name (``ccnet.periodic``), for /metrics.
     job_failures: dict[str, int] = field(default_factory=dict)
+    #: Parts that must be up for ``/ready`` (beyond listeners and the store): name -> is it up?
+    parts: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     def on_reload(self, hook: Callable[[], None]) -> None:
         self.reload_hooks.append(hook)
+
+    def register_part(self, name: str, up: Callable[[], bool]) -> None:
+        """Make ``/ready`` answer 503 (naming ``name``) while ``up()`` is False."""
+        self.parts[name] = up
 
     def register_metrics(self, name: str, render: Callable[[], str]) -> None:
         """Add a part's Prometheus text exposition to ``/metrics`` on the metrics listener."""

@@ -428,6 +428,26 @@ def _build(module: str, runtime: Runtime, cfg: Any) -> Any:
     return importlib.import_module(module).build(runtime, cfg)
 
 
+def _opened(svc: Any) -> Any:
+    """``() -> bool``: has ``svc.ready`` (a part opening its state) fired successfully?"""
+    seen = {"up": False}
+
+    def fired(result: Any) -> Any:
+        seen["up"] = not isinstance(result, Failure)
+        return result
+
+    svc.ready.addBoth(fired)
+    return lambda: seen["up"]
+
+
+def _watch_parts(runtime: Runtime, services: Any) -> None:
+    """Parts that open state before serving (the supervisor's state, the component's
+    outbox) count for /ready until they did."""
+    for svc in services:
+        if isinstance(getattr(svc, "ready", None), defer.Deferred) and not isinstance(svc, ListenerService):
+            runtime.register_part(str(svc.name), _opened(svc))
+
+
 def make_service(config: Config, reactor: Any = None) -> CCNetService:
     """Build the daemon's service tree from a parsed config."""
     if reactor is None:
@@ -473,6 +493,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         if cfg is None:
             continue
         resource, extra = _build(module, runtime, cfg)
+        _watch_parts(runtime, extra)
         for svc in extra:
             svc.setServiceParent(root)
         https(name, resource, cfg.listen,
@@ -490,7 +511,9 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
             if hasattr(server, "reload_routes"):
                 runtime.on_reload(_cc_routes_reloader(server, config.cc.path))
     if config.component is not None:
-        for svc in _build("ccnet.mplane.component", runtime, config.component):
+        parts = _build("ccnet.mplane.component", runtime, config.component)
+        _watch_parts(runtime, parts)
+        for svc in parts:
             adopt(svc)
     if config.metrics is not None:
         metrics_root = _build("ccnet.metrics", runtime, config.metrics)

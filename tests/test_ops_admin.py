@@ -93,6 +93,11 @@ class SummaryTests(unittest.TestCase):
         text = summarize({"health": {}, "ready": {"ready": False, "store": False, "not_listening": ["rpc"]}})
         self.assertIn("ready    NO (store not answering) (not listening: rpc)", text)
 
+    def test_parts_that_are_not_ready_are_named(self) -> None:
+        text = summarize({"health": {}, "ready": {"ready": False, "store": True,
+                                                  "not_ready": ["cc-job:tstat", "mplane-supervisor"]}})
+        self.assertIn("ready    NO (not ready: cc-job:tstat, mplane-supervisor)", text)
+
     def test_tls_rejections_are_listed_by_reason(self) -> None:
         metrics = ('ccnet_tls_handshake_failures_total{listener="rpc",reason="certificate has expired"} 2\n'
                    'ccnet_tls_handshake_failures_total{listener="supervisor",reason="certificate has expired"} 1\n')

@@ -65,6 +65,7 @@ class _Runtime:
     def __init__(self, store: Any, clock: Any = reactor) -> None:
         self.store = store
         self.reactor = clock
+        self.parts: dict[str, Any] = {}
 
 
 def _ready(resource: ReadyResource) -> tuple[int, dict[str, Any]]:
@@ -81,7 +82,17 @@ class ReadyResourceTests(unittest.TestCase):
     def test_503_names_the_listener_that_is_not_listening(self) -> None:
         code, body = _ready(ReadyResource(_Runtime(_Store(True)), lambda: {"rpc": False, "metrics": True}))
         self.assertEqual(code, 503)
-        self.assertEqual(body, {"ready": False, "store": True, "not_listening": ["rpc"]})
+        self.assertEqual(body, {"ready": False, "store": True, "not_listening": ["rpc"], "not_ready": ["rpc"]})
+
+    def test_503_names_every_part_that_is_not_up(self) -> None:
+        runtime = _Runtime(_Store(defer.fail(OSError("gone"))))
+        runtime.parts = {"mplane-supervisor": lambda: False, "mplane-component": lambda: True,
+                         "cc-job:broken": lambda: 1 / 0}
+        code, body = _ready(ReadyResource(runtime, lambda: {"rpc": True}))
+        self.assertEqual(code, 503)
+        self.assertEqual(body["parts"], {"mplane-supervisor": False, "mplane-component": True, "cc-job:broken": False})
+        self.assertEqual(body["not_ready"], ["cc-job:broken", "mplane-supervisor", "store"])
+        self.flushLoggedErrors(ZeroDivisionError)
 
     def test_503_when_the_store_fails(self) -> None:
         code, body = _ready(ReadyResource(_Runtime(_Store(defer.fail(OSError("gone")))), dict))
@@ -121,6 +132,35 @@ class InProcessReadyTests(unittest.TestCase):
         yield service.runtime.store.close()
         third = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual((third.status_code, third.json()["store"]), (503, False))
+
+
+    @defer.inlineCallbacks
+    def test_supervisor_that_cannot_open_its_state_makes_ready_503_naming_it(self) -> Any:
+        import sqlite3
+
+        pki = test_pki()
+        tmp = Path(self.mktemp()).absolute()
+        tmp.mkdir()
+        # A table in the way of the supervisor's first migration: its state cannot open.
+        db = sqlite3.connect(tmp / "ccnet.db")
+        db.execute("CREATE TABLE mplane_component (x TEXT)")
+        db.commit()
+        db.close()
+        (tmp / "caps.conf").write_text("")
+        text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(pki)
+                + "[supervisor]\nlisten = ssl:0:interface=127.0.0.1\ncaps = caps.conf\n"
+                + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
+                + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
+        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        yield service.ready
+        url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/ready"
+        answer = yield deferToThread(requests.get, url, timeout=10)
+        self.assertEqual(answer.status_code, 503)
+        self.assertEqual(answer.json()["not_ready"], ["mplane-supervisor"])
+        self.assertTrue(answer.json()["store"])
+        self.flushLoggedErrors()
 
 
 class DaemonMetricsTests(unittest.TestCase):
@@ -168,4 +208,5 @@ class DaemonMetricsTests(unittest.TestCase):
                        "ccnet_process_open_fds", 'ccnet_info{version="'):
             self.assertIn(family, text)
         ready = yield deferToThread(requests.get, d.url("metrics", "/ready"), timeout=10)
-        self.assertEqual((ready.status_code, ready.json()), (200, {"ready": True, "store": True}))
+        self.assertEqual((ready.status_code, ready.json()),
+                         (200, {"ready": True, "store": True, "parts": {"mplane-supervisor": True}}))

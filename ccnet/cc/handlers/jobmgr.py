@@ -287,7 +287,11 @@ class JobMgrHandler(CCHandler):
         self._maint: task.LoopingCall | None = None
 
     def start(self) -> None:
+        register = getattr(self.server.runtime, "register_part", None)
         for job in self.jobs.values():
+            if register is not None:
+                # /ready: a managed daemon counts while its process runs.
+                register(f"cc-job:{job.spec.job_name}", lambda job=job: job.process is not None)
             job.start()
         self._maint = every(self.server.clock, self.options.maint_period, f"cc-{self.name}-maintenance",
                             self.maintenance, now=False,
