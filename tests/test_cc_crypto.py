@@ -142,7 +142,7 @@ class CryptoTests(TestCase):
     def test_expired_signer_is_rejected(self) -> None:
         msg = self.codec(sign="expired").encode((b"r",), self.body())
         e = self.assertRaises(CryptoError, self.codec(verify_ca=("ca",)).decode, msg, 100.0)
-        self.assertIn("not valid now", str(e))
+        self.assertIn("expired or not yet valid", str(e))
 
     def test_remembered_signer_is_still_checked_for_validity(self) -> None:
         msg = self.codec(sign="client").encode((b"r",), self.body())
@@ -150,7 +150,7 @@ class CryptoTests(TestCase):
         codec.decode(msg, 100.0)
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=365)
         e = self.assertRaises(CryptoError, codec.decode, msg, 100.0, later)
-        self.assertIn("not valid now", str(e))
+        self.assertIn("expired or not yet valid", str(e))
 
     def test_garbage_signature_is_a_crypto_error(self) -> None:
         msg = self.codec().encode((b"r",), self.body())
@@ -314,3 +314,110 @@ class PKIKeystoreTests(TestCase):
         signed = CMSCodec(keystore=pki.dir, sign="client").encode((b"r",), make_body("x", {}, "h", 1.0))
         foreign_ca = CMSCodec(keystore=pki.other_dir, verify_ca=("ca",))
         self.assertRaises(CryptoError, foreign_ca.decode, signed, 1.0)
+
+
+class SignerPolicyTests(TestCase):
+    """Signers are checked as strictly as TLS clients: chain, validity, EKU, CRL (suite PKI)."""
+
+    def setUp(self) -> None:
+        from tests.support import test_pki
+
+        self.pki = test_pki()
+
+    def signed_by(self, name: str, now: float = 1000.0) -> CCMessage:
+        codec = CMSCodec(keystore=self.pki.dir, sign=name)
+        return codec.encode((b"r",), make_body("task.send", {"task": "t"}, "h", now))
+
+    def verifier(self, **kw: object) -> CMSCodec:
+        kw.setdefault("crl", (self.pki.crl,))
+        return CMSCodec(keystore=self.pki.dir, verify_ca=("ca",), **kw)  # type: ignore[arg-type]
+
+    def refusal(self, name: str, **kw: object) -> str:
+        e = self.assertRaises(CryptoError, self.verifier(**kw).decode, self.signed_by(name), 1000.0)
+        return str(e)
+
+    def test_valid_signer_passes_with_the_crl(self) -> None:
+        _, signer = self.verifier().decode(self.signed_by("client"), 1000.0)
+        assert signer is not None
+        self.assertEqual(signer.cn, "client")
+
+    def test_revoked_signer_is_refused(self) -> None:
+        self.assertIn("CN=revoked,OU=Clients,O=ccnet,C=IT is revoked", self.refusal("revoked"))
+
+    def test_revoked_signer_is_refused_even_when_its_chain_was_remembered(self) -> None:
+        codec = self.verifier(crl=())
+        msg = self.signed_by("revoked")
+        codec.decode(msg, 1000.0)  # no CRL configured: accepted, chain remembered
+        codec.crls = [x509.load_pem_x509_crl(self.pki.crl.read_bytes())]
+        self.assertIn("is revoked", str(self.assertRaises(CryptoError, codec.decode, msg, 1000.0)))
+
+    def test_expired_signer_is_refused(self) -> None:
+        self.assertIn("expired or not yet valid", self.refusal("expired"))
+
+    def test_signer_without_client_or_email_usage_is_refused(self) -> None:
+        self.assertIn("extended key usage allows neither clientAuth nor emailProtection", self.refusal("serveronly"))
+
+    def test_missing_crl_for_the_signers_issuer_is_refused(self) -> None:
+        other_crl = self.pki.other_dir / "crl.pem"
+        self.assertIn("no CRL for the signer's issuer", self.refusal("client", crl=(other_crl,)))
+
+    def test_ec_certificate_for_cms_encrypt_is_refused_when_the_codec_is_built(self) -> None:
+        e = self.assertRaises(ValueError, CMSCodec, keystore=self.pki.dir, sign="client", encrypt="server")
+        self.assertIn("cms-encrypt = server: expected an RSA certificate", str(e))
+
+    def test_ec_certificate_for_cms_encrypt_is_a_one_line_config_error(self) -> None:
+        from ccnet.cc.config import parse
+        from ccnet.config import ConfigError, IniFile
+
+        ini = IniFile.from_string(
+            f"[cc]\ncc-socket = tcp://127.0.0.1:*\ncms-keystore = {self.pki.dir}\ncms-sign = client\n"
+            "cms-encrypt = server\n[routes]\n", self.pki.dir / "ccnet.ini")
+        e = self.assertRaises(ConfigError, parse, ini)
+        self.assertIn("cms-encrypt", str(e))
+        self.assertIn("RSA", str(e))
+        self.assertNotIn("\n", str(e))
+
+
+class FreshnessTests(TestCase):
+    """cms-time-window: bounded by default under cms-verify-ca, and a replay cache."""
+
+    def setUp(self) -> None:
+        self.ks = make_keystore(Path(self.mktemp()).absolute())
+
+    def config(self, keys: str) -> object:
+        from ccnet.cc.config import parse
+        from ccnet.config import IniFile
+
+        cfg = parse(IniFile.from_string(
+            f"[cc]\ncc-socket = tcp://127.0.0.1:*\ncms-keystore = {self.ks}\n{keys}[routes]\n",
+            self.ks / "ccnet.ini"))
+        assert cfg is not None
+        return cfg.cms
+
+    def test_window_defaults_to_five_minutes_under_verify_ca_and_zero_means_unlimited(self) -> None:
+        self.assertEqual(self.config("cms-verify-ca = ca\n").time_window, 300.0)  # type: ignore[attr-defined]
+        self.assertEqual(self.config("cms-verify-ca = ca\ncms-time-window = 0\n").time_window, 0.0)  # type: ignore[attr-defined]
+        self.assertEqual(self.config("cms-sign = client\n").time_window, 0.0)  # type: ignore[attr-defined]
+
+    def test_replayed_signed_message_is_refused_and_a_new_one_is_not(self) -> None:
+        sender = CMSCodec(keystore=self.ks, sign="client")
+        receiver = CMSCodec.from_options(self.config("cms-verify-ca = ca\n"))
+        msg = sender.encode((b"r",), make_body("task.send", {"task": "t"}, "h", 1000.0))
+        receiver.decode(msg, 1001.0)
+        e = self.assertRaises(CryptoError, receiver.decode, msg, 1002.0)
+        self.assertIn("replayed message", str(e))
+        again = sender.encode((b"r",), make_body("task.send", {"task": "t"}, "h", 1003.0))
+        receiver.decode(again, 1003.0)
+        # Once the window is over the time check refuses it, and the cache forgets it.
+        e = self.assertRaises(CryptoError, receiver.decode, msg, 1000.0 + 301)
+        self.assertIn("outside cms-time-window", str(e))
+
+    def test_message_outside_the_window_is_refused(self) -> None:
+        sender = CMSCodec(keystore=self.ks, sign="client")
+        receiver = CMSCodec.from_options(self.config("cms-verify-ca = ca\n"))
+        old = sender.encode((b"r",), make_body("task.send", {}, "h", 1000.0))
+        e = self.assertRaises(CryptoError, receiver.decode, old, 1000.0 + 600)
+        self.assertIn("outside cms-time-window", str(e))
+        unlimited = CMSCodec.from_options(self.config("cms-verify-ca = ca\ncms-time-window = 0\n"))
+        unlimited.decode(old, 1000.0 + 600)
+        unlimited.decode(old, 1000.0 + 601)  # upstream behaviour when asked for: no freshness

@@ -204,7 +204,12 @@ class ConfigTests(TestCase):
         self.assertIn("cms-verify-ca as well", str(e))
         e = self.assertRaises(ConfigError, self.parse, f"[cc]\ncms-keystore = {ks}\ncms-sign = you\n")
         self.assertIn("you.crt", str(e))
-        cfg, _ = self.parse(f"[cc]\ncms-keystore = {ks}\ncms-sign = me\ncms-verify-ca = ca\n")
+        e = self.assertRaises(ConfigError, self.parse, f"[cc]\ncms-keystore = {ks}\ncms-sign = me\n")
+        self.assertIn("cms-sign: a PEM certificate", str(e))
+        from tests.test_cc_crypto import make_keystore
+
+        real = make_keystore(Path(self.mktemp()).absolute())
+        cfg, _ = self.parse(f"[cc]\ncms-keystore = {real}\ncms-sign = client\ncms-verify-ca = ca\n")
         self.assertEqual(cfg.cms.verify_ca, ("ca",))
 
 

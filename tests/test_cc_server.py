@@ -96,12 +96,13 @@ def free_port() -> int:
 
 
 class ServerTestCase(TestCase):
-    def start(self, text: str, clock: Any = None, zmq_factory: Any = None) -> CCServer:
+    def start(self, text: str, clock: Any = None, zmq_factory: Any = None, runtime: Any = None) -> CCServer:
         ini = IniFile.from_string(text)
         cfg = parse(ini)
         for name in ini.claimed():
             ini.section(name).finish()
-        server = CCServer(cfg, reactor, hostname="ccnet-test", clock=clock, zmq_factory=zmq_factory)
+        server = CCServer(cfg, reactor, hostname="ccnet-test", clock=clock, zmq_factory=zmq_factory,
+                          runtime=runtime)
         server.start()
         self.addCleanup(server.stop)
         return server
@@ -501,6 +502,36 @@ class CryptoServerTests(ServerTestCase):
         self.assertEqual(obj["orig_target"], "s")
         self.assertEqual(signer.cn, "server")  # type: ignore[union-attr]
         self.assertEqual(srv.stats.totals["count.error.msg.echo.request"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_captured_signed_message_is_handled_once(self) -> Any:
+        srv = self.start(self.crypto_config("cms-verify-ca = ca"))
+        signed = CMSCodec(keystore=self.ks, sign="client").encode(
+            (), make_body("echo.request", {"target": "s", "ack": True}, "client", time.time()))
+        first, replayed = yield self.ask(srv, [signed.frames(), signed.frames()], replies=2)
+        self.assertEqual(first[1], b"echo.response")
+        self.assertEqual(replayed[1], b"error")
+        self.assertIn("replayed message", json.loads(replayed[2])["msg"])
+        self.assertEqual(srv.stats.totals["count.ok"], 1)
+
+    @defer.inlineCallbacks
+    def test_signer_revoked_in_the_tls_crl_gets_an_error_reply(self) -> Any:
+        from types import SimpleNamespace
+
+        from tests.support import test_pki
+
+        pki = test_pki()
+        hooks: list[Any] = []
+        runtime = SimpleNamespace(config=SimpleNamespace(tls=SimpleNamespace(crl=pki.crl)), on_reload=hooks.append)
+        srv = self.start(echo_config(extra=f"cms-keystore = {pki.dir}\ncms-verify-ca = ca"), runtime=runtime)
+        self.assertEqual(hooks, [srv.codec.reload_crls])  # SIGHUP re-reads the CRL
+        now = time.time()
+        revoked = CMSCodec(keystore=pki.dir, sign="revoked").encode((), make_body("echo.request", {"ack": True}, "c", now))
+        good = CMSCodec(keystore=pki.dir, sign="client").encode((), make_body("echo.request", {"ack": True}, "c", now))
+        reps = yield self.ask(srv, [revoked.frames(), good.frames()], replies=2)
+        self.assertEqual(reps[0][1], b"error")
+        self.assertIn("is revoked", json.loads(reps[0][2])["msg"])
+        self.assertEqual(reps[1][1], b"echo.response")
 
     @defer.inlineCallbacks
     def test_signature_from_foreign_ca_is_rejected(self) -> Any:

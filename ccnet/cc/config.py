@@ -12,6 +12,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from ccnet.cc.handlers import HandlerLookupError, resolve_handler
 from ccnet.cc.message import DEFAULT_MAX_BODY
 from ccnet.cc.routing import BUILTIN_HANDLER_ROLES, ROLES, RouteError, RouteTable, role_error
@@ -61,6 +63,11 @@ class ZmqOptions:
     tcp_keepalive_cnt: int = 4
 
 
+#: Seconds a signed message's ``time`` may be from now when ``cms-verify-ca`` is set and
+#: ``cms-time-window`` is not (a replay cache refuses a signature seen within it).
+DEFAULT_TIME_WINDOW = 300.0
+
+
 @dataclass(frozen=True)
 class CMSOptions:
     """cms-* keys; names are keystore entries (``NAME.crt``, ``private/NAME.key``)."""
@@ -71,6 +78,8 @@ class CMSOptions:
     encrypt: str | None = None
     decrypt: str | None = None
     time_window: float = 0.0
+    #: CRL files checked for signers (``cms-crl``; the daemon falls back to ``[tls] crl``).
+    crl: tuple[Path, ...] = ()
 
     @property
     def enabled(self) -> bool:
@@ -189,8 +198,11 @@ def _parse_cms(sect: SectionReader, ini: IniFile) -> CMSOptions:
     verify_ca = tuple(sect.get_list("cms-verify-ca", []))
     encrypt = sect.get_str("cms-encrypt", "") or None
     decrypt = sect.get_str("cms-decrypt", "") or None
-    window = sect.get_float("cms-time-window", 0.0, minimum=0)
-    opts = CMSOptions(keystore, sign, verify_ca, encrypt, decrypt, window)
+    # Signed messages must be fresh: bounded by default once signatures are checked
+    # (an explicit 0 is the original's unlimited behaviour).
+    window = sect.get_float("cms-time-window", DEFAULT_TIME_WINDOW if verify_ca else 0.0, minimum=0)
+    crl = tuple(ini.resolve(p) for p in sect.get_list("cms-crl", []))
+    opts = CMSOptions(keystore, sign, verify_ca, encrypt, decrypt, window, crl)
     if not opts.enabled:
         return opts
     if keystore is None:
@@ -214,6 +226,25 @@ def _parse_cms(sect: SectionReader, ini: IniFile) -> CMSOptions:
         need("cms-encrypt", f"{encrypt}.crt")
     for name in verify_ca:
         need("cms-verify-ca", f"{name}.crt")
+    from ccnet.cc.crypto import key_problem, load_crls
+
+    for key, name, use in (("cms-sign", sign, "sign"), ("cms-encrypt", encrypt, "encrypt"),
+                           ("cms-decrypt", decrypt, "decrypt")):
+        if not name:
+            continue
+        path = keystore / f"{name}.crt"
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            raise sect.error(key, f"a PEM certificate in {path}") from None
+        problem = key_problem(cert, use)
+        if problem is not None:
+            raise sect.error(key, problem, f"{name} ({path})")
+    for path in crl:
+        try:
+            load_crls([path])
+        except (OSError, ValueError):
+            raise sect.error("cms-crl", "readable PEM or DER CRL files", str(path)) from None
     return opts
 
 

@@ -10,16 +10,19 @@ Same structures as the original (M2Crypto SMIME, DER):
   before signing.
 
 ``cryptography`` builds the structures and decrypts; it cannot verify
-SignedData, so verification is done here with ``asn1crypto`` parsing and
-``cryptography`` signature checks.  ``openssl cms`` reads and writes the same
-structures (interop is tested).
+SignedData, so the signature is checked here with ``asn1crypto`` parsing and
+``cryptography`` signature checks, and the signer certificate with
+``cryptography.x509.verification`` (chain to ``cms-verify-ca``, validity, path length,
+KeyUsage/EKU) plus the CRLs (``cms-crl``, else ``[tls] crl``), as strict as the TLS
+listeners.  ``openssl cms`` reads and writes the same structures (interop is tested).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,12 +36,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509 import verification as xv
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ccnet.cc.message import ENC1, BodyError, CCMessage, decode_body, encode_body
 
 __all__ = [
     "CryptoError",
     "Keystore",
+    "ReplayCache",
+    "key_problem",
+    "load_crls",
     "CMSCodec",
     "Signer",
     "blob_hash",
@@ -191,50 +199,145 @@ def _find_signer_cert(sid: Any, certs: list[x509.Certificate]) -> x509.Certifica
     raise CryptoError("signer certificate not included in the signature")
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    """Only a CA certificate may vouch for another (as ``openssl cms -verify`` insists)."""
-    try:
-        basic = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    if not basic.ca:
-        return False
-    try:
-        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return True
-    return bool(usage.key_cert_sign)
+#: Extended key usages that let a certificate sign CC messages (TLS clients must have
+#: clientAuth; S/MIME signers emailProtection). A certificate without EKU may sign.
+SIGNING_EKUS = frozenset({ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.EMAIL_PROTECTION,
+                          ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE})
+
+#: Longest chain (signer, intermediates, anchor) accepted.
+MAX_CHAIN_DEPTH = 8
+
+
+def _signer_eku(policy: Any, cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None) -> None:
+    if ext is not None and not SIGNING_EKUS & set(ext):
+        raise ValueError("signer certificate's extended key usage allows neither clientAuth nor emailProtection")
+
+
+def _signer_key_usage(policy: Any, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
+    if ext is not None and not (ext.digital_signature or ext.content_commitment):
+        raise ValueError("signer certificate's key usage does not allow digital signatures")
+
+
+def _ca_key_usage(policy: Any, cert: x509.Certificate, ext: x509.KeyUsage | None) -> None:
+    # As OpenSSL: a CA without KeyUsage may sign certificates; one with it needs keyCertSign.
+    if ext is not None and not ext.key_cert_sign:
+        raise ValueError("issuer's key usage does not allow signing certificates")
+
+
+def _policies() -> tuple[xv.ExtensionPolicy, xv.ExtensionPolicy]:
+    """(CA, signer) policies: the Web PKI's, with what mutual-TLS PKIs (ccnet-pki, grid CAs)
+    do not carry made optional (subjectAltName, authorityKeyIdentifier) and the signer's
+    key usages as above."""
+    agnostic = xv.Criticality.AGNOSTIC
+    ca = (xv.ExtensionPolicy.webpki_defaults_ca()
+          .may_be_present(x509.AuthorityKeyIdentifier, agnostic, None)
+          .may_be_present(x509.KeyUsage, agnostic, _ca_key_usage))
+    ee = (xv.ExtensionPolicy.webpki_defaults_ee()
+          .may_be_present(x509.SubjectAlternativeName, agnostic, None)
+          .may_be_present(x509.AuthorityKeyIdentifier, agnostic, None)
+          .may_be_present(x509.ExtendedKeyUsage, agnostic, _signer_eku)
+          .may_be_present(x509.KeyUsage, agnostic, _signer_key_usage))
+    return ca, ee
+
+
+def load_crls(paths: Sequence[Path]) -> list[x509.CertificateRevocationList]:
+    """Every CRL in the files (PEM blocks or one DER CRL each)."""
+    crls: list[x509.CertificateRevocationList] = []
+    for path in paths:
+        data = Path(path).read_bytes()
+        marker = b"-----BEGIN X509 CRL-----"
+        if marker not in data:
+            crls.append(x509.load_der_x509_crl(data))
+            continue
+        crls += [x509.load_pem_x509_crl(marker + block) for block in data.split(marker)[1:]]
+    return crls
 
 
 def _check_chain(
-    leaf: x509.Certificate, pool: list[x509.Certificate], cas: list[x509.Certificate], now: datetime
-) -> tuple[datetime, datetime]:
-    """Walk issuer links from ``leaf`` through embedded certs to one of ``cas``.
-    Returns the period in which the whole walked chain is valid."""
-    cert = leaf
-    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
-    for _ in range(8):
-        if not (cert.not_valid_before_utc <= now <= cert.not_valid_after_utc):
-            raise CryptoError(f"certificate {cert.subject.rfc4514_string()} is not valid now")
-        start, end = max(start, cert.not_valid_before_utc), min(end, cert.not_valid_after_utc)
-        for ca in cas:
-            if ca.subject == cert.issuer:
-                try:
-                    cert.verify_directly_issued_by(ca)
-                except (ValueError, TypeError, InvalidSignature):
-                    continue
-                return start, end
-        parents = [p for p in pool if p.subject == cert.issuer and p != cert and _is_ca(p)]
-        for p in parents:
-            try:
-                cert.verify_directly_issued_by(p)
-            except (ValueError, TypeError, InvalidSignature):
+    leaf: x509.Certificate, pool: list[x509.Certificate], cas: list[x509.Certificate], now: datetime,
+    crls: Sequence[x509.CertificateRevocationList] | None = None,
+) -> tuple[list[x509.Certificate], datetime, datetime]:
+    """Verify ``leaf`` (with the embedded ``pool`` as intermediates) up to one of ``cas``.
+    Returns the chain (leaf first) and the period in which all of it is valid."""
+    if not cas:
+        raise CryptoError("signer certificate is not issued by a trusted CA (cms-verify-ca)")
+    ca_policy, ee_policy = _policies()
+    verifier = (xv.PolicyBuilder().store(xv.Store(cas)).time(now).max_chain_depth(MAX_CHAIN_DEPTH)
+                .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy).build_client_verifier())
+    try:
+        chain = verifier.verify(leaf, [c for c in pool if c != leaf]).chain
+    except xv.VerificationError as exc:
+        raise CryptoError(f"signer certificate {leaf.subject.rfc4514_string()} refused: {_why(exc)}") from None
+    if crls is not None:
+        _check_revocation(chain, crls, now)
+    start = max(c.not_valid_before_utc for c in chain)
+    end = min(c.not_valid_after_utc for c in chain)
+    return chain, start, end
+
+
+def _why(exc: Exception) -> str:
+    text = str(exc).split(" (encountered processing")[0]
+    for prefix in ("validation failed: ", "candidates exhausted: "):
+        text = text.removeprefix(prefix)
+    if "not valid at validation time" in text:
+        return "certificate is expired or not yet valid"
+    if "no interior errors" in text or not text:
+        return "not issued by a trusted CA (cms-verify-ca)"
+    return text
+
+
+def _check_revocation(chain: list[x509.Certificate], crls: Sequence[x509.CertificateRevocationList],
+                      now: datetime) -> None:
+    """As TLS with a CRL (OpenSSL's CRL_CHECK): the signer's issuer must have a current CRL
+    and the signer must not be on it; CRLs of the CAs above are checked when present."""
+    for depth, (cert, issuer) in enumerate(zip(chain, chain[1:], strict=False)):
+        found = False
+        for crl in crls:
+            if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
                 continue
-            cert = p
-            break
-        else:
-            break
-    raise CryptoError("signer certificate is not issued by a trusted CA (cms-verify-ca)")
+            found = True
+            next_update = crl.next_update_utc
+            if next_update is not None and next_update < now:
+                raise CryptoError(f"the CRL of {issuer.subject.rfc4514_string()} has expired")
+            if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+                raise CryptoError(f"signer certificate {cert.subject.rfc4514_string()} is revoked")
+        if depth == 0 and not found:
+            raise CryptoError(f"no CRL for the signer's issuer {issuer.subject.rfc4514_string()}")
+
+
+def key_problem(cert: x509.Certificate, use: str) -> str | None:
+    """Why ``cert`` cannot be used for ``use`` (``sign``, ``encrypt``, ``decrypt``), or None.
+
+    CMS key transport (cms-encrypt/cms-decrypt) is RSA only in ``cryptography``; signing
+    takes RSA or EC keys."""
+    key = cert.public_key()
+    kind = type(key).__name__.replace("_", "").replace("PublicKey", "") or "unknown"
+    if use in ("encrypt", "decrypt") and not isinstance(key, rsa.RSAPublicKey):
+        return f"an RSA certificate (CMS encryption needs RSA key transport), not a {kind} key"
+    if use == "sign" and not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
+        return f"an RSA or EC certificate, not a {kind} key"
+    return None
+
+
+class ReplayCache:
+    """Signatures seen within the time window: a captured message cannot run twice."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._seen: set[bytes] = set()
+        self._order: deque[tuple[float, bytes]] = deque()
+
+    def check(self, key: bytes, now: float) -> None:
+        """Remember ``key``; CryptoError when it was already seen within the window."""
+        while self._order and self._order[0][0] < now:
+            self._seen.discard(self._order.popleft()[1])
+        if key in self._seen:
+            raise CryptoError("replayed message: this signature was already received within cms-time-window")
+        self._seen.add(key)
+        self._order.append((now + 2 * self.window, key))
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
 
 def _verify_sig(cert: x509.Certificate, algo: str, digest_name: str, sig: bytes, data: bytes) -> None:
@@ -261,8 +364,16 @@ CHAIN_CACHE_SIZE = 256
 class _Trusted:
     cert: x509.Certificate
     signer: Signer
+    chain: tuple[x509.Certificate, ...]
     not_before: datetime
     not_after: datetime
+
+
+@dataclass(frozen=True)
+class Verified:
+    content: bytes
+    signer: Signer
+    signature: bytes  # the signature value: what a replay repeats
 
 
 def verify_signed(
@@ -271,14 +382,27 @@ def verify_signed(
     content: bytes | None = None,
     now: datetime | None = None,
     cache: dict[bytes, _Trusted] | None = None,
+    crls: Sequence[x509.CertificateRevocationList] | None = None,
 ) -> tuple[bytes, Signer]:
-    """Verify a DER SignedData against ``cas``.
+    """Verify a DER SignedData against ``cas`` (and ``crls`` when given).
 
     ``content`` is the detached content; ``None`` means the content is attached.
     ``cache`` remembers signer certificates whose chain to ``cas`` was already
-    verified (their validity period is still checked every time).
+    verified (their validity period and revocation are still checked every time).
     Returns (content, signer).  Raises CryptoError with the reason.
     """
+    v = _verify(der, cas, content, now, cache, crls)
+    return v.content, v.signer
+
+
+def _verify(
+    der: bytes,
+    cas: list[x509.Certificate],
+    content: bytes | None,
+    now: datetime | None,
+    cache: dict[bytes, _Trusted] | None,
+    crls: Sequence[x509.CertificateRevocationList] | None,
+) -> Verified:
     now = now or datetime.now(UTC)
     try:
         info = acms.ContentInfo.load(der)
@@ -324,22 +448,27 @@ def verify_signed(
             signed = b"\x31" + attrs.dump()[1:]
         else:
             signed = content
+        signature = si["signature"].native
         try:
-            _verify_sig(cert, sig_algo, digest_name, si["signature"].native, signed)
+            _verify_sig(cert, sig_algo, digest_name, signature, signed)
         except InvalidSignature:
             raise CryptoError("bad signature") from None
         key = cert.public_bytes(serialization.Encoding.DER)
         trusted = cache.get(key) if cache is not None else None
         if trusted is None:
-            start, end = _check_chain(cert, certs, cas, now)
-            trusted = _Trusted(cert, _signer(cert), start, end)
+            chain, start, end = _check_chain(cert, certs, cas, now, crls)
+            trusted = _Trusted(cert, _signer(cert), tuple(chain), start, end)
             if cache is not None:
                 if len(cache) >= CHAIN_CACHE_SIZE:
                     cache.pop(next(iter(cache)))
                 cache[key] = trusted
-        elif not (trusted.not_before <= now <= trusted.not_after):
-            raise CryptoError(f"certificate {cert.subject.rfc4514_string()} is not valid now")
-        return content, trusted.signer
+        else:
+            if not (trusted.not_before <= now <= trusted.not_after):
+                raise CryptoError(f"signer certificate {cert.subject.rfc4514_string()} refused: "
+                                  "certificate is expired or not yet valid")
+            if crls is not None:
+                _check_revocation(list(trusted.chain), crls, now)
+        return Verified(content, trusted.signer, bytes(signature))
     except CryptoError:
         raise
     except Exception as exc:  # malformed ASN.1 surfaces as many exception types
@@ -360,6 +489,7 @@ class CMSCodec:
         encrypt: str | None = None,
         decrypt: str | None = None,
         time_window: float = 0.0,
+        crl: Sequence[Path] = (),
     ) -> None:
         if encrypt and not sign:
             raise ValueError("cms-encrypt needs cms-sign")
@@ -376,13 +506,27 @@ class CMSCodec:
         self.encrypt_cert = ks.cert(encrypt) if ks and encrypt else None
         self.decrypt_cert = ks.cert(decrypt) if ks and decrypt else None
         self.decrypt_key = ks.key(decrypt) if ks and decrypt else None
+        for use, entry, cert in (("sign", sign, self.sign_cert), ("encrypt", encrypt, self.encrypt_cert),
+                                 ("decrypt", decrypt, self.decrypt_cert)):
+            problem = key_problem(cert, use) if cert is not None else None
+            if problem is not None:
+                raise ValueError(f"cms-{use} = {entry}: expected {problem}")
         self.time_window = time_window
+        self.crl_paths = tuple(crl)
+        self.crls: list[x509.CertificateRevocationList] | None = load_crls(self.crl_paths) if crl else None
         self._trusted: dict[bytes, _Trusted] = {}
+        self.replays = ReplayCache(time_window)
 
     @classmethod
     def from_options(cls, opts: Any) -> CMSCodec:
         """From a :class:`ccnet.cc.config.CMSOptions`."""
-        return cls(opts.keystore, opts.sign, opts.verify_ca, opts.encrypt, opts.decrypt, opts.time_window)
+        return cls(opts.keystore, opts.sign, opts.verify_ca, opts.encrypt, opts.decrypt, opts.time_window,
+                   opts.crl)
+
+    def reload_crls(self) -> None:
+        """Re-read the CRL files (SIGHUP); a broken file raises and keeps the old CRLs."""
+        if self.crl_paths:
+            self.crls = load_crls(self.crl_paths)
 
     @property
     def signs(self) -> bool:
@@ -418,24 +562,33 @@ class CMSCodec:
         """
         signer: Signer | None = None
         when = cert_time
+        verified: Verified | None = None
         if self.decrypt_cert is not None:
             if not msg.encrypted:
                 raise CryptoError("message is not encrypted (cms-decrypt is set)")
             inner = decrypt(msg.signature, self.decrypt_cert, self.decrypt_key)
-            data, signer = verify_signed(inner, self.cas, None, when, self._trusted)
+            verified = _verify(inner, self.cas, None, when, self._trusted, self.crls)
+            data = verified.content
         elif msg.encrypted:
             raise CryptoError("encrypted message, but this server has no cms-decrypt")
         elif self.cas:
             if not msg.signature:
                 raise CryptoError("message is not signed (cms-verify-ca is set)")
-            data, signer = verify_signed(msg.signature, self.cas, msg.body, when, self._trusted)
+            verified = _verify(msg.signature, self.cas, msg.body, when, self._trusted, self.crls)
+            data = msg.body
         else:
             data = msg.body
+        if verified is not None:
+            signer = verified.signer
         obj = msg.payload() if data is msg.body else decode_body(data, msg.type)
         if self.time_window > 0:
             t = obj.get("time")
             if not isinstance(t, (int, float)) or abs(now - float(t)) > self.time_window:
                 raise CryptoError("message time outside cms-time-window")
+            if verified is not None:
+                # Fresh and never seen: a captured signed message cannot be sent again
+                # while its time is still inside the window (after it, the window refuses it).
+                self.replays.check(hashlib.sha256(verified.signature).digest(), now)
         if msg.blob is not None:
             if self.cas or msg.signature:
                 check_blob_hash(obj.get("blob_hash"), msg.blob)

@@ -77,7 +77,9 @@ class CCServer:
         self.runtime = runtime
         self.hostname = hostname or _socket.gethostname()
         self.stats = CCStats(per_type=True)
-        self.codec = CMSCodec.from_options(config.cms)
+        self.codec = CMSCodec.from_options(_with_tls_crl(config.cms, runtime))
+        if self.codec.crl_paths and callable(getattr(runtime, "on_reload", None)):
+            runtime.on_reload(self.codec.reload_crls)  # SIGHUP re-reads the CRLs, as TLS does
         # One ZmqFactory (ZMQ context) per reactor.  A caller running several
         # servers in one reactor passes a shared one and shuts it down itself.
         self.zmq_factory: Any = zmq_factory
@@ -326,6 +328,15 @@ class CCService(Service):
     def stopService(self) -> Any:  # noqa: N802 (IService)
         super().stopService()
         return self.server.stop()
+
+
+def _with_tls_crl(cms: Any, runtime: Any) -> Any:
+    """Signers are checked against ``cms-crl``, else the daemon's ``[tls] crl``."""
+    tls = getattr(getattr(runtime, "config", None), "tls", None)
+    crl = getattr(tls, "crl", None)
+    if cms.verify_ca and not cms.crl and crl is not None:
+        return replace(cms, crl=(crl,))
+    return cms
 
 
 def build(runtime: Any, cc_config: CCConfig) -> list[IService]:
