@@ -23,6 +23,7 @@ __all__ = [
     "IniFile",
     "ListenSpec",
     "SectionReader",
+    "SetupError",
     "load_config",
     "parse_listen",
 ]
@@ -38,6 +39,12 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 # Endpoint option names that would carry TLS material: ccnet takes that from [tls].
 _TLS_ENDPOINT_OPTIONS = {"privatekey", "certkey", "extracertchain", "cacertsdir", "dhparameters"}
+
+
+class SetupError(ValueError):
+    """A configuration or environment mistake found while the daemon's parts are built
+    (after the INI file parsed): one line for the operator and exit 2, like ConfigError.
+    Anything else escaping ``make_service`` is a bug and keeps its traceback."""
 
 
 class ConfigError(Exception):

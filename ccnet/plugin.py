@@ -41,11 +41,19 @@ class ServiceMaker:
     options = Options
 
     def makeService(self, options: Options) -> Any:  # noqa: N802 (Twisted API)
+        from ccnet.config import SetupError
         from ccnet.service import make_service
         from ccnet.store import StoreError
 
         try:
             return make_service(options.config)
-        except (ConfigError, StoreError, ValueError, OSError) as exc:
+        except (ConfigError, SetupError, StoreError) as exc:
+            # Configuration and environment mistakes: one line, exit 2, as for the INI file.
             sys.stderr.write(f"ccnet: cannot start: {exc}\n")
             raise SystemExit(2) from None
+        except OSError as exc:
+            if exc.filename is None:
+                raise  # not about a file the config names: keep the traceback
+            sys.stderr.write(f"ccnet: cannot start: {exc.strerror or exc}: {exc.filename}\n")
+            raise SystemExit(2) from None
+        # Anything else is a bug: twistd prints it with its traceback (and exits non-zero).

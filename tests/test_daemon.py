@@ -120,6 +120,45 @@ class StartupErrorTests(unittest.TestCase):
         self.assertIn("cannot listen", result.stdout + result.stderr)
 
 
+class MakeServiceErrorTests(unittest.TestCase):
+    """What ``twistd ccnet`` does with what escapes make_service (in-process)."""
+
+    def make(self, error: BaseException) -> Any:
+        import io
+        from types import SimpleNamespace
+        from unittest import mock
+
+        from ccnet.plugin import ServiceMaker
+
+        stderr = io.StringIO()
+        with mock.patch("ccnet.service.make_service", side_effect=error), mock.patch("sys.stderr", stderr):
+            try:
+                ServiceMaker().makeService(SimpleNamespace(config=None))  # type: ignore[arg-type]
+            except SystemExit as exit_:
+                return exit_.code, stderr.getvalue()
+        return None, stderr.getvalue()
+
+    def test_setup_and_store_errors_are_one_line_and_exit_2(self) -> None:
+        from ccnet.config import SetupError
+        from ccnet.store import StoreError
+
+        for error in (SetupError("[supervisor] registries: no such file"), StoreError("cannot create the folder")):
+            code, text = self.make(error)
+            self.assertEqual(code, 2)
+            self.assertEqual(text.count("\n"), 1, text)
+            self.assertIn(f"ccnet: cannot start: {error}", text)
+
+    def test_missing_file_is_one_line_and_names_it(self) -> None:
+        code, text = self.make(FileNotFoundError(2, "No such file or directory", "/etc/ccnet/users.conf"))
+        self.assertEqual((code, text), (2, "ccnet: cannot start: No such file or directory: /etc/ccnet/users.conf\n"))
+
+    def test_programming_errors_keep_their_traceback(self) -> None:
+        for error in (ValueError("too many values to unpack"), TypeError("'NoneType' object is not callable"),
+                      OSError(9, "Bad file descriptor")):
+            with self.assertRaises(type(error)):
+                self.make(error)
+
+
 class RunningDaemonTests(unittest.TestCase):
     """One daemon for the class: health over mutual TLS with treq and requests, logs, reload."""
 

@@ -40,6 +40,7 @@ from cryptography.x509 import verification as xv
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ccnet.cc.message import ENC1, BodyError, CCMessage, decode_body, encode_body
+from ccnet.config import SetupError
 
 __all__ = [
     "CryptoError",
@@ -492,12 +493,12 @@ class CMSCodec:
         crl: Sequence[Path] = (),
     ) -> None:
         if encrypt and not sign:
-            raise ValueError("cms-encrypt needs cms-sign")
+            raise SetupError("cms-encrypt needs cms-sign")
         if decrypt and not verify_ca:
-            raise ValueError("cms-decrypt needs cms-verify-ca")
+            raise SetupError("cms-decrypt needs cms-verify-ca")
         ks = Keystore(keystore) if keystore is not None else None
         if (sign or verify_ca or encrypt or decrypt) and ks is None:
-            raise ValueError("cms-* keys need cms-keystore")
+            raise SetupError("cms-* keys need cms-keystore")
         self.sign_cert = ks.cert(sign) if ks and sign else None
         self.sign_key = ks.key(sign) if ks and sign else None
         self.cas: list[x509.Certificate] = []
@@ -510,7 +511,7 @@ class CMSCodec:
                                  ("decrypt", decrypt, self.decrypt_cert)):
             problem = key_problem(cert, use) if cert is not None else None
             if problem is not None:
-                raise ValueError(f"cms-{use} = {entry}: expected {problem}")
+                raise SetupError(f"cms-{use} = {entry}: expected {problem}")
         self.time_window = time_window
         self.crl_paths = tuple(crl)
         self.crls: list[x509.CertificateRevocationList] | None = load_crls(self.crl_paths) if crl else None

@@ -20,11 +20,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ccnet.config import SetupError
+
 __all__ = ["AuthzError", "CapabilityRule", "IdentityClaims", "Policy", "parse_roles_file", "parse_caps_file"]
 
 
-class AuthzError(ValueError):
-    """A users/caps file that cannot be read; the text names file and line."""
+class AuthzError(SetupError):
+    """A users/caps file that cannot be read; the text names file and line (at start-up a
+    configuration mistake: one line, exit 2)."""
 
 
 class IdentityClaims:

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ccnet.config import SetupError
 from ccnet.rpc import S_ERROR, S_OK, RPCService, blocking
 from ccnet.rpc.service import safe_path
 
@@ -37,10 +38,10 @@ class FilesService(RPCService):
     def initializeHandler(cls, serviceInfo: dict[str, Any]) -> None:  # noqa: N802, N803
         root = cls.srv_getCSPath("root")
         if root is None:
-            raise ValueError(f"[rpc:{serviceInfo['serviceName']}] needs root = <folder>")
+            raise SetupError(f"[rpc:{serviceInfo['serviceName']}] needs root = <folder>")
         path = root.resolve()
         if not path.is_dir():
-            raise ValueError(f"[rpc:{serviceInfo['serviceName']}] root {path} is not a folder")
+            raise SetupError(f"[rpc:{serviceInfo['serviceName']}] root {path} is not a folder")
         cls.root = path
 
     @blocking
