@@ -108,6 +108,16 @@ class StartupErrorTests(unittest.TestCase):
         text = rpc_config(self.pki).replace(str(self.pki.key("server")), str(self.pki.key("client")))
         self.check(text, "[tls] key", "matching the certificate")
 
+    def test_mistake_found_while_building_a_part_is_one_line_with_exit_2(self) -> None:
+        config = self.folder / "ccnet.ini"
+        config.write_text("[ccnet]\nstate-dir = var\n\n[component]\nlisten = ssl:0:interface=127.0.0.1\n"
+                          "\n[probe:ping]\nmodule = ccnet.mplane.probes.ping\n")
+        result = run_twistd(config)
+        output = result.stdout + result.stderr
+        self.assertEqual(result.returncode, 2, output)
+        self.assertNotIn("Traceback", output)
+        self.assertIn("ccnet: cannot start: [component] needs the [tls] section", output)
+
     def test_port_in_use_exits_non_zero(self) -> None:
         with socket.socket() as busy:
             busy.bind(("127.0.0.1", 0))

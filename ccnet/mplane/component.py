@@ -37,7 +37,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from ccnet.config import parse_listen
+from ccnet.config import SetupError, parse_listen
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
@@ -717,7 +717,7 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
     """The component's services (``[component]`` in ccnet.ini)."""
     reactor = runtime.reactor
     if runtime.tls is None:
-        raise ValueError("[component] needs the [tls] section (mutual TLS with supervisor and clients)")
+        raise SetupError("[component] needs the [tls] section (mutual TLS with supervisor and clients)")
     policy = Policy.from_files(cfg.users, cfg.caps) if (cfg.users or cfg.caps) else None
     probes = [p.factory.build(reactor, p.name, p.options) for p in cfg.probes]
     for probe in probes:
@@ -727,7 +727,7 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
     for probe in probes:
         for cap in probe.capabilities():
             if str(cap.label) in seen:
-                raise ValueError(f"[probe:{probe.name}]: capability {cap.label} is also offered by "
+                raise SetupError(f"[probe:{probe.name}]: capability {cap.label} is also offered by "
                                  f"[probe:{seen[str(cap.label)]}] (labels must be unique per component)")
             seen[str(cap.label)] = probe.name
     core = ComponentCore(reactor, probes, policy, lambda: runtime.users)

@@ -29,6 +29,7 @@ from twisted.web import server
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from ccnet.config import SetupError
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.dialect import (
@@ -523,13 +524,13 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
             try:
                 registries.add(registries.parse(path.read_bytes(), f"registry {path}"))
             except OSError as exc:
-                raise ValueError(f"[supervisor] registries: cannot read {path} ({exc.strerror})") from None
+                raise SetupError(f"[supervisor] registries: cannot read {path} ({exc.strerror})") from None
             except ModelError as exc:
-                raise ValueError(f"[supervisor] registries: {exc}") from None
+                raise SetupError(f"[supervisor] registries: {exc}") from None
     try:
         policy = Policy.from_files(cfg.users, cfg.caps, cfg.admin_role)
     except AuthzError as exc:
-        raise ValueError(f"[supervisor]: {exc}") from None
+        raise SetupError(f"[supervisor]: {exc}") from None
     reactor = runtime.reactor
     state = SupervisorState(runtime.store, registries, policy, reactor.seconds,
                             result_expiry=cfg.result_expiry, component_role=cfg.component_role)
@@ -563,7 +564,7 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
         from ccnet.mplane.pull import ComponentPuller
 
         if runtime.tls is None:
-            raise ValueError("[supervisor] components: calling components needs the [tls] section")
+            raise SetupError("[supervisor] components: calling components needs the [tls] section")
         services.append(ComponentPuller(state, list(cfg.components), reactor, runtime.tls,
                                         refresh=max(1.0, cfg.component_refresh),
                                         redeem_every=max(0.05, cfg.redeem_interval)))
