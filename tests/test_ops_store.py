@@ -168,7 +168,9 @@ class DatabaseStallTests(unittest.TestCase):
         for name in ("set", "get"):
             status, text, took = seen[name]
             body = json.loads(text)
+            self.assertEqual(status, 503, seen)
             self.assertFalse(body["OK"], seen)
+            self.assertIn("database unavailable", body["Message"])
             self.assertNotIn("Traceback", body["Message"])
             self.assertLess(took, STORE_TIMEOUT + 3, f"{name} waited well past [store] timeout: {seen}")
         self.assertEqual(seen["spec"][0], 503, seen)

@@ -49,6 +49,7 @@ from ccnet.rpc.result import (
     isReturnStructure,
 )
 from ccnet.rpc.service import MountedService, RequestContext, ServiceInitError
+from ccnet.store import StoreError
 from ccnet.web import request_identity
 
 __all__ = ["RPCRequest", "RPCResource", "RPCSite", "request_factory"]
@@ -369,6 +370,17 @@ class _Call:
         if failure.check(ServiceInitError):
             if not self.gone:
                 self.reply_written(error_reply(500, failure.getErrorMessage()))
+            return
+        if failure.check(StoreError):
+            # The database failed or did not answer in time: nothing was committed.
+            log.error("RPC {service}.{method} by {who}: {error}", service=self.service, method=self.method,
+                      who=self.who, error=failure.getErrorMessage())
+            if not self.gone:
+                self.reply_written(error_reply(
+                    503, f"database unavailable in {self.service} {self.method}, nothing was done: "
+                         f"{failure.getErrorMessage()}"))
+            else:
+                self._log(499)
             return
         log.failure(
             "RPC {service}.{method} by {who} raised",
