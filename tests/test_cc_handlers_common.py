@@ -28,7 +28,8 @@ def reply_body(frames: list[bytes]) -> dict[str, Any]:
 class ServerMixin:
     """Start real CC servers from ini text (written to a file when ``folder`` is given)."""
 
-    def start_server(self, text: str, folder: Path | None = None, clock: Any = None) -> CCServer:
+    def start_server(self, text: str, folder: Path | None = None, clock: Any = None,
+                     runtime: Any = None) -> CCServer:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / "cc.ini"
@@ -39,7 +40,7 @@ class ServerMixin:
         cfg = parse(ini)
         for name in ini.claimed():
             ini.section(name).finish()
-        server = CCServer(cfg, reactor, hostname="ccnet-test", clock=clock)
+        server = CCServer(cfg, reactor, hostname="ccnet-test", clock=clock, runtime=runtime)
         server.start()
         self.addCleanup(server.stop)  # type: ignore[attr-defined]
         return server

@@ -7,6 +7,7 @@ import os
 import signal
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer
@@ -66,12 +67,23 @@ class JobMgrTests(ServerMixin, TestCase):
         self.folder = Path(self.mktemp()).absolute()
         self.dst = self.folder / "dst"
 
-    def server(self, more: str = "", extra: str = "") -> Any:
+    def server(self, more: str = "", extra: str = "", runtime: Any = None) -> Any:
         self.folder.mkdir(parents=True, exist_ok=True)
         script = self.folder / "sleeper.sh"
         script.write_text("#!/bin/sh\nexec sleep 60\n")
         script.chmod(script.stat().st_mode | stat.S_IXUSR)
-        return self.start_server(CC.format(dst=self.dst, more=more, extra=extra), folder=self.folder)
+        return self.start_server(CC.format(dst=self.dst, more=more, extra=extra), folder=self.folder,
+                                 runtime=runtime)
+
+    @defer.inlineCallbacks
+    def test_managed_daemon_counts_for_readiness_while_it_runs(self) -> Any:
+        parts: dict[str, Any] = {}
+        runtime = SimpleNamespace(register_part=parts.__setitem__)
+        srv = self.server(more=", d:sleeper", extra=SLEEPER, runtime=runtime)
+        self.assertEqual(sorted(parts), ["cc-job:cctest.d:discovery", "cc-job:cctest.d:sleeper"])
+        self.assertTrue(all(up() for up in parts.values()))
+        yield srv.stop()
+        self.assertFalse(any(up() for up in parts.values()))
 
     @defer.inlineCallbacks
     def test_daemon_runs_answers_job_config_and_stops_with_server(self) -> Any:

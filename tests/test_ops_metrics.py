@@ -155,12 +155,14 @@ class InProcessReadyTests(unittest.TestCase):
         service.startService()
         self.addCleanup(service.stopService)
         yield service.ready
+        opened = service.getServiceNamed("mplane-supervisor").ready
+        yield self.assertFailure(opened, sqlite3.OperationalError)  # the migration failed
+        self.flushLoggedErrors(sqlite3.OperationalError)  # "mPlane supervisor cannot open its state"
         url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/ready"
         answer = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual(answer.status_code, 503)
         self.assertEqual(answer.json()["not_ready"], ["mplane-supervisor"])
         self.assertTrue(answer.json()["store"])
-        self.flushLoggedErrors()
 
 
 class DaemonMetricsTests(unittest.TestCase):
