@@ -113,6 +113,15 @@ class _Call:
         self.body_done = False  # ``fn`` returned: only the commit is left
 
 
+def _daemon_thread(*args: Any, **kw: Any) -> threading.Thread:
+    # A thread stuck on a dead database connection must not keep the process alive at exit.
+    return threading.Thread(*args, daemon=True, **kw)
+
+
+class _StoreThreads(ThreadPool):
+    threadFactory = staticmethod(_daemon_thread)  # type: ignore[assignment]
+
+
 class _Pool:
     """DB-API connections, one per worker thread of a Twisted thread pool.
 
@@ -124,7 +133,7 @@ class _Pool:
         self._connect = connect
         self._reactor = reactor
         self.size = size
-        self._threads = ThreadPool(minthreads=0, maxthreads=size, name="ccnet-store")
+        self._threads = _StoreThreads(minthreads=0, maxthreads=size, name="ccnet-store")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[Any] = set()
@@ -135,6 +144,8 @@ class _Pool:
         if not self._started and not self._threads.joined:
             self._started = True
             self._threads.start()
+            # As adbapi: a reactor that shuts down takes the pool with it.
+            self._reactor.addSystemEventTrigger("during", "shutdown", self.close)
 
     def run(self, call: _Call) -> defer.Deferred[Any]:
         return threads.deferToThreadPool(self._reactor, self._threads, self._in_thread, call)
@@ -189,7 +200,9 @@ class _Pool:
             pass
 
     def close(self) -> None:
-        """Cut what is running, stop the threads, close every connection."""
+        """Cut what is running, stop the threads, close every connection (idempotent)."""
+        if self._threads.joined:
+            return
         with self._lock:
             conns = list(self._open)
             self._open.clear()

@@ -161,8 +161,16 @@ class PostgreSQLFaultTests(unittest.TestCase):
         self.store = Store.open(pg_url(PG_DSN, port=self.proxy.number), reactor, timeout=self.store_timeout)
         self.addCleanup(self.store.close)
         self.table = f"fault_{uuid.uuid4().hex[:10]}"
-        self.addCleanup(lambda: Store.open(PG_DSN, reactor).run(f"DROP TABLE IF EXISTS {self.table}"))
+        self.addCleanup(self._drop_table)
         return self.store.run(f"CREATE TABLE {self.table} (k TEXT PRIMARY KEY)")
+
+    @defer.inlineCallbacks
+    def _drop_table(self) -> Any:
+        direct = Store.open(PG_DSN, reactor)
+        try:
+            yield direct.run(f"DROP TABLE IF EXISTS {self.table}")
+        finally:
+            yield direct.close()
 
     def fill_pool(self) -> Any:
         """Several calls at once, so several pool threads hold a connection."""
