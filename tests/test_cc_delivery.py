@@ -169,6 +169,25 @@ class Holder(CCHandler):
         return d
 
 
+class Gate(CCHandler):
+    """Keeps every request until the test opens the gate."""
+
+    handler_name = "gate"
+    waiting: list[tuple[CCRequest, defer.Deferred[None]]] = []
+
+    def handle(self, request: CCRequest) -> defer.Deferred[None]:
+        d: defer.Deferred[None] = defer.Deferred()
+        Gate.waiting.append((request, d))
+        return d
+
+    @classmethod
+    def open(cls, server: CCServer) -> None:
+        waiting, cls.waiting = cls.waiting, []
+        for request, d in waiting:
+            server.reply(request, "gate.done", {})
+            d.callback(None)
+
+
 def concurrent_large(endpoint: str, peers: int, size: int) -> list[list[bytes]]:
     socks = []
     for _ in range(peers):
@@ -210,6 +229,44 @@ class LargeMessageTests(ServerTestCase):
         self.assertEqual(srv.pending_bytes, 0)
         assert srv.socket is not None
         self.assertFalse(srv.socket.paused)
+
+    @defer.inlineCallbacks
+    def test_paused_reading_neither_spins_nor_loses_and_resumes(self) -> Any:
+        Gate.waiting = []
+        srv = self.start(echo_config(
+            extra="max-pending-bytes = 1 KB",
+            routes="gate = gate", sections=f"[gate]\nhandler = {__name__}:Gate\n",
+        ))
+        assert srv.socket is not None
+        s = _CTX.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(srv.endpoint)
+        self.addCleanup(s.close)
+        for i in range(3):
+            s.send_multipart([b"Q%d" % i, b"", b"gate.x", body("gate.x"), b"", b"z" * 2048])
+        yield until(lambda: len(Gate.waiting) == 1 and srv.socket.paused)  # type: ignore[union-attr]
+        reads = []
+        original = srv.socket.doRead
+        srv.socket.doRead = lambda: (reads.append(1), original())  # type: ignore[method-assign]
+        # A new peer while paused: ZMQ signals its fd (a command to process).
+        late = _CTX.socket(zmq.DEALER)
+        late.setsockopt(zmq.LINGER, 0)
+        late.connect(srv.endpoint)
+        self.addCleanup(late.close)
+        late.send_multipart([b"", b"echo.request", body("echo.request"), b""])
+        yield deferLater(0.3)
+        # While paused the loop still reads EVENTS (which clears ZMQ's fd), so the
+        # reactor is not calling it over and over: a spin would be thousands of calls.
+        self.assertLess(len(reads), 50)
+        self.assertEqual(len(Gate.waiting), 1)  # nothing more read while paused
+        for _ in range(3):
+            Gate.open(srv)
+            yield until(lambda: bool(Gate.waiting) or srv.stats.totals["count.ok"] == 4)
+        got = yield threads.deferToThread(lambda: [s.recv_multipart()[0] for _ in range(3) if s.poll(5000)])
+        self.assertEqual(sorted(got), [b"Q0", b"Q1", b"Q2"])
+        self.assertTrue(late.poll(5000))  # the late peer was served once reading resumed
+        self.assertFalse(srv.socket.paused)
+        self.assertEqual(srv.pending_bytes, 0)
 
     @defer.inlineCallbacks
     def test_frame_over_zmq_maxmsgsize_disconnects_the_peer_and_is_counted(self) -> Any:

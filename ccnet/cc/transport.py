@@ -132,8 +132,10 @@ class ZmqSocket(ZmqConnection):
             self.flush()
         while self.factory is not None:
             sock = self.socket
-            if self.paused or not sock.get(_EVENTS) & _POLLIN:
-                if self.out and self.factory is not None:
+            # ZMQ's contract after the fd signalled: read EVENTS (it processes the
+            # socket's commands and clears the fd), paused or not.
+            if not sock.get(_EVENTS) & _POLLIN or self.paused:
+                if self.out:
                     self.flush()
                 return
             recv, get = sock.recv, sock.get
