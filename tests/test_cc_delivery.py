@@ -311,4 +311,16 @@ class ConfigTests(TestCase):
         self.assertEqual(cfg.zmq.maxmsgsize, 2 * 1024 * 1024)
 
 
-_ = CCServer
+class ShutdownTests(TestCase):
+    def test_factory_shutdown_closes_router_and_monitor_in_any_order(self) -> None:
+        from ccnet.cc.config import ZmqOptions
+        from ccnet.cc.transport import make_factory, router
+
+        for _ in range(5):  # set order varies: the ROUTER may close its monitor first
+            factory = make_factory(reactor, ZmqOptions())
+            sock = router(factory, ZmqOptions(), lambda frames: None)
+            sock.queue_sends(10, 1000, lambda frames, reason: None)
+            sock.watch_disconnects(lambda endpoint: None)
+            sock.bind("tcp://127.0.0.1:*")
+            factory.shutdown()
+            self.assertIsNone(sock.socket)

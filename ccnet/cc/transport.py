@@ -260,6 +260,8 @@ class ZmqSocket(ZmqConnection):
         self._monitor.connect(addr)
 
     def shutdown(self) -> None:
+        if self.factory is None:
+            return  # already closed (the ROUTER closes its monitor; the factory may try again)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._monitor is not None:
