@@ -1,14 +1,18 @@
 """CC request/reply throughput and latency: ccnet vs a raw pyzmq ROUTER echo loop.
 
-    .venv/bin/python bench/cc_bench.py [--messages 20000] [--window 32] [--json]
+    .venv/bin/python bench/cc_bench.py [--messages 20000] [--windows 32,200] [--json]
 
-Three servers are measured with the same load generator (a separate process
-with a plain pyzmq DEALER keeping ``--window`` requests in flight, each with
-its own query-id route frame, as CCReqStream does):
+The servers are measured side by side, interleaved, with the same load
+generator (a separate process with a plain pyzmq DEALER, default options,
+keeping ``window`` requests in flight, each with its own query-id route frame,
+as CCReqStream does; a request without a reply after ``--reply-timeout``
+seconds counts as lost):
 
 * ``raw``: a Python pyzmq ROUTER loop that sends every message straight back
-  (no parsing at all: the ceiling for Python + ZMQ on this machine);
-* ``ccnet``: the CC server in the Twisted reactor, ``[routes] echo = echo``:
+  (no parsing at all: the ceiling for Python + ZMQ on this machine; unlimited
+  HWM, so it never drops);
+* ``ccnet``: the CC server in the Twisted reactor on its default settings
+  (``zmq_hwm = 100``, ``send-queue``), ``[routes] echo = echo``:
   frame parsing, JSON validation, prefix routing, the echo handler, a newly
   built and serialized ``echo.response``;
 * ``ccnet-signed``: the same with ``cms-verify-ca`` (every request's detached
@@ -38,14 +42,21 @@ sys.path.insert(0, str(ROOT))
 # ----------------------------------------------------------------------------- load generator
 
 
-def client(endpoint: str, messages: int, window: int, frames_json: str) -> dict[str, Any]:
-    """Runs in its own process: send ``messages`` requests, ``window`` in flight."""
+#: A request without a reply after this many seconds counts as lost.
+REPLY_TIMEOUT = 3.0
+
+
+def client(endpoint: str, messages: int, window: int, frames_json: str,
+           reply_timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+    """Runs in its own process: send ``messages`` requests, ``window`` in flight.
+
+    A plain DEALER (default HWMs).  Lost replies are counted, not waited for:
+    when nothing arrives for ``reply_timeout`` seconds, what is outstanding is
+    lost and the window is refilled from there."""
     template = [bytes.fromhex(f) for f in json.loads(frames_json)]
     ctx = zmq.Context()
     s = ctx.socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
-    s.setsockopt(zmq.SNDHWM, 0)
-    s.setsockopt(zmq.RCVHWM, 0)
     s.connect(endpoint)
     # warm up: one round trip proves the server is there
     s.send_multipart([b"W", *template])
@@ -56,15 +67,21 @@ def client(endpoint: str, messages: int, window: int, frames_json: str) -> dict[
     lat: list[float] = []
     sent = 0
     errors = 0
+    lost = 0
+    stalled = 0.0
     start = time.perf_counter()
-    while len(lat) + errors < messages:
-        while sent < messages and sent - len(lat) - errors < window:
+    while len(lat) + errors + lost < messages:
+        while sent < messages and len(sent_at) < window:
             qid = b"Q%08d" % sent
             sent_at[qid] = time.perf_counter()
             s.send_multipart([qid, *template])
             sent += 1
-        if not s.poll(10000):
-            raise SystemExit(f"stalled after {len(lat)} replies")
+        if not s.poll(int(reply_timeout * 1000)):
+            # Whatever is still outstanding will not come: lost.
+            lost += len(sent_at)
+            sent_at.clear()
+            stalled += reply_timeout
+            continue
         rep = s.recv_multipart()
         t0 = sent_at.pop(rep[0], None)
         if t0 is None:
@@ -83,9 +100,13 @@ def client(endpoint: str, messages: int, window: int, frames_json: str) -> dict[
 
     return {
         "messages": messages,
+        "window": window,
         "errors": errors,
+        "lost": lost,
         "seconds": elapsed,
-        "msgs_per_s": messages / elapsed,
+        # Stalls waiting for lost replies are part of what loss costs a client.
+        "msgs_per_s": (messages - lost) / elapsed,
+        "stalled_s": stalled,
         "p50_ms": q(0.50),
         "p99_ms": q(0.99),
     }
@@ -142,7 +163,7 @@ def bench_ccnet(messages: int, window: int, frames: list[bytes], extra: str) -> 
     from ccnet.config import IniFile
 
     ini = IniFile.from_string(
-        "[cc]\ncc-socket = tcp://127.0.0.1:*\nstats-period = 0\nzmq_hwm = 100000\n" + extra
+        "[cc]\ncc-socket = tcp://127.0.0.1:*\nstats-period = 0\n" + extra
         + "\n[routes]\necho = echo\n[echo]\nhandler = echo\n"
     )
     cfg = parse(ini)
@@ -154,6 +175,10 @@ def bench_ccnet(messages: int, window: int, frames: list[bytes], extra: str) -> 
         d = threads.deferToThread(run_client, endpoint, messages, window, frames)
         d.addCallback(result.update)
         d.addErrback(lambda f: result.update(error=f.getErrorMessage()))
+        d.addCallback(lambda _: result.update(
+            send_queue_peak=server.socket.out.peak if server.socket and server.socket.out else 0,
+            undelivered=server.stats.totals["undelivered"],
+        ))
         d.addBoth(lambda _: server.stop())
         d.addBoth(lambda _: reactor.stop())
 
@@ -206,39 +231,52 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--signed-messages", type=int, default=0, help="default: messages / 4")
-    ap.add_argument("--window", type=int, default=32)
+    ap.add_argument("--windows", default="32,200",
+                    help="requests in flight, comma-separated; signed runs use the first")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; best of each is reported")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
+    windows = [int(w) for w in args.windows.split(",")]
     signed_n = args.signed_messages or max(args.messages // 4, 100)
     with tempfile.TemporaryDirectory() as tmp:
         ks, ec_ks = Path(tmp) / "keystore", Path(tmp) / "ec-keystore"
         _keystore(ks, rsa_bits=2048)
         _keystore(ec_ks)
+        plan: list[tuple[str, Any]] = []
+        for w in windows:
+            plan.append((f"raw@{w}", lambda w=w: bench_raw(args.messages, w, _frames(False, str(ks)))))
+            plan.append((f"ccnet@{w}", lambda w=w: _ccnet_subprocess("plain", args.messages, w, str(ks))))
+        w0 = windows[0]
+        plan.append((f"ccnet-signed@{w0}", lambda: _ccnet_subprocess("signed", signed_n, w0, str(ks))))
+        plan.append((f"ccnet-signed-ec@{w0}", lambda: _ccnet_subprocess("signed", signed_n, w0, str(ec_ks))))
         runs: dict[str, list[dict[str, Any]]] = {}
         # Interleaved rounds, best of each: the machine is shared and noisy.
         for _ in range(args.rounds):
-            for name, run in (
-                ("raw", lambda: bench_raw(args.messages, args.window, _frames(False, str(ks)))),
-                ("ccnet", lambda: _ccnet_subprocess("plain", args.messages, args.window, str(ks))),
-                ("ccnet-signed", lambda: _ccnet_subprocess("signed", signed_n, args.window, str(ks))),
-                ("ccnet-signed-ec",
-                 lambda: _ccnet_subprocess("signed", signed_n, args.window, str(ec_ks))),
-            ):
+            for name, run in plan:
                 runs.setdefault(name, []).append(run())
-        results: dict[str, Any] = {
-            name: max(rs, key=lambda r: r["msgs_per_s"]) for name, rs in runs.items()
-        }
+        results: dict[str, Any] = {}
+        for name, rs in runs.items():
+            best = dict(max(rs, key=lambda r: r["msgs_per_s"]))
+            # Loss is never "best of": every round counts.
+            best["lost_all_rounds"] = sum(r["lost"] for r in rs)
+            results[name] = best
         results["rounds"] = args.rounds
-    results["ratio_unsigned_vs_raw"] = results["ccnet"]["msgs_per_s"] / results["raw"]["msgs_per_s"]
+    for w in windows:
+        results[f"ratio@{w}"] = results[f"ccnet@{w}"]["msgs_per_s"] / results[f"raw@{w}"]["msgs_per_s"]
     if args.json:
         print(json.dumps(results, indent=2))
         return
-    print(f"{'server':<16} {'msgs':>7} {'msgs/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
-    for name in ("raw", "ccnet", "ccnet-signed", "ccnet-signed-ec"):
+    print(f"{'server':<16} {'window':>6} {'msgs':>7} {'msgs/s':>9} {'lost':>5} {'p50 ms':>8} {'p99 ms':>8}")
+    for name, _ in plan:
         r = results[name]
-        print(f"{name:<16} {r['messages']:>7} {r['msgs_per_s']:>9.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
-    print(f"ccnet unsigned = {results['ratio_unsigned_vs_raw']:.0%} of the raw pyzmq loop (target >= 50%)")
+        label, w = name.split("@")
+        print(f"{label:<16} {w:>6} {r['messages']:>7} {r['msgs_per_s']:>9.0f} {r['lost_all_rounds']:>5} "
+              f"{r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f}")
+    for w in windows:
+        c = results[f"ccnet@{w}"]
+        print(f"window {w}: ccnet = {results[f'ratio@{w}']:.2f}x the raw pyzmq loop (target >= 0.5x), "
+              f"{c['lost_all_rounds']} replies lost in {args.rounds} rounds, "
+              f"send-queue peak {c.get('send_queue_peak', 0)}")
 
 
 if __name__ == "__main__":

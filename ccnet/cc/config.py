@@ -28,6 +28,14 @@ __all__ = [
     "UpstreamTask", "parse_upstream_tasks"]
 
 DEFAULT_SOCKET = "tcp://127.0.0.1:10000"
+#: Messages per peer waiting for ZMQ (``send-queue``): a client keeping up to this
+#: many requests in flight beyond ``zmq_hwm`` loses no reply.
+DEFAULT_SEND_QUEUE = 10000
+#: Bytes of all peers' waiting messages (``send-queue-bytes``).
+DEFAULT_SEND_QUEUE_BYTES = 64 * 1024 * 1024
+#: Bytes of requests whose handlers have not finished (``max-pending-bytes``);
+#: beyond it the ROUTER stops reading until they finish.
+DEFAULT_MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 #: skytools/ccserver keys that ccnet accepts but does not need (twistd owns
 #: logging and the pid file of the process).
@@ -61,6 +69,8 @@ class ZmqOptions:
     tcp_keepalive_intvl: int = 15
     tcp_keepalive_idle: int = 240
     tcp_keepalive_cnt: int = 4
+    #: ZMQ_MAXMSGSIZE: a larger frame makes libzmq close the connection (0 = no limit).
+    maxmsgsize: int = 2 * DEFAULT_MAX_BODY
 
 
 #: Seconds a signed message's ``time`` may be from now when ``cms-verify-ca`` is set and
@@ -115,6 +125,11 @@ class CCConfig:
     upstream_tasks: tuple[UpstreamTask, ...] = ()
     #: error-replies = always: answer senders that did not opt in with "ack" too.
     error_replies_to_all: bool = False
+    #: Bounds of the ROUTER's queue for messages ZMQ cannot take yet.
+    send_queue: int = DEFAULT_SEND_QUEUE
+    send_queue_bytes: int = DEFAULT_SEND_QUEUE_BYTES
+    #: Stop reading while handlers hold more request bytes than this.
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
     def handler(self, section: str) -> HandlerSpec:
         for spec in self.handlers:
@@ -189,7 +204,15 @@ def parse_zmq(sect: SectionReader, base: ZmqOptions | None = None) -> ZmqOptions
         tcp_keepalive_intvl=sect.get_int("zmq_tcp_keepalive_intvl", b.tcp_keepalive_intvl),
         tcp_keepalive_idle=sect.get_int("zmq_tcp_keepalive_idle", b.tcp_keepalive_idle),
         tcp_keepalive_cnt=sect.get_int("zmq_tcp_keepalive_cnt", b.tcp_keepalive_cnt),
+        maxmsgsize=sect.get_size("zmq_maxmsgsize", b.maxmsgsize),
     )
+
+
+def _positive_size(sect: SectionReader, key: str, default: int) -> int:
+    value = sect.get_size(key, default)
+    if value < 1:
+        raise sect.error(key, "a size of at least 1 byte", sect.get_str(key))
+    return value
 
 
 def _parse_cms(sect: SectionReader, ini: IniFile) -> CMSOptions:
@@ -275,7 +298,11 @@ def parse(ini: IniFile) -> CCConfig | None:
         except ConfigError:
             raise sect.error("error-replies", "yes, always or no", sect.get_str("error-replies")) from None
     max_body = sect.get_size("max-body-size", DEFAULT_MAX_BODY)
-    zmq_opts = parse_zmq(sect)
+    # A single frame over twice max-body-size is refused by libzmq itself.
+    zmq_opts = parse_zmq(sect, ZmqOptions(maxmsgsize=2 * max_body))
+    send_queue = sect.get_int("send-queue", DEFAULT_SEND_QUEUE, minimum=1)
+    send_queue_bytes = _positive_size(sect, "send-queue-bytes", DEFAULT_SEND_QUEUE_BYTES)
+    max_pending = _positive_size(sect, "max-pending-bytes", DEFAULT_MAX_PENDING_BYTES)
     cms = _parse_cms(sect, ini)
     ignored = tuple(k for k in IGNORED_KEYS if sect.has(k))
     for k in ignored:
@@ -299,6 +326,9 @@ def parse(ini: IniFile) -> CCConfig | None:
         routes=routes,
         ignored=ignored,
         error_replies_to_all=error_replies_to_all,
+        send_queue=send_queue,
+        send_queue_bytes=send_queue_bytes,
+        max_pending_bytes=max_pending,
     )
     specs = [parse_handler(ini, section, cc) for section in routes.sections()]
     tasks = parse_upstream_tasks(ini)

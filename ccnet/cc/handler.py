@@ -106,7 +106,9 @@ class ICCServer(Interface):
         (``error-replies``); otherwise log and count it."""
 
     def send_frames(frames: list[bytes]) -> None:
-        """Send raw frames out of the listening ROUTER (first frame = peer id)."""
+        """Send raw frames out of the listening ROUTER (first frame = peer id).
+        Never blocks: what ZMQ cannot take now waits in the bounded send queue;
+        what cannot be delivered is counted and logged (``undelivered``)."""
 
     def encode(route: tuple[bytes, ...], req: str, fields: Mapping[str, Any], blob: bytes | None) -> CCMessage:
         """Build a signed/encrypted message with the server's cms-* settings."""

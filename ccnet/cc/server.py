@@ -48,6 +48,9 @@ log = Logger()
 #: so a broken or hostile client cannot flood the log.
 INVALID_LOG_LIMIT = 20
 INVALID_LOG_WINDOW = 60.0
+#: The same budget for lines about undelivered replies and ZMQ disconnects.
+DELIVERY_LOG_LIMIT = 20
+DELIVERY_LOG_WINDOW = 60.0
 
 
 class CCStartError(RuntimeError):
@@ -56,6 +59,28 @@ class CCStartError(RuntimeError):
 
 def _peer(route: tuple[bytes, ...]) -> str:
     return route[0].hex() if route else "-"
+
+
+def _frames_type(frames: list[bytes]) -> str:
+    """The type frame of outgoing frames (the one after the route), for log lines."""
+    try:
+        return frames[frames.index(b"") + 1].decode("ascii", "replace")
+    except (ValueError, IndexError):
+        return "-"
+
+
+class _LogBudget:
+    """At most ``limit`` log lines per ``window`` seconds (the rest only count)."""
+
+    def __init__(self, limit: int, window: float) -> None:
+        self.limit, self.window = limit, window
+        self._start, self._used = float("-inf"), 0
+
+    def allow(self, now: float) -> bool:
+        if now - self._start >= self.window:
+            self._start, self._used = now, 0
+        self._used += 1
+        return self._used <= self.limit
 
 
 @implementer(ICCServer)
@@ -90,6 +115,10 @@ class CCServer:
         self._stats_loop: task.LoopingCall | None = None
         self._invalid_logged = 0
         self._invalid_window = float("-inf")
+        self._delivery_log = _LogBudget(DELIVERY_LOG_LIMIT, DELIVERY_LOG_WINDOW)
+        #: Bytes of requests whose handlers' Deferreds have not fired yet.
+        self.pending_bytes = 0
+        self.stats.gauges = self._gauges
         for spec in config.handlers:
             handler = spec.factory(spec.section, spec.options, self)
             if not ICCHandler.providedBy(handler):
@@ -102,10 +131,12 @@ class CCServer:
         """Bind the ROUTER, start handlers and the stats timer; returns the bound endpoint."""
         if self.zmq_factory is None:
             self.zmq_factory = make_factory(self.reactor, self.config.zmq)
+        # zmq_maxmsgsize: a hard per-frame cap in libzmq (the peer is disconnected,
+        # see _disconnected) so a huge frame is never buffered; up to it,
+        # oversize messages get an error reply.
         self.socket = router(self.zmq_factory, self.config.zmq, self.frames_received)
-        # Hard per-frame cap in libzmq (the peer is disconnected) so a huge frame
-        # is never buffered; up to it, oversize messages get an error reply.
-        self.socket.socket.set(zmq.MAXMSGSIZE, 2 * self.config.max_body)
+        self.socket.queue_sends(self.config.send_queue, self.config.send_queue_bytes, self._undelivered)
+        self.socket.watch_disconnects(self._disconnected)
         try:
             self.endpoint = self.socket.bind(self.config.socket)
         except zmq.ZMQError as exc:
@@ -173,9 +204,41 @@ class CCServer:
     # ------------------------------------------------------------------ ICCServer
 
     def send_frames(self, frames: list[bytes]) -> None:
-        if self.socket is None or not self.socket.try_send(frames):
-            self.stats.count("dropped", None)
-            log.warn("cc: send queue full, reply to {peer} dropped", peer=frames[0].hex() if frames else "-")
+        if self.socket is None or not frames:
+            self._undelivered(frames, "closing")
+            return
+        # Sent, or queued within send-queue/send-queue-bytes, or reported to _undelivered.
+        self.socket.send_or_queue(frames)
+
+    def _undelivered(self, frames: list[bytes], reason: str) -> None:
+        """A reply or forward that ZMQ could not deliver: counted and logged, never silent."""
+        self.stats.event(f"undelivered.{reason}")
+        if self._delivery_log.allow(self._wallclock()):
+            log.warn(
+                "cc: {type} to {peer} not delivered ({reason}; send-queue {queued} messages, {qbytes} bytes)",
+                type=_frames_type(frames), peer=frames[0].hex() if frames else "-", reason=reason,
+                queued=self.socket.out.messages if self.socket is not None and self.socket.out else 0,
+                qbytes=self.socket.out.bytes if self.socket is not None and self.socket.out else 0,
+            )
+
+    def _disconnected(self, endpoint: str) -> None:
+        """ZMQ closed a peer connection: the peer left, or ZMQ cut it (a frame over
+        zmq_maxmsgsize, a protocol error); libzmq does not tell which."""
+        self.stats.event("disconnected")
+        if self._delivery_log.allow(self._wallclock()):
+            log.info(
+                "cc: ZMQ closed a peer connection on {endpoint} (the peer left, or sent a frame over "
+                "zmq_maxmsgsize = {limit} bytes)",
+                endpoint=endpoint, limit=self.config.zmq.maxmsgsize,
+            )
+
+    def _gauges(self) -> dict[str, int]:
+        out = self.socket.out if self.socket is not None else None
+        return {
+            "send_queue_messages": out.messages if out else 0,
+            "send_queue_bytes": out.bytes if out else 0,
+            "pending_bytes": self.pending_bytes,
+        }
 
     def encode(
         self, route: tuple[bytes, ...], req: str, fields: Mapping[str, Any], blob: bytes | None = None
@@ -271,10 +334,33 @@ class CCServer:
                 result.addCallbacks(lambda _: True, self._handler_failed, errbackArgs=(h, request))
                 pending.append(result)
         if pending:
+            self._hold(msg.size)
             d = defer.gatherResults(pending)
             d.addCallback(lambda oks: self._done([ok, *oks], request))
+            d.addBoth(self._release, msg.size)
         else:
             self._done([ok], request)
+
+    def _hold(self, nbytes: int) -> None:
+        """Handlers keep a request: over max-pending-bytes, stop reading the ROUTER
+        (ZMQ's queues, then TCP, push back on the senders) until they finish."""
+        self.pending_bytes += nbytes
+        if self.pending_bytes > self.config.max_pending_bytes and self.socket is not None \
+                and not self.socket.paused:
+            self.stats.event("read-paused")
+            if self._delivery_log.allow(self._wallclock()):
+                log.info(
+                    "cc: handlers hold {n} bytes (max-pending-bytes {limit}): reading paused",
+                    n=self.pending_bytes, limit=self.config.max_pending_bytes,
+                )
+            self.socket.pause_reading()
+
+    def _release(self, result: Any, nbytes: int) -> Any:
+        self.pending_bytes -= nbytes
+        if self.socket is not None and self.socket.paused \
+                and self.pending_bytes <= self.config.max_pending_bytes:
+            self.socket.resume_reading()
+        return result
 
     def _handler_failed(self, failure: Failure, handler: Any, request: CCRequest) -> bool:
         mtype, peer = request.type, _peer(request.route)

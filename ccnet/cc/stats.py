@@ -8,12 +8,19 @@ exception), ``error`` (rejected with an error reply: bad payload, signature),
 ``unanswered.msg.<type>``) counts error replies withheld from senders that did not
 opt in with ``"ack": true`` (the original CC's daemons): what the original drops
 silently, ccnet logs and counts here instead of answering.
+
+Events that are not a message's outcome are counted apart (``events``):
+``undelivered.<reason>`` (a reply or forward that ZMQ could not deliver:
+``peer-gone``, ``peer-queue-full``, ``queue-bytes-full``, ``closing``),
+``disconnected`` (ZMQ closed a peer connection) and ``read-paused`` (the ROUTER
+stopped reading because handlers held ``max-pending-bytes``).
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = ["CCStats", "LATENCY_BUCKETS", "OUTCOMES"]
@@ -69,6 +76,14 @@ class CCStats:
         #: Error replies withheld (sender did not opt in), per type; not an outcome.
         self.unanswered: Counter[str] = Counter()
         self._last_unanswered: Counter[str] = Counter()
+        #: Non-outcome events (module docstring).
+        self.events: Counter[str] = Counter()
+        self._last_events: Counter[str] = Counter()
+        #: Current levels for the metrics endpoint (send queue, pending bytes).
+        self.gauges: Callable[[], Mapping[str, int]] | None = None
+
+    def event(self, name: str, n: int = 1) -> None:
+        self.events[name] += n
 
     def count_unanswered(self, mtype: str | None) -> None:
         self.unanswered[mtype or ""] += 1
@@ -87,9 +102,15 @@ class CCStats:
         self.seconds += seconds
 
     def _named(
-        self, cells: dict[tuple[str, str | None], int], nbytes: int, unanswered: Counter[str]
+        self, cells: dict[tuple[str, str | None], int], nbytes: int, unanswered: Counter[str],
+        events: Counter[str] | None = None,
     ) -> Counter[str]:
         out: Counter[str] = Counter()
+        for name, n in (events or {}).items():
+            if n > 0:
+                out[name] += n
+                if name.startswith("undelivered."):
+                    out["undelivered"] += n
         for withheld, n in unanswered.items():
             if n > 0:
                 out["unanswered"] += n
@@ -109,15 +130,17 @@ class CCStats:
     @property
     def totals(self) -> Counter[str]:
         """Counters since start, by the original names (``count.ok.msg.echo``)."""
-        return self._named(self._cells, self._bytes, self.unanswered)
+        return self._named(self._cells, self._bytes, self.unanswered, self.events)
 
     def take_period(self) -> dict[str, int]:
         """Counters since the previous call (for the periodic stats log line)."""
         last = self._last_cells
         diff = {k: v - last.get(k, 0) for k, v in self._cells.items()}
-        named = self._named(diff, self._bytes - self._last_bytes, self.unanswered - self._last_unanswered)
+        named = self._named(diff, self._bytes - self._last_bytes, self.unanswered - self._last_unanswered,
+                            self.events - self._last_events)
         self._last_cells, self._last_bytes = dict(self._cells), self._bytes
         self._last_unanswered = Counter(self.unanswered)
+        self._last_events = Counter(self.events)
         return dict(named)
 
     def snapshot(self) -> dict[str, object]:
@@ -145,6 +168,18 @@ class CCStats:
         lines.append(f"# TYPE {prefix}_unanswered_total counter")
         for mtype, n in sorted(self.unanswered.items()):
             lines.append(f'{prefix}_unanswered_total{{type="{mtype}"}} {n}')
+        lines.append(f"# TYPE {prefix}_undelivered_total counter")
+        for name, n in sorted(self.events.items()):
+            if name.startswith("undelivered."):
+                lines.append(f'{prefix}_undelivered_total{{reason="{name[len("undelivered."):]}"}} {n}')
+        lines.append(f"# TYPE {prefix}_disconnects_total counter")
+        lines.append(f"{prefix}_disconnects_total {self.events.get('disconnected', 0)}")
+        lines.append(f"# TYPE {prefix}_read_pauses_total counter")
+        lines.append(f"{prefix}_read_pauses_total {self.events.get('read-paused', 0)}")
+        if self.gauges is not None:
+            for name, value in sorted(self.gauges().items()):
+                lines.append(f"# TYPE {prefix}_{name} gauge")
+                lines.append(f"{prefix}_{name} {value}")
         lines.append(f"# TYPE {prefix}_bytes_total counter")
         lines.append(f"{prefix}_bytes_total {totals.get('bytes', 0)}")
         lines.append(f"# TYPE {prefix}_latency_seconds histogram")
