@@ -550,13 +550,13 @@ class SupervisorState:
             byname = [c for c, _ in offered if c.statement.schema_hash() == schema]
         return byname
 
-    def _views(self, cap: Capability, dialect: Dialect) -> list[Statement]:
-        """``cap`` as ccnet holds it and as a client of ``dialect`` was shown it (in ccnet's terms)."""
-        views = [cap.statement]
+    def _view_for(self, cap: Capability, spec: Statement, dialect: Dialect) -> Statement:
+        """``cap`` as the client of ``spec`` saw it: as listed to its dialect when that is
+        the registry the specification names, else as ccnet holds it (whose registry
+        mismatch the check then reports)."""
         wire = for_client(cap.statement, dialect, self.registries)
-        if wire is not None:
-            views.append(from_wire(wire, dialect))
-        return views
+        shown = from_wire(wire, dialect) if wire is not None else None
+        return shown if shown is not None and shown.registry == spec.registry else cap.statement
 
     async def submit(self, peer: Peer, spec: Statement, cap_key: str | None = None,
                      tzero: datetime | None = None, component: str | None = None,
@@ -585,18 +585,13 @@ class SupervisorState:
         errors = []
         chosen = None
         for cap in candidates:
-            views = self._views(cap, dialect)
-            # The view in the specification's registry; else ccnet's own (whose error says so).
-            for view in [v for v in views if v.registry == spec.registry][:1] or views[:1]:
-                try:
-                    match_specification(spec, view, self.registries, tzero)
-                except ModelError as exc:
-                    errors.append(str(exc))
-                    continue
-                chosen = cap
-                break
-            if chosen is not None:
-                break
+            try:
+                match_specification(spec, self._view_for(cap, spec, dialect), self.registries, tzero)
+            except ModelError as exc:
+                errors.append(str(exc))
+                continue
+            chosen = cap
+            break
         if chosen is None:
             return ExceptionMessage(token, errors[0])
         mid = uuid.uuid4().hex

@@ -65,9 +65,12 @@ MAX_BODY = 16 * 1024 * 1024
 
 
 class HTTPError(Exception):
-    def __init__(self, code: int, text: str, token: str | None = None) -> None:
+    """An error reply: an mPlane exception, or (``plain``) the SDK's text/plain answer,
+    which RI peers get as an mPlane exception too."""
+
+    def __init__(self, code: int, text: str, token: str | None = None, plain: bool = False) -> None:
         super().__init__(text)
-        self.code, self.text, self.token = code, text, token
+        self.code, self.text, self.token, self.plain = code, text, token, plain
 
 
 class SupervisorService(service.Service):
@@ -273,8 +276,7 @@ class _Dispatch(Resource):
 
     def _error(self, request: Request, exc: HTTPError) -> bytes:
         request.setResponseCode(exc.code)
-        if exc.code in (400, 428) and exc.text.startswith(("Invalid format", "Register")) \
-                and not self._speaks_ri(request):
+        if exc.plain and not self._speaks_ri(request):
             request.setHeader(b"content-type", b"text/plain")
             return exc.text.encode() + b"\n"
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
@@ -287,10 +289,10 @@ class _Dispatch(Resource):
         """The request's mPlane JSON body (any shape: the dialects differ)."""
         ctype = (request.getHeader("content-type") or "").split(";")[0].strip().lower()
         if ctype != CONTENT_TYPE:
-            raise HTTPError(400, "Invalid format: the body must be application/x-mplane+json")
+            raise HTTPError(400, "Invalid format: the body must be application/x-mplane+json", plain=True)
         content = request.content
         if content is None:
-            raise HTTPError(400, "Invalid format: no body")
+            raise HTTPError(400, "Invalid format: no body", plain=True)
         content.seek(0)
         raw = content.read(MAX_BODY + 1)
         if len(raw) > MAX_BODY:
@@ -338,7 +340,7 @@ class _Dispatch(Resource):
     async def poll(self, request: Request, peer: Peer) -> bytes:
         state = self.root.state
         if not state.known_component(peer.identity):
-            raise HTTPError(428, "Register your capabilities first")
+            raise HTTPError(428, "Register your capabilities first", plain=True)
         dialect = state.components[peer.identity].dialect
         link = f"{self.root.base_url(request)}/{self.root.cfg.result_path}"
         work = await state.take_work(peer.identity, link)
