@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import io
 import os
 import signal
-import struct
-import termios
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, endpoints, task
 from twisted.logger import Logger
-from twisted.protocols import policies
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from ccnet import __version__, sdnotify
 from ccnet.config import Config, ListenSpec, parse_listen
+from ccnet.edge import shim
+from ccnet.edge.connections import EdgeFactory, GatedTLSFactory, edge_metrics
+from ccnet.edge.lifecycle import IListening, stop_first
+from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
+from ccnet.edge.limits import EdgeLimits
+from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
 from ccnet.runtime import Runtime
 from ccnet.store import Store
@@ -43,18 +46,6 @@ WRITE_STALL = 120.0
 
 #: Body limit of HTTPS sites whose protocol module sets no ``MAX_BODY``.
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-def _tls_failure_reason(reason: Failure) -> str | None:
-    """OpenSSL's short reason for a handshake that failed (``wrong version number``, ...)."""
-    from OpenSSL import SSL
-
-    if not reason.check(SSL.Error):
-        return None
-    errors = reason.value.args[0] if reason.value.args else None
-    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and len(errors[-1]) == 3:
-        return str(errors[-1][2]) or "TLS error"
-    return "TLS error"
 
 
 class BoundedRequest(Request):
@@ -110,99 +101,24 @@ def bounded_request(max_body: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body": max_body})
 
 
-class _TrackingProtocol(policies.ProtocolWrapper):
-    #: (send-progress mark, when first seen) while reply bytes are waiting; see WRITE_STALL.
-    _ccnet_stall: Any = None
-    #: Reply bytes written so far (before TLS): grows whenever the reply makes progress.
-    _ccnet_written = 0
-
-    def write(self, data: bytes) -> None:
-        self._ccnet_written += len(data)
-        super().write(data)
-
-    def writeSequence(self, data: Any) -> None:  # noqa: N802 (Twisted API)
-        data = list(data)
-        self._ccnet_written += sum(len(d) for d in data)
-        super().writeSequence(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
-        why = _tls_failure_reason(reason)
-        # Certificate rejections are counted, with the finer X509 reason, by ServerTLS.
-        if why is not None and why != "certificate verify failed":
-            failures = self.factory.handshake_failures
-            failures[why] = failures.get(why, 0) + 1
-        super().connectionLost(reason)
-
-
-class _TrackingFactory(policies.WrappingFactory):
-    """Knows the open connections, so stopping can drain them."""
-
-    protocol = _TrackingProtocol
-
-    noisy = False
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self.drained: list[defer.Deferred[None]] = []
-        #: TLS handshakes that failed for another reason than the client certificate.
-        self.handshake_failures: dict[str, int] = {}
-
-    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802 (Twisted API)
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self.drained = self.drained, []
-            for d in waiting:
-                d.callback(None)
-
-    def drain(self) -> defer.Deferred[None]:
-        if not self.protocols:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.drained.append(d)
-        return d
-
-
-def _socket_transport(protocol: Any) -> Any:
-    """The TCP transport under ``protocol`` (through the TLS layer when there is one)."""
-    transport = getattr(protocol, "transport", None)
-    for _ in range(4):
-        if transport is None or hasattr(transport, "dataBuffer"):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-def _kernel_unsent(transport: Any) -> int:
-    """Bytes in the socket's send queue not yet taken by the peer (Linux TIOCOUTQ), or -1."""
-    try:
-        raw = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, AttributeError, ValueError):
-        return -1
-    return int(struct.unpack("i", raw)[0])
-
-
-def _pending(transport: Any) -> int:
-    """Bytes the TCP transport still holds for the peer (Twisted's FileDescriptor buffers)."""
-    buffered = len(getattr(transport, "dataBuffer", b""))
-    return buffered - int(getattr(transport, "offset", 0)) + int(getattr(transport, "_tempDataLen", 0))
-
-
 def _idle(protocol: Any) -> bool:
-    inner = getattr(protocol, "wrappedProtocol", protocol)
-    inner = getattr(inner, "_channel", inner)  # twisted.web's HTTP/1.1-or-h2 shim
+    inner = shim.http_channel(getattr(protocol, "wrappedProtocol", protocol))
     requests = getattr(inner, "requests", None)
     return requests is not None and not requests
 
 
+@implementer(IListening)
 class ListenerService(service.Service):
     """Listens on one endpoint string, wrapping the factory in ccnet's mutual TLS when asked.
 
     Stopping closes the port first, then lets in-flight requests finish for up to
-    ``grace`` seconds before cutting what is left.
+    ``grace`` seconds before cutting what is left. Connections are tracked and limited
+    by :class:`ccnet.edge.connections.EdgeFactory` (``limits``).
     """
 
     def __init__(self, reactor: Any, name: str, spec: ListenSpec, factory: Any, tls: ServerTLS | None,
-                 grace: float = 10.0, write_stall: float | None = None) -> None:
+                 grace: float = 10.0, write_stall: float | None = None,
+                 limits: EdgeLimits = DEFAULT_LIMITS) -> None:
         self.setName(name)
         self.reactor = reactor
         self.spec = spec
@@ -210,8 +126,11 @@ class ListenerService(service.Service):
         self.grace = grace
         self.write_stall = WRITE_STALL if write_stall is None else write_stall
         self._stalls: task.LoopingCall | None = None
-        self.connections = _TrackingFactory(factory)
-        self.factory = tls.wrap(self.connections) if (spec.tls and tls is not None) else self.connections
+        self._deadlines: task.LoopingCall | None = None
+        self.connections = EdgeFactory(factory, name, limits, reactor)
+        self.factory: Any = self.connections
+        if spec.tls and tls is not None:
+            self.factory = GatedTLSFactory(tls, False, self.connections)  # type: ignore[arg-type]
         self.port: Any = None
         self.listening: defer.Deferred[Any] = defer.Deferred()
 
@@ -233,30 +152,31 @@ class ListenerService(service.Service):
             self._stalls = task.LoopingCall(self._cut_stalled)
             self._stalls.clock = self.reactor
             self._stalls.start(max(0.05, self.write_stall / 4), now=False)
+        self._deadlines = task.LoopingCall(self.connections.sweep)
+        self._deadlines.clock = self.reactor
+        self._deadlines.start(min(1.0, max(0.05, self.connections.limits.head_timeout / 4)), now=False)
 
     def _cut_stalled(self) -> None:
         """Abort connections whose peer has taken none of the waiting reply bytes for
         ``write_stall`` seconds (checked every quarter of it)."""
         now = self.reactor.seconds()
         for protocol in list(self.connections.protocols):
-            transport = _socket_transport(protocol)
+            transport = shim.socket_transport(protocol)
             if transport is None:
                 continue
-            pending = _pending(transport)
+            pending = shim.unsent_bytes(transport)
             # Any progress changes the mark: more reply written (monotonic), or the peer
             # taking bytes (from Twisted's buffer or the kernel's send queue, which only
             # shrink between writes).
-            mark = (getattr(protocol, "_ccnet_written", 0), pending, _kernel_unsent(transport))
-            seen = getattr(protocol, "_ccnet_stall", None)
+            mark = (protocol.written, pending, shim.kernel_unsent(transport))
+            seen = protocol.stall
             if pending <= 0:
-                protocol._ccnet_stall = None
+                protocol.stall = None
             elif seen is None or seen[0] != mark:
-                protocol._ccnet_stall = (mark, now)
+                protocol.stall = (mark, now)
             elif now - seen[1] >= self.write_stall:
-                log.warn("{listener}: peer {peer} took none of {pending} reply bytes for {stall}s, disconnecting",
-                         listener=self.name, peer=str(transport.getPeer()), pending=pending,
-                         stall=self.write_stall)
-                transport.abortConnection()
+                self.connections.cut(protocol, "write-stall",
+                                     f"took none of {pending} reply bytes for {self.write_stall}s")
 
     def _listening(self, port: Any) -> None:
         self.port = port
@@ -284,6 +204,8 @@ class ListenerService(service.Service):
         super().stopService()
         if self._stalls is not None and self._stalls.running:
             self._stalls.stop()
+        if self._deadlines is not None and self._deadlines.running:
+            self._deadlines.stop()
         if self.port is not None:
             port, self.port = self.port, None
             yield port.stopListening()
@@ -324,7 +246,7 @@ class CCNetService(service.MultiService):
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
-        waits = [listener.listening for listener in self.listeners.values()]
+        waits = [svc.listening for svc in self if IListening.providedBy(svc)]
         gathered = defer.gatherResults(waits, consumeErrors=True)
         gathered.addCallbacks(self._all_listening, self._listen_failed)
         self.runtime.reactor.callWhenRunning(self._install_sighup)
@@ -392,13 +314,16 @@ class CCNetService(service.MultiService):
     def stopService(self) -> Any:  # noqa: N802 (Twisted API)
         # twistd re-raises SIGTERM after a clean shutdown (exit status -15); a daemon that
         # drained and stopped as asked exits 0, which is what systemd and scripts expect.
-        if getattr(self.runtime.reactor, "_exitSignal", None) == signal.SIGTERM:
-            self.runtime.reactor._exitSignal = None
+        if shim.exit_signal(self.runtime.reactor) == signal.SIGTERM:
+            shim.clear_exit_signal(self.runtime.reactor)
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None
+        # Our own clients of our own listeners (the component's long-poll) go first: the
+        # drain below is for other peers' requests, not for those.
+        yield stop_first(self)
         # Listeners first, and wait for their in-flight requests: the parts behind them
         # (thread pools, the supervisor's state, CC handlers) must still be there to answer.
         # Then the rest stop (flushing their queues), and the store closes last.
@@ -461,6 +386,10 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         reactor=reactor, config=config, tls=tls, users=users, store=store, version=__version__
     )
     root = CCNetService(runtime)
+    if tls is not None:
+        # After TLS reloads (hooks run after it): a new CRL reaches open connections too.
+        runtime.on_reload(revocation_hook(
+            lambda: [lst.connections for lst in root.listeners.values() if lst.spec.tls], tls))
     services = config.enabled_services()
     idle_timeout = config.daemon.idle_timeout
     creators: dict[str, ServerTLS] = {}
@@ -485,7 +414,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         site.timeOut = idle_timeout
         root.add_listener(
             ListenerService(reactor, name, spec, site, creator, config.daemon.shutdown_grace,
-                            config.daemon.write_stall)
+                            config.daemon.write_stall, config.limits(name))
         )
 
     for name, module in (("supervisor", "ccnet.mplane.supervisor"), ("rpc", "ccnet.rpc.server")):
@@ -524,7 +453,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         site.timeOut = idle_timeout
         root.add_listener(
             ListenerService(reactor, "metrics", parse_listen(config.metrics.listen), site, None,
-                            config.daemon.shutdown_grace, config.daemon.write_stall)
+                            config.daemon.shutdown_grace, config.daemon.write_stall, config.limits("metrics"))
         )
         if hasattr(metrics_root, "watch_listeners"):
             metrics_root.watch_listeners(lambda: listener_states(root))
@@ -582,6 +511,7 @@ def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerT
         reconnects = Counter("ccnet_store_reconnects_total",
                              "Store calls run again on a fresh connection after a broken one.")
         reconnects.inc(amount=store.reconnects)
-        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects])
+        edge = edge_metrics({n: s.connections for n, s in root.listeners.items()})
+        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects, *edge])
 
     return render_all
