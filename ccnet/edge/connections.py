@@ -13,9 +13,12 @@ so a listener can drain them, cut the ones a new CRL revokes, and enforce
   (:func:`edge_request` mixes them into the site's own request class);
 * **back-pressure** — twisted.web's ``HTTPChannel`` stops reading a pipelining client only
   between requests; :class:`EdgeProtocol` stops reading the socket whenever the reply
-  bytes already written are not being taken (the transport paused its producer), so a
-  client that pipelines without reading costs the socket buffers, not unbounded memory.
-  Unparsed pipelined requests are held by twisted.web up to 16 KB per connection.
+  bytes already written are not being taken (the transport paused its producer), and
+  holds the end of the current request (so twisted.web parses no further pipelined
+  request) until they are. A client that pipelines without reading costs the socket
+  buffers, not unbounded memory. Unparsed pipelined requests are held by twisted.web up
+  to 16 KB per connection, and at most :data:`PIPELINE_BURST` of them are answered in
+  one go before other connections get their turn.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from twisted.python.failure import Failure
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ccnet.edge import shim
 from ccnet.edge.limits import DEFAULT, EdgeLimits
 
 __all__ = ["EdgeFactory", "EdgeProtocol", "GatedTLSFactory", "edge_metrics", "edge_request", "tls_failure_reason"]
@@ -41,6 +45,9 @@ log = Logger()
 #: so an attack does not flood the log.
 LOG_LIMIT = 20
 LOG_WINDOW = 60.0
+
+#: Pipelined requests answered on one connection before the reactor serves the others.
+PIPELINE_BURST = 2
 
 # Connection states for the deadlines.
 _HEAD = 1  # waiting for (the rest of) a request head: head_timeout runs
@@ -100,6 +107,10 @@ class EdgeProtocol(policies.ProtocolWrapper):
     _paused_by_channel = False
     _write_blocked = False
     _reading_paused = False
+    #: Requests finished since the last read from the socket (see PIPELINE_BURST).
+    burst = 0
+    #: The request whose finish waits (for the peer to read, or for the next reactor turn).
+    held: Any = None
 
     def makeConnection(self, transport: Any) -> None:  # noqa: N802 (Twisted API)
         self.since = self.factory.now()
@@ -110,6 +121,7 @@ class EdgeProtocol(policies.ProtocolWrapper):
         if self.state == _IDLE:
             self.state = _HEAD
             self.since = self.factory.now()
+        self.burst = 0
         self.wrappedProtocol.dataReceived(data)
 
     def head_received(self, length: int | None) -> None:
@@ -160,6 +172,32 @@ class EdgeProtocol(policies.ProtocolWrapper):
     def _set_write_blocked(self, blocked: bool) -> None:
         self._write_blocked = blocked
         self._update_reading()
+        if not blocked and self.held is not None:
+            self.factory.now()  # makes sure the factory has its clock
+            self.factory.clock.callLater(0, self._release)
+
+    def hold(self, request: Any) -> bool:
+        """Should ``request``'s finish wait? Yes while the peer is not taking the reply
+        bytes, and after PIPELINE_BURST requests in one go; :meth:`_release` finishes it."""
+        if self.held is request:
+            return True
+        self.burst += 1
+        if self.burst <= PIPELINE_BURST and not self._write_blocked:
+            return False
+        self.held = request
+        if not self._write_blocked:
+            self.factory.now()
+            self.factory.clock.callLater(0, self._release)
+        return True
+
+    def _release(self) -> None:
+        request, self.held = self.held, None
+        if request is None or self._write_blocked:
+            self.held = request
+            return
+        self.burst = 0
+        if not shim.request_disconnected(request) and not request.finished:
+            request._finish_now()
 
     def _update_reading(self) -> None:
         pause = self._paused_by_channel or self._write_blocked
@@ -347,7 +385,15 @@ class _EdgeRequestMixin:
         super().requestReceived(command, path, version)  # type: ignore[misc]
 
     def finish(self) -> Any:
-        # Before twisted.web parses the next pipelined request (inside finish).
+        edge = self._edge()
+        if edge is not None:
+            if edge.hold(self):
+                return None
+            # Before twisted.web parses the next pipelined request (inside finish).
+            edge.request_done()
+        return super().finish()  # type: ignore[misc]
+
+    def _finish_now(self) -> Any:
         edge = self._edge()
         if edge is not None:
             edge.request_done()
