@@ -9,20 +9,18 @@ import signal
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-from zope.interface import implementer
 
 from ccnet import __version__, sdnotify
-from ccnet.config import Config, ListenSpec, parse_listen
+from ccnet.config import Config, parse_listen
 from ccnet.edge import shim
-from ccnet.edge.connections import EdgeFactory, GatedTLSFactory, edge_metrics
+from ccnet.edge.connections import edge_metrics
 from ccnet.edge.lifecycle import IListening, stop_first
-from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
-from ccnet.edge.limits import EdgeLimits
+from ccnet.edge.listener import WRITE_STALL, ListenerService
 from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
 from ccnet.runtime import Runtime
@@ -30,7 +28,7 @@ from ccnet.store import Store
 from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
 from ccnet.web import HealthResource, access_log_line
 
-__all__ = ["IDLE_TIMEOUT", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
+__all__ = ["IDLE_TIMEOUT", "WRITE_STALL", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
 
 log = Logger()
 
@@ -39,10 +37,6 @@ log = Logger()
 #: slow or stuck clients can hold. twisted.web pauses the timer while a request is being
 #: answered, so long-polls and slow calls are not cut by it.
 IDLE_TIMEOUT = 75.0
-
-#: Seconds a connection may have reply bytes waiting without the peer taking any: a client
-#: that stops reading is disconnected (its memory is bounded anyway, its socket is not).
-WRITE_STALL = 120.0
 
 #: Body limit of HTTPS sites whose protocol module sets no ``MAX_BODY``.
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -99,134 +93,6 @@ class BoundedRequest(Request):
 
 def bounded_request(max_body: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body": max_body})
-
-
-def _idle(protocol: Any) -> bool:
-    inner = shim.http_channel(getattr(protocol, "wrappedProtocol", protocol))
-    requests = getattr(inner, "requests", None)
-    return requests is not None and not requests
-
-
-@implementer(IListening)
-class ListenerService(service.Service):
-    """Listens on one endpoint string, wrapping the factory in ccnet's mutual TLS when asked.
-
-    Stopping closes the port first, then lets in-flight requests finish for up to
-    ``grace`` seconds before cutting what is left. Connections are tracked and limited
-    by :class:`ccnet.edge.connections.EdgeFactory` (``limits``).
-    """
-
-    def __init__(self, reactor: Any, name: str, spec: ListenSpec, factory: Any, tls: ServerTLS | None,
-                 grace: float = 10.0, write_stall: float | None = None,
-                 limits: EdgeLimits = DEFAULT_LIMITS) -> None:
-        self.setName(name)
-        self.reactor = reactor
-        self.spec = spec
-        self.tls = tls
-        self.grace = grace
-        self.write_stall = WRITE_STALL if write_stall is None else write_stall
-        self._stalls: task.LoopingCall | None = None
-        self._deadlines: task.LoopingCall | None = None
-        self.connections = EdgeFactory(factory, name, limits, reactor)
-        self.factory: Any = self.connections
-        if spec.tls and tls is not None:
-            self.factory = GatedTLSFactory(tls, False, self.connections)  # type: ignore[arg-type]
-        self.port: Any = None
-        self.listening: defer.Deferred[Any] = defer.Deferred()
-
-    @property
-    def address(self) -> Any:
-        return self.port.getHost() if self.port is not None else None
-
-    @property
-    def up(self) -> bool:
-        """Listening right now (False before the bind and once stopping began)."""
-        return self.port is not None and bool(self.running)
-
-    def startService(self) -> None:  # noqa: N802 (Twisted API)
-        super().startService()
-        endpoint = endpoints.serverFromString(self.reactor, self.spec.endpoint)
-        d = endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, self._failed)
-        if self.write_stall > 0:
-            self._stalls = task.LoopingCall(self._cut_stalled)
-            self._stalls.clock = self.reactor
-            self._stalls.start(max(0.05, self.write_stall / 4), now=False)
-        self._deadlines = task.LoopingCall(self.connections.sweep)
-        self._deadlines.clock = self.reactor
-        self._deadlines.start(min(1.0, max(0.05, self.connections.limits.head_timeout / 4)), now=False)
-
-    def _cut_stalled(self) -> None:
-        """Abort connections whose peer has taken none of the waiting reply bytes for
-        ``write_stall`` seconds (checked every quarter of it)."""
-        now = self.reactor.seconds()
-        for protocol in list(self.connections.protocols):
-            transport = shim.socket_transport(protocol)
-            if transport is None:
-                continue
-            pending = shim.unsent_bytes(transport)
-            # Any progress changes the mark: more reply written (monotonic), or the peer
-            # taking bytes (from Twisted's buffer or the kernel's send queue, which only
-            # shrink between writes).
-            mark = (protocol.written, pending, shim.kernel_unsent(transport))
-            seen = protocol.stall
-            if pending <= 0:
-                protocol.stall = None
-            elif seen is None or seen[0] != mark:
-                protocol.stall = (mark, now)
-            elif now - seen[1] >= self.write_stall:
-                self.connections.cut(protocol, "write-stall",
-                                     f"took none of {pending} reply bytes for {self.write_stall}s")
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        log.info(
-            "ccnet {listener} listening on {host}:{port} ({scheme})",
-            listener=self.name,
-            host=getattr(host, "host", "?"),
-            port=getattr(host, "port", "?"),
-            scheme="mutual TLS" if self.spec.tls else "plain",
-        )
-        self.listening.callback(port)
-
-    def _failed(self, failure: Failure) -> None:
-        log.critical(
-            "ccnet {listener} cannot listen on {endpoint}: {error}",
-            listener=self.name,
-            endpoint=self.spec.endpoint,
-            error=failure.getErrorMessage(),
-        )
-        self.listening.errback(failure)
-
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
-        super().stopService()
-        if self._stalls is not None and self._stalls.running:
-            self._stalls.stop()
-        if self._deadlines is not None and self._deadlines.running:
-            self._deadlines.stop()
-        if self.port is not None:
-            port, self.port = self.port, None
-            yield port.stopListening()
-        open_now = list(self.connections.protocols)
-        for protocol in open_now:
-            if _idle(protocol):
-                # Nothing in flight; a polite TLS close could wait on a peer that never answers.
-                protocol.transport.abortConnection()
-        if not self.connections.protocols:
-            return
-        drained = self.connections.drain()
-        timer = self.reactor.callLater(self.grace, drained.cancel)
-        try:
-            yield drained
-        except defer.CancelledError:
-            log.warn("{listener}: {n} connections still open after {grace}s, closing them",
-                     listener=self.name, n=len(self.connections.protocols), grace=self.grace)
-            for protocol in list(self.connections.protocols):
-                protocol.transport.abortConnection()
-        else:
-            timer.cancel()
 
 
 class CCNetService(service.MultiService):
