@@ -741,7 +741,7 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
         SupervisorLink(core, cfg, outbox, reactor, runtime.tls).setServiceParent(top)
     if cfg.listen:
         from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
-        from ccnet.service import ListenerService
+        from ccnet.edge.listener import ListenerService
 
         site = Site(ListenerResource(core))
         site.noisy = False
