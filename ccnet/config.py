@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ccnet.edge.limits import DEFAULT as EDGE_DEFAULT
+from ccnet.edge.limits import METRICS_DEFAULT, EdgeLimits, parse_limits
+
 __all__ = [
     "MISSING",
     "Config",
@@ -391,6 +394,8 @@ class DaemonConfig:
     shutdown_grace: float
     idle_timeout: float = 75.0
     write_stall: float = 120.0
+    # connection limits of every HTTP(S) listener whose section does not set its own
+    edge: EdgeLimits = EDGE_DEFAULT
 
 
 @dataclass(frozen=True)
@@ -420,6 +425,12 @@ class Config:
     component: Any = None
     # HTTPS listener name -> how it relaxes [tls] (anonymous clients, RFC 3820 proxies)
     listener_tls: dict[str, ListenerTLS] = field(default_factory=dict)
+    # HTTP(S) listener name -> its connection limits ([ccnet] defaults, its section's keys)
+    listener_limits: dict[str, EdgeLimits] = field(default_factory=dict)
+
+    def limits(self, listener: str) -> EdgeLimits:
+        """The connection limits of ``listener`` (the ``[ccnet]`` ones when it has no section)."""
+        return self.listener_limits.get(listener, self.daemon.edge)
 
     def enabled_services(self) -> list[str]:
         names = ["supervisor", "rpc", "cc", "component", "metrics"]
@@ -436,6 +447,9 @@ PROTOCOLS: list[tuple[str, str, tuple[str, ...]]] = [
 
 # Listener sections whose TLS may be relaxed with allow-anonymous / allow-proxies.
 HTTPS_SECTIONS = ("supervisor", "rpc")
+
+# HTTP(S) listener sections that may set their own connection limits (ccnet.edge.limits).
+LIMITED_SECTIONS = ("supervisor", "rpc", "component", "metrics")
 
 
 def _parse_tls(ini: IniFile) -> TLSConfig | None:
@@ -475,6 +489,7 @@ def _parse_daemon(ini: IniFile) -> DaemonConfig:
         shutdown_grace=sect.get_float("shutdown-grace", 10.0, minimum=0),
         idle_timeout=sect.get_float("idle-timeout", 75.0, minimum=1),
         write_stall=sect.get_float("write-stall", 120.0, minimum=1),
+        edge=parse_limits(sect, EDGE_DEFAULT),
     )
     sect.finish()
     return cfg
@@ -525,6 +540,11 @@ def parse_config(ini: IniFile) -> Config:
     daemon = _parse_daemon(ini)
     tls = _parse_tls(ini)
     store = _parse_store(ini, daemon)
+    # Before the sections' own parsers, which fail on keys nobody read.
+    listener_limits = {
+        name: parse_limits(ini.section(name), METRICS_DEFAULT if name == "metrics" else daemon.edge)
+        for name in LIMITED_SECTIONS if ini.has_section(name)
+    }
     metrics = _parse_metrics(ini)
     listener_tls = {
         name: _parse_listener_tls(ini.section(name), tls) for name in HTTPS_SECTIONS if ini.has_section(name)
@@ -548,6 +568,7 @@ def parse_config(ini: IniFile) -> Config:
         store=store,
         metrics=metrics,
         listener_tls=listener_tls,
+        listener_limits=listener_limits,
         **parts,
     )
     if not any(getattr(config, n) is not None for n in ("supervisor", "rpc", "cc", "component")):

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ccnet.edge.shim import request_disconnected
 from ccnet.web import json_response
 
 __all__ = [
@@ -254,7 +255,7 @@ class ReadyResource(Resource):
             store = ok is True
             parts = {name: _up(up) for name, up in getattr(self._runtime, "parts", {}).items()}
             ready = store and all(listeners.values()) and all(parts.values())
-            if request.finished or getattr(request, "_disconnected", False):
+            if request.finished or request_disconnected(request):
                 return
             body: dict[str, Any] = {"ready": ready, "store": store}
             down = sorted(name for name, up in listeners.items() if not up)

@@ -2,32 +2,33 @@
 
 from __future__ import annotations
 
-import fcntl
 import importlib
 import io
 import os
 import signal
-import struct
-import termios
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, endpoints, task
+from twisted.internet import defer, task
 from twisted.logger import Logger
-from twisted.protocols import policies
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ccnet import __version__, sdnotify
-from ccnet.config import Config, ListenSpec, parse_listen
+from ccnet.config import Config, parse_listen
+from ccnet.edge import shim
+from ccnet.edge.connections import edge_metrics
+from ccnet.edge.lifecycle import IListening, stop_first
+from ccnet.edge.listener import WRITE_STALL, ListenerService
+from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
 from ccnet.runtime import Runtime
 from ccnet.store import Store
 from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
 from ccnet.web import HealthResource, access_log_line
 
-__all__ = ["IDLE_TIMEOUT", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
+__all__ = ["IDLE_TIMEOUT", "WRITE_STALL", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
 
 log = Logger()
 
@@ -37,24 +38,8 @@ log = Logger()
 #: answered, so long-polls and slow calls are not cut by it.
 IDLE_TIMEOUT = 75.0
 
-#: Seconds a connection may have reply bytes waiting without the peer taking any: a client
-#: that stops reading is disconnected (its memory is bounded anyway, its socket is not).
-WRITE_STALL = 120.0
-
 #: Body limit of HTTPS sites whose protocol module sets no ``MAX_BODY``.
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-def _tls_failure_reason(reason: Failure) -> str | None:
-    """OpenSSL's short reason for a handshake that failed (``wrong version number``, ...)."""
-    from OpenSSL import SSL
-
-    if not reason.check(SSL.Error):
-        return None
-    errors = reason.value.args[0] if reason.value.args else None
-    if isinstance(errors, list) and errors and isinstance(errors[-1], tuple) and len(errors[-1]) == 3:
-        return str(errors[-1][2]) or "TLS error"
-    return "TLS error"
 
 
 class BoundedRequest(Request):
@@ -110,203 +95,6 @@ def bounded_request(max_body: int) -> type[BoundedRequest]:
     return type("BoundedRequest", (BoundedRequest,), {"max_body": max_body})
 
 
-class _TrackingProtocol(policies.ProtocolWrapper):
-    #: (send-progress mark, when first seen) while reply bytes are waiting; see WRITE_STALL.
-    _ccnet_stall: Any = None
-    #: Reply bytes written so far (before TLS): grows whenever the reply makes progress.
-    _ccnet_written = 0
-
-    def write(self, data: bytes) -> None:
-        self._ccnet_written += len(data)
-        super().write(data)
-
-    def writeSequence(self, data: Any) -> None:  # noqa: N802 (Twisted API)
-        data = list(data)
-        self._ccnet_written += sum(len(d) for d in data)
-        super().writeSequence(data)
-
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]  # noqa: N802
-        why = _tls_failure_reason(reason)
-        # Certificate rejections are counted, with the finer X509 reason, by ServerTLS.
-        if why is not None and why != "certificate verify failed":
-            failures = self.factory.handshake_failures
-            failures[why] = failures.get(why, 0) + 1
-        super().connectionLost(reason)
-
-
-class _TrackingFactory(policies.WrappingFactory):
-    """Knows the open connections, so stopping can drain them."""
-
-    protocol = _TrackingProtocol
-
-    noisy = False
-
-    def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
-        self.drained: list[defer.Deferred[None]] = []
-        #: TLS handshakes that failed for another reason than the client certificate.
-        self.handshake_failures: dict[str, int] = {}
-
-    def unregisterProtocol(self, p: Any) -> None:  # noqa: N802 (Twisted API)
-        super().unregisterProtocol(p)
-        if not self.protocols:
-            waiting, self.drained = self.drained, []
-            for d in waiting:
-                d.callback(None)
-
-    def drain(self) -> defer.Deferred[None]:
-        if not self.protocols:
-            return defer.succeed(None)
-        d: defer.Deferred[None] = defer.Deferred()
-        self.drained.append(d)
-        return d
-
-
-def _socket_transport(protocol: Any) -> Any:
-    """The TCP transport under ``protocol`` (through the TLS layer when there is one)."""
-    transport = getattr(protocol, "transport", None)
-    for _ in range(4):
-        if transport is None or hasattr(transport, "dataBuffer"):
-            return transport
-        transport = getattr(transport, "transport", None)
-    return None
-
-
-def _kernel_unsent(transport: Any) -> int:
-    """Bytes in the socket's send queue not yet taken by the peer (Linux TIOCOUTQ), or -1."""
-    try:
-        raw = fcntl.ioctl(transport.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-    except (OSError, AttributeError, ValueError):
-        return -1
-    return int(struct.unpack("i", raw)[0])
-
-
-def _pending(transport: Any) -> int:
-    """Bytes the TCP transport still holds for the peer (Twisted's FileDescriptor buffers)."""
-    buffered = len(getattr(transport, "dataBuffer", b""))
-    return buffered - int(getattr(transport, "offset", 0)) + int(getattr(transport, "_tempDataLen", 0))
-
-
-def _idle(protocol: Any) -> bool:
-    inner = getattr(protocol, "wrappedProtocol", protocol)
-    inner = getattr(inner, "_channel", inner)  # twisted.web's HTTP/1.1-or-h2 shim
-    requests = getattr(inner, "requests", None)
-    return requests is not None and not requests
-
-
-class ListenerService(service.Service):
-    """Listens on one endpoint string, wrapping the factory in ccnet's mutual TLS when asked.
-
-    Stopping closes the port first, then lets in-flight requests finish for up to
-    ``grace`` seconds before cutting what is left.
-    """
-
-    def __init__(self, reactor: Any, name: str, spec: ListenSpec, factory: Any, tls: ServerTLS | None,
-                 grace: float = 10.0, write_stall: float | None = None) -> None:
-        self.setName(name)
-        self.reactor = reactor
-        self.spec = spec
-        self.tls = tls
-        self.grace = grace
-        self.write_stall = WRITE_STALL if write_stall is None else write_stall
-        self._stalls: task.LoopingCall | None = None
-        self.connections = _TrackingFactory(factory)
-        self.factory = tls.wrap(self.connections) if (spec.tls and tls is not None) else self.connections
-        self.port: Any = None
-        self.listening: defer.Deferred[Any] = defer.Deferred()
-
-    @property
-    def address(self) -> Any:
-        return self.port.getHost() if self.port is not None else None
-
-    @property
-    def up(self) -> bool:
-        """Listening right now (False before the bind and once stopping began)."""
-        return self.port is not None and bool(self.running)
-
-    def startService(self) -> None:  # noqa: N802 (Twisted API)
-        super().startService()
-        endpoint = endpoints.serverFromString(self.reactor, self.spec.endpoint)
-        d = endpoint.listen(self.factory)
-        d.addCallbacks(self._listening, self._failed)
-        if self.write_stall > 0:
-            self._stalls = task.LoopingCall(self._cut_stalled)
-            self._stalls.clock = self.reactor
-            self._stalls.start(max(0.05, self.write_stall / 4), now=False)
-
-    def _cut_stalled(self) -> None:
-        """Abort connections whose peer has taken none of the waiting reply bytes for
-        ``write_stall`` seconds (checked every quarter of it)."""
-        now = self.reactor.seconds()
-        for protocol in list(self.connections.protocols):
-            transport = _socket_transport(protocol)
-            if transport is None:
-                continue
-            pending = _pending(transport)
-            # Any progress changes the mark: more reply written (monotonic), or the peer
-            # taking bytes (from Twisted's buffer or the kernel's send queue, which only
-            # shrink between writes).
-            mark = (getattr(protocol, "_ccnet_written", 0), pending, _kernel_unsent(transport))
-            seen = getattr(protocol, "_ccnet_stall", None)
-            if pending <= 0:
-                protocol._ccnet_stall = None
-            elif seen is None or seen[0] != mark:
-                protocol._ccnet_stall = (mark, now)
-            elif now - seen[1] >= self.write_stall:
-                log.warn("{listener}: peer {peer} took none of {pending} reply bytes for {stall}s, disconnecting",
-                         listener=self.name, peer=str(transport.getPeer()), pending=pending,
-                         stall=self.write_stall)
-                transport.abortConnection()
-
-    def _listening(self, port: Any) -> None:
-        self.port = port
-        host = port.getHost()
-        log.info(
-            "ccnet {listener} listening on {host}:{port} ({scheme})",
-            listener=self.name,
-            host=getattr(host, "host", "?"),
-            port=getattr(host, "port", "?"),
-            scheme="mutual TLS" if self.spec.tls else "plain",
-        )
-        self.listening.callback(port)
-
-    def _failed(self, failure: Failure) -> None:
-        log.critical(
-            "ccnet {listener} cannot listen on {endpoint}: {error}",
-            listener=self.name,
-            endpoint=self.spec.endpoint,
-            error=failure.getErrorMessage(),
-        )
-        self.listening.errback(failure)
-
-    @defer.inlineCallbacks
-    def stopService(self) -> Any:  # noqa: N802 (Twisted API)
-        super().stopService()
-        if self._stalls is not None and self._stalls.running:
-            self._stalls.stop()
-        if self.port is not None:
-            port, self.port = self.port, None
-            yield port.stopListening()
-        open_now = list(self.connections.protocols)
-        for protocol in open_now:
-            if _idle(protocol):
-                # Nothing in flight; a polite TLS close could wait on a peer that never answers.
-                protocol.transport.abortConnection()
-        if not self.connections.protocols:
-            return
-        drained = self.connections.drain()
-        timer = self.reactor.callLater(self.grace, drained.cancel)
-        try:
-            yield drained
-        except defer.CancelledError:
-            log.warn("{listener}: {n} connections still open after {grace}s, closing them",
-                     listener=self.name, n=len(self.connections.protocols), grace=self.grace)
-            for protocol in list(self.connections.protocols):
-                protocol.transport.abortConnection()
-        else:
-            timer.cancel()
-
-
 class CCNetService(service.MultiService):
     """The whole daemon. Sends READY=1 to systemd once every listener is up."""
 
@@ -324,7 +112,7 @@ class CCNetService(service.MultiService):
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
-        waits = [listener.listening for listener in self.listeners.values()]
+        waits = [svc.listening for svc in self if IListening.providedBy(svc)]
         gathered = defer.gatherResults(waits, consumeErrors=True)
         gathered.addCallbacks(self._all_listening, self._listen_failed)
         self.runtime.reactor.callWhenRunning(self._install_sighup)
@@ -392,13 +180,16 @@ class CCNetService(service.MultiService):
     def stopService(self) -> Any:  # noqa: N802 (Twisted API)
         # twistd re-raises SIGTERM after a clean shutdown (exit status -15); a daemon that
         # drained and stopped as asked exits 0, which is what systemd and scripts expect.
-        if getattr(self.runtime.reactor, "_exitSignal", None) == signal.SIGTERM:
-            self.runtime.reactor._exitSignal = None
+        if shim.exit_signal(self.runtime.reactor) == signal.SIGTERM:
+            shim.clear_exit_signal(self.runtime.reactor)
         if self._watchdog is not None and self._watchdog.running:
             self._watchdog.stop()
         if self._old_sighup is not None:
             signal.signal(signal.SIGHUP, self._old_sighup)
             self._old_sighup = None
+        # Our own clients of our own listeners (the component's long-poll) go first: the
+        # drain below is for other peers' requests, not for those.
+        yield stop_first(self)
         # Listeners first, and wait for their in-flight requests: the parts behind them
         # (thread pools, the supervisor's state, CC handlers) must still be there to answer.
         # Then the rest stop (flushing their queues), and the store closes last.
@@ -461,6 +252,10 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         reactor=reactor, config=config, tls=tls, users=users, store=store, version=__version__
     )
     root = CCNetService(runtime)
+    if tls is not None:
+        # After TLS reloads (hooks run after it): a new CRL reaches open connections too.
+        runtime.on_reload(revocation_hook(
+            lambda: [lst.connections for lst in root.listeners.values() if lst.spec.tls], tls))
     services = config.enabled_services()
     idle_timeout = config.daemon.idle_timeout
     creators: dict[str, ServerTLS] = {}
@@ -485,7 +280,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         site.timeOut = idle_timeout
         root.add_listener(
             ListenerService(reactor, name, spec, site, creator, config.daemon.shutdown_grace,
-                            config.daemon.write_stall)
+                            config.daemon.write_stall, config.limits(name))
         )
 
     for name, module in (("supervisor", "ccnet.mplane.supervisor"), ("rpc", "ccnet.rpc.server")):
@@ -524,7 +319,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         site.timeOut = idle_timeout
         root.add_listener(
             ListenerService(reactor, "metrics", parse_listen(config.metrics.listen), site, None,
-                            config.daemon.shutdown_grace, config.daemon.write_stall)
+                            config.daemon.shutdown_grace, config.daemon.write_stall, config.limits("metrics"))
         )
         if hasattr(metrics_root, "watch_listeners"):
             metrics_root.watch_listeners(lambda: listener_states(root))
@@ -582,6 +377,7 @@ def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerT
         reconnects = Counter("ccnet_store_reconnects_total",
                              "Store calls run again on a fresh connection after a broken one.")
         reconnects.inc(amount=store.reconnects)
-        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects])
+        edge = edge_metrics({n: s.connections for n, s in root.listeners.items()})
+        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects, *edge])
 
     return render_all

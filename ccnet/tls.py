@@ -38,6 +38,7 @@ __all__ = [
     "check_tls_files",
     "client_tls_policy",
     "https_agent",
+    "peer_chain",
     "peer_identity",
     "verify_error_reason",
 ]
@@ -147,6 +148,11 @@ class TLSMaterial:
     @property
     def ca_certificates(self) -> list[x509.Certificate]:
         return list(self._loaded.ca_certs)
+
+    @property
+    def crls(self) -> list[x509.CertificateRevocationList]:
+        """The CRLs loaded from ``[tls] crl`` (empty without one)."""
+        return list(self._loaded.crls)
 
     def reload(self) -> None:
         """Re-read the files; new connections use them, open ones keep theirs."""
@@ -319,6 +325,14 @@ def peer_identity(transport: Any) -> Identity | None:
         identity = Identity.from_chain(list(chain))
     _identity_cache[conn] = identity
     return identity
+
+
+def peer_chain(transport: Any) -> list[x509.Certificate]:
+    """The peer's verified chain (leaf first) on a TLS transport; empty without one."""
+    conn = _ssl_connection(transport)
+    if conn is None or not _verified(conn):
+        return []
+    return list(conn.get_verified_chain(as_cryptography=True) or [])
 
 
 def _verified(conn: SSL.Connection) -> bool:

@@ -38,6 +38,7 @@ from ccnet.cc.message import (
 )
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
+from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
 
 __all__ = ["build", "CCServer", "CCService", "CCStartError"]
@@ -400,16 +401,28 @@ class CCServer:
 
 
 @implementer(IService)
+@implementer(IListening)
 class CCService(Service):
-    """twistd service wrapper: binds on start, unbinds on stop."""
+    """twistd service wrapper: binds on start, unbinds on stop.
+
+    A socket that cannot be bound is one log line and a failed ``listening`` (the daemon
+    then exits 1), not an exception out of ``startService``.
+    """
 
     def __init__(self, server: CCServer) -> None:
         self.setName("cc")
         self.server = server
+        self.listening: defer.Deferred[str] = defer.Deferred()
 
     def startService(self) -> None:  # noqa: N802 (IService)
         super().startService()
-        self.server.start()
+        try:
+            endpoint = self.server.start()
+        except CCStartError as exc:
+            log.critical("ccnet {listener} cannot listen: {error}", listener=self.name, error=str(exc))
+            self.listening.errback(Failure(exc))
+            return
+        self.listening.callback(endpoint)
 
     def stopService(self) -> Any:  # noqa: N802 (IService)
         super().stopService()

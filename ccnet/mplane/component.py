@@ -36,8 +36,10 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
+from zope.interface import implementer
 
 from ccnet.config import SetupError, parse_listen
+from ccnet.edge.lifecycle import IStopsFirst
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
@@ -296,6 +298,7 @@ class Outbox:
 # Component-initiated workflow
 
 
+@implementer(IStopsFirst)
 class SupervisorLink(service.Service):
     """Registers with the supervisor, long-polls it, and delivers the outbox."""
 
@@ -737,14 +740,18 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
     if cfg.supervisor and outbox is not None:
         SupervisorLink(core, cfg, outbox, reactor, runtime.tls).setServiceParent(top)
     if cfg.listen:
-        from ccnet.service import ListenerService
+        from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
+        from ccnet.edge.listener import ListenerService
 
         site = Site(ListenerResource(core))
         site.noisy = False
         spec = parse_listen(cfg.listen)
         # Returned beside the component so the daemon counts it as one of its listeners
         # (READY=1, /ready, draining on stop).
-        parts.append(ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component")))
+        config = getattr(runtime, "config", None)
+        limits = config.limits("component") if config is not None else DEFAULT_LIMITS
+        parts.append(ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component"),
+                                     limits=limits))
     if callable(getattr(runtime, "register_metrics", None)):
         runtime.register_metrics("mplane-component", lambda: component_metrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),

@@ -30,6 +30,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ccnet.config import SetupError
+from ccnet.edge.shim import request_disconnected
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.dialect import (
@@ -259,7 +260,7 @@ class _Dispatch(Resource):
         emit = log.debug if handler == self.poll else log.info
         emit("mPlane {method} {path} by {peer}: {code}", method=request.method.decode(),
              path=request.path.decode("utf-8", "replace"), peer=who, code=request.code)
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not request_disconnected(request):
             request.write(body)
             request.finish()
 
@@ -350,7 +351,7 @@ class _Dispatch(Resource):
         hold = self._hold(request, fast or dialect is Dialect.RI)
         if not work and hold > 0:
             await self._wait_for_work(peer.identity, hold)
-            if request.finished or getattr(request, "_disconnected", False):
+            if request.finished or request_disconnected(request):
                 return b""
             work = await state.take_work(peer.identity, link)
         contents: list[Message] = [to_wire(m, dialect) for m in work]
