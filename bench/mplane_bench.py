@@ -48,7 +48,8 @@ from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
 
 from ccnet.config import TLSConfig  # noqa: E402
-from ccnet.tls import TLSMaterial, https_agent  # noqa: E402
+from ccnet.edge.client import https_agent  # noqa: E402
+from ccnet.tls import TLSMaterial  # noqa: E402
 from tests.ri_support import (  # noqa: E402
     ensure_ri_venv,
     ri_tstat_caps,

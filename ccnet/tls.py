@@ -3,8 +3,9 @@
 Servers: pyOpenSSL contexts with TLS >= 1.2, a client certificate required by default and
 verified against the CA bundle (and CRL when configured), clientAuth EKU enforced.
 The context is swapped in place on reload, so listeners keep running (SIGHUP).
-Clients: Twisted's ``optionsForClientTLS`` with our client certificate; server host names
-and IP addresses are checked by service-identity.
+Clients: :meth:`TLSMaterial.client_options` (Twisted's ``optionsForClientTLS`` with our
+certificate chain, TLS >= 1.2; server host names and IP addresses are checked by
+service-identity), used through the one HTTPS policy in :mod:`ccnet.edge.client`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,6 @@ from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
-from twisted.web.iweb import (
-    IAgent,  # noqa: E402
-    IPolicyForHTTPS,
-)
 from zope.interface import implementer
 
 from ccnet.config import TLSConfig
@@ -36,8 +33,6 @@ __all__ = [
     "ServerTLS",
     "TLSMaterial",
     "check_tls_files",
-    "client_tls_policy",
-    "https_agent",
     "peer_chain",
     "peer_identity",
     "verify_error_reason",
@@ -236,7 +231,8 @@ class TLSMaterial:
 
     def client_options(self, hostname: str) -> Any:
         # Intermediates go along, so peers that trust only the root can build the chain.
-        extra = {"extraCertChain": [crypto.X509.from_cryptography(c) for c in self._loaded.cert_chain[1:]]}
+        extra = {"extraCertChain": [crypto.X509.from_cryptography(c) for c in self._loaded.cert_chain[1:]],
+                 "raiseMinimumTo": ssl.TLSVersion.TLSv1_3 if self.cfg.min_version == "1.3" else ssl.TLSVersion.TLSv1_2}
         return ssl.optionsForClientTLS(
             hostname, trustRoot=self.trust_root(), clientCertificate=self.client_certificate(),
             extraCertificateOptions=extra,
@@ -285,28 +281,6 @@ class ServerTLS:
 
     def wrap(self, factory: Any) -> TLSMemoryBIOFactory:
         return TLSMemoryBIOFactory(self, False, factory)  # type: ignore[arg-type]
-
-
-@implementer(IPolicyForHTTPS)
-class _ClientPolicy:
-    def __init__(self, material: TLSMaterial) -> None:
-        self._material = material
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 (Twisted API)
-        return self._material.client_options(hostname.decode("ascii"))
-
-
-def client_tls_policy(material: TLSMaterial) -> IPolicyForHTTPS:
-    """An HTTPS policy presenting our certificate and verifying the server's name."""
-    return _ClientPolicy(material)  # type: ignore[return-value]
-
-
-def https_agent(reactor: Any, material: TLSMaterial, pool: Any = None) -> IAgent:
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
-    return Agent(reactor, contextFactory=client_tls_policy(material), pool=pool)  # type: ignore[return-value]
 
 
 _identity_cache: weakref.WeakKeyDictionary[Any, Identity | None] = weakref.WeakKeyDictionary()

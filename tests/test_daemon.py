@@ -20,7 +20,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from ccnet.config import TLSConfig
-from ccnet.tls import TLSMaterial, https_agent
+from ccnet.edge.client import https_agent
+from ccnet.tls import TLSMaterial
 from tests.support import (
     REPO,
     VENV_BIN,

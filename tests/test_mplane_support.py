@@ -21,13 +21,14 @@ from twisted.web.client import HTTPConnectionPool
 from twisted.web.server import Site
 
 from ccnet.config import TLSConfig, parse_listen
+from ccnet.edge.client import https_agent
 from ccnet.identity import Identity, UserMap
 from ccnet.mplane import supervisor as supmod
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.model import CONTENT_TYPE, Message, parse_json, to_json
 from ccnet.service import ListenerService
 from ccnet.store import Store
-from ccnet.tls import TLSMaterial, https_agent
+from ccnet.tls import TLSMaterial
 from tests.support import TestPKI, test_pki
 
 PING_CAP = {

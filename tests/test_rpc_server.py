@@ -19,9 +19,10 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from ccnet.config import TLSConfig
+from ccnet.edge.client import ClientPolicy
 from ccnet.rpc import S_ERROR, S_OK, RPCService, blocking
 from ccnet.rpc.codec import encode
-from ccnet.tls import TLSMaterial, client_tls_policy
+from ccnet.tls import TLSMaterial
 from tests.test_rpc_fixtures import ADMIN_DN, CLIENT_DN, RPCSite, make_proxy, start_rpc_site
 
 SERVICES = """
@@ -84,7 +85,7 @@ def client_agent(site: RPCSite, who: str | None = "client") -> Agent:
     else:
         material = TLSMaterial(TLSConfig(ca=pki.ca_cert, cert=pki.cert(who), key=pki.key(who),
                                          crl=None, min_version="1.2", allow_proxies=False))
-        policy = client_tls_policy(material)
+        policy = ClientPolicy(material)
     return Agent(reactor, contextFactory=policy, pool=HTTPConnectionPool(reactor, persistent=False))
 
 

@@ -16,8 +16,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ccnet.config import TLSConfig, parse_listen
+from ccnet.edge.client import https_agent
 from ccnet.service import ListenerService
-from ccnet.tls import TLSMaterial, https_agent
+from ccnet.tls import TLSMaterial
 from ccnet.web import HealthResource
 from tests.support import TestPKI, test_pki
 

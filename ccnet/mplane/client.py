@@ -26,6 +26,7 @@ from twisted.internet import defer, task
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from ccnet.edge.client import https_agent
 from ccnet.mplane.model import (
     CONTENT_TYPE,
     KINDS,
@@ -42,7 +43,7 @@ from ccnet.mplane.model import (
     parse_json,
     to_json,
 )
-from ccnet.tls import TLSMaterial, https_agent
+from ccnet.tls import TLSMaterial
 
 __all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS", "SUPERVISOR_PATHS"]
 

@@ -39,6 +39,7 @@ from twisted.web.server import Request, Site
 from zope.interface import implementer
 
 from ccnet.config import SetupError, parse_listen
+from ccnet.edge.client import ClientPolicy
 from ccnet.edge.lifecycle import IStopsFirst
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
@@ -59,7 +60,6 @@ from ccnet.mplane.model import (
     to_json,
 )
 from ccnet.mplane.probes import IUsesTLS
-from ccnet.mplane.pull import RecordingPolicy
 from ccnet.mplane.scheduler import Job, Scheduler
 from ccnet.tls import peer_identity
 from ccnet.web import request_identity
@@ -309,13 +309,13 @@ class SupervisorLink(service.Service):
         self.cfg = cfg
         self.outbox = outbox
         self.reactor = reactor
-        self.policy = RecordingPolicy(material)
+        self.policy = ClientPolicy(material)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.retryAutomatically = False
         self.agent = Agent(reactor, contextFactory=self.policy, pool=self.pool)
         # Deliveries get their own pool: a long-poll must never hold up a result.
         self.send_pool = HTTPConnectionPool(reactor, persistent=True)
-        self.send_agent = Agent(reactor, contextFactory=RecordingPolicy(material), pool=self.send_pool)
+        self.send_agent = Agent(reactor, contextFactory=ClientPolicy(material), pool=self.send_pool)
         self.registered = False
         # The supervisor's wire dialect: configured, or found out at the first registration.
         self.dialect: Dialect | None = None if cfg.dialect == "auto" else Dialect(cfg.dialect)

@@ -19,13 +19,11 @@ from urllib.parse import urljoin
 import treq
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.logger import Logger
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
+from ccnet.edge.client import ClientPolicy
 from ccnet.mplane.dialect import registration_items
 from ccnet.mplane.model import (
     CONTENT_TYPE,
@@ -40,42 +38,19 @@ from ccnet.mplane.state import Peer, SupervisorState
 from ccnet.periodic import every
 from ccnet.tls import TLSMaterial, peer_identity
 
-__all__ = ["ComponentPuller", "RecordingPolicy"]
+__all__ = ["ComponentPuller"]
 
 log = Logger()
 
 _HREF = re.compile(r"""href=['"]([^'"]+)['"]""")
 
 
-@implementer(IPolicyForHTTPS)
-class _RecordingPolicy:
-    """ccnet's client TLS, remembering each connection so the component's identity can be read."""
-
-    def __init__(self, material: TLSMaterial) -> None:
-        self.material = material
-        self.last: Any = None
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 (Twisted API)
-        inner = self.material.client_options(hostname.decode("ascii"))
-        policy = self
-
-        @implementer(IOpenSSLClientConnectionCreator)
-        class _Creator:
-            def clientConnectionForTLS(self, tls_protocol: Any) -> Any:  # noqa: N802 (Twisted API)
-                policy.last = tls_protocol
-                return inner.clientConnectionForTLS(tls_protocol)
-
-        return _Creator()
-
-
-# Public name: the component runtime reads its supervisor's identity the same way.
-RecordingPolicy = _RecordingPolicy
 
 
 class _Remote:
     def __init__(self, url: str, reactor: Any, material: TLSMaterial) -> None:
         self.url = url.rstrip("/") + "/"
-        self.policy = _RecordingPolicy(material)
+        self.policy = ClientPolicy(material)
         from twisted.web.client import Agent
 
         self.pool = HTTPConnectionPool(reactor, persistent=True)

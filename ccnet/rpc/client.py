@@ -29,9 +29,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
-from twisted.web.iweb import IPolicyForHTTPS
-from zope.interface import implementer
 
+from ccnet.edge.client import ClientPolicy
 from ccnet.rpc.clientcore import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
@@ -86,7 +85,7 @@ class ClientCredentials:
                 serialization.load_pem_private_key(key_data, password=None)  # type: ignore[arg-type]
             )
 
-    def options(self, hostname: str) -> Any:
+    def client_options(self, hostname: str) -> Any:
         extra: dict[str, Any] = {}
         client_cert = None
         if self.chain:
@@ -101,15 +100,6 @@ class ClientCredentials:
         return ssl.optionsForClientTLS(
             hostname, trustRoot=trust, clientCertificate=client_cert, extraCertificateOptions=extra
         )
-
-
-@implementer(IPolicyForHTTPS)
-class _Policy:
-    def __init__(self, creds: ClientCredentials) -> None:
-        self._creds = creds
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 (Twisted API)
-        return self._creds.options(hostname.decode("ascii"))
 
 
 def _cancelled(failure: Failure) -> bool:
@@ -157,7 +147,7 @@ class RPCClient(RPCClientBase):
         self._pool.maxPersistentPerHost = 16
         self._agent = Agent(
             reactor,
-            contextFactory=_Policy(ClientCredentials(cert, key, ca)),  # type: ignore[arg-type]  # checked by the base
+            contextFactory=ClientPolicy(ClientCredentials(cert, key, ca)),  # type: ignore[arg-type]  # checked by the base
             connectTimeout=connect_timeout,
             pool=self._pool,
         )

@@ -360,7 +360,7 @@ class TstatProbe:
         import treq
         from twisted.web.client import HTTPConnectionPool
 
-        from ccnet.tls import https_agent
+        from ccnet.edge.client import https_agent
 
         assert self.tls is not None
         headers: dict[bytes | str, list[bytes | str]] = {b"Content-Type": [b"application/json"]}
