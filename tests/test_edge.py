@@ -219,6 +219,42 @@ class DeadlineTests(EdgeTestCase):
         self.assertEqual(self.closed, {"slow-body": 1})
 
 
+class HTTP10KeepAliveTests(EdgeTestCase):
+
+    @defer.inlineCallbacks
+    def test_http10_client_asking_for_keep_alive_keeps_its_connection(self) -> Any:
+        yield self.listen(EdgeLimits())
+
+        def scenario() -> tuple[bytes, bytes, bool]:
+            with self.connect() as sock:
+                ask = b"GET /hit HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
+                sock.sendall(ask)
+                first = _read_reply(sock)
+                sock.sendall(ask)
+                second = _read_reply(sock)
+                return first, second, _closed_by_server(sock, 0.5)
+
+        first, second, closed = yield deferToThread(scenario)
+        self.assertIn(b"200 OK", first)
+        self.assertIn(b"Connection: keep-alive", first)
+        self.assertTrue(second.endswith(b"hit 2\n"), second)  # the second call, same connection
+        self.assertFalse(closed)
+
+    @defer.inlineCallbacks
+    def test_http10_client_without_keep_alive_is_closed_after_its_reply(self) -> Any:
+        yield self.listen(EdgeLimits())
+
+        def scenario() -> tuple[bytes, bool]:
+            with self.connect() as sock:
+                sock.sendall(b"GET /hit HTTP/1.0\r\n\r\n")
+                return _read_reply(sock), _closed_by_server(sock, 5.0)
+
+        reply, closed = yield deferToThread(scenario)
+        self.assertIn(b"200 OK", reply)
+        self.assertNotIn(b"keep-alive", reply.lower())
+        self.assertTrue(closed)
+
+
 class CapTests(EdgeTestCase):
     @defer.inlineCallbacks
     def test_connections_over_the_per_peer_and_listener_caps_are_refused(self) -> Any:

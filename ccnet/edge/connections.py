@@ -384,6 +384,11 @@ class _EdgeRequestMixin:
             edge.request_received()
         super().requestReceived(command, path, version)  # type: ignore[misc]
 
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:  # type: ignore[attr-defined]
+            keep_http10_alive(self)
+        super().write(data)  # type: ignore[misc]
+
     def finish(self) -> Any:
         edge = self._edge()
         if edge is not None:
@@ -398,6 +403,21 @@ class _EdgeRequestMixin:
         if edge is not None:
             edge.request_done()
         return super().finish()  # type: ignore[misc]
+
+
+def keep_http10_alive(request: Any) -> None:
+    """Honour ``Connection: keep-alive`` from an HTTP/1.0 client (``ab -k``, proxies).
+
+    twisted.web decides a connection's persistence when the request arrives, before the
+    reply exists, and so never keeps an HTTP/1.0 connection. Here, as the reply's head is
+    about to go out, it is known whether the reply is delimited by a Content-Length: if
+    it is and the client asked, the connection stays open and the reply says so."""
+    if request.clientproto != b"HTTP/1.0" or request.responseHeaders.getRawHeaders(b"content-length") is None:
+        return
+    tokens = b",".join(request.requestHeaders.getRawHeaders(b"connection", [])).lower().replace(b" ", b"")
+    if b"keep-alive" in tokens.split(b","):
+        request.responseHeaders.setRawHeaders(b"connection", [b"keep-alive"])
+        request.channel.persistent = True
 
 
 def edge_request(request_class: type[Request]) -> type[Request]:
