@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import io
 import os
 import signal
 from typing import Any
@@ -13,7 +12,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from ccnet import __version__, sdnotify
 from ccnet.config import Config, parse_listen
@@ -21,6 +20,7 @@ from ccnet.edge import shim
 from ccnet.edge.connections import edge_metrics
 from ccnet.edge.lifecycle import IListening, stop_first
 from ccnet.edge.listener import WRITE_STALL, ListenerService
+from ccnet.edge.request import DEFAULT_MAX_BODY, bounded_request
 from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
 from ccnet.runtime import Runtime
@@ -37,63 +37,6 @@ log = Logger()
 #: slow or stuck clients can hold. twisted.web pauses the timer while a request is being
 #: answered, so long-polls and slow calls are not cut by it.
 IDLE_TIMEOUT = 75.0
-
-#: Body limit of HTTPS sites whose protocol module sets no ``MAX_BODY``.
-DEFAULT_MAX_BODY = 16 * 1024 * 1024
-
-
-class BoundedRequest(Request):
-    """A request whose body may not exceed ``max_body`` bytes.
-
-    Plain twisted.web spools any body to a temporary file before the resource can look
-    at it, so a client could fill the disk. This answers 413 and closes the connection
-    as soon as the announced length (or the chunked body so far) is over the limit.
-    """
-
-    max_body = 16 * 1024 * 1024
-    _refused = False
-    _seen = 0
-
-    def gotLength(self, length: int | None) -> None:  # noqa: N802 (Twisted API)
-        if length is not None and length > self.max_body:
-            self._refuse()
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
-        if self._refused:
-            return
-        self._seen += len(data)
-        if self._seen > self.max_body:
-            self._refuse()
-            return
-        super().handleContentChunk(data)
-
-    def process(self) -> None:
-        if not self._refused:
-            super().process()
-
-    def _refuse(self) -> None:
-        if self._refused:
-            return
-        self._refused = True
-        if self.content is not None:
-            self.content.close()
-        self.content = io.BytesIO()  # type: ignore[assignment]
-        body = b"request body too large\n"
-        transport: Any = self.channel.transport
-        # Written raw (as twisted.web's own 400 for broken requests): the request has
-        # not been parsed yet, and the connection is closed right after.
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/plain\r\n"
-            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        transport.loseConnection()
-
-
-def bounded_request(max_body: int) -> type[BoundedRequest]:
-    return type("BoundedRequest", (BoundedRequest,), {"max_body": max_body})
-
 
 class CCNetService(service.MultiService):
     """The whole daemon. Sends READY=1 to systemd once every listener is up."""

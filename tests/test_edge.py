@@ -21,7 +21,8 @@ from twisted.web.server import Request, Site
 from ccnet.config import IniFile, parse_config, parse_listen
 from ccnet.edge import shim
 from ccnet.edge.limits import DEFAULT, METRICS_DEFAULT, EdgeLimits
-from ccnet.service import ListenerService, bounded_request
+from ccnet.edge.request import bounded_request
+from ccnet.service import ListenerService
 from tests.support import test_pki
 from tests.test_ops_support import tls_client
 from tests.test_tls import material

@@ -37,6 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
+from ccnet.edge.request import BoundedRequest, bounded_request
 from ccnet.identity import Identity, UserMap
 from ccnet.rpc.codec import CodecError, encode
 from ccnet.rpc.credentials import TRUSTED_HOST
@@ -60,38 +61,17 @@ _JSON = b"application/json"
 _OCTETS = b"application/octet-stream"
 
 
-class _Discard(io.RawIOBase):
-    """A request body sink for bodies already known to be too large."""
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        return len(data)
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return 0
-
-    def read(self, size: int = -1) -> bytes:
-        return b""
-
-
-class RPCRequest(server.Request):
+class RPCRequest(BoundedRequest):
     """The request class of the ``[rpc]`` site.
 
-    * It stops storing the body once it exceeds ``max_body``: without it twisted.web
-      spools any body to a temporary file before the resource sees it; with it an
-      oversized upload costs neither memory nor disk, and the resource answers 413.
+    * Its body limit (:class:`ccnet.edge.request.BoundedRequest`) is answered in the
+      protocol: the resource sends S_ERROR with status 413.
     * It parses ``application/x-www-form-urlencoded`` bodies itself: twisted.web builds an
       ``email.message`` just to read the content type, a third of a small call's cost.
     """
 
-    max_body: int = 10 * 1024 * 1024
-    body_too_large = False
-    _body_seen = 0
+    max_body = 10 * 1024 * 1024
+    answer_in_protocol = True
     _form: dict[bytes, list[bytes]] | None = None
     _form_type: list[bytes] | None = None
 
@@ -121,25 +101,6 @@ class RPCRequest(server.Request):
             self.args = args  # type: ignore[assignment]
         super().process()
 
-    def gotLength(self, length: int | None) -> None:  # noqa: N802 (twisted API)
-        if length is not None and length > self.max_body:
-            self.body_too_large = True
-            self.content = _Discard()  # type: ignore[assignment]
-            return
-        super().gotLength(length)
-
-    def handleContentChunk(self, data: bytes) -> None:  # noqa: N802 (twisted API)
-        if self.body_too_large:
-            return
-        self._body_seen += len(data)
-        if self._body_seen > self.max_body:
-            self.body_too_large = True
-            if self.content is not None:
-                self.content.close()
-            self.content = _Discard()  # type: ignore[assignment]
-            return
-        super().handleContentChunk(data)
-
 
 def _parse_form(raw: bytes) -> dict[bytes, list[bytes]]:
     """``parse_qs`` for bytes that survives any %-escaped byte.
@@ -159,9 +120,9 @@ class RPCSite(server.Site):
         return None
 
 
-def request_factory(max_body: int) -> type[RPCRequest]:
+def request_factory(max_body: int) -> type[BoundedRequest]:
     """A ``Site.requestFactory`` enforcing ``max_body`` while the body arrives."""
-    return type("RPCRequest", (RPCRequest,), {"max_body": max_body})
+    return bounded_request(max_body, RPCRequest)
 
 
 class RPCResource(Resource):
