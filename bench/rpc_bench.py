@@ -209,15 +209,14 @@ def start_ccnet_site(folder: Path, pki: dict[str, str]) -> tuple[subprocess.Pope
 
 def serve_ccnet_site(pki: dict[str, str], folder: Path, portfile: Path) -> None:
     """The ccnet side without twistd: build() + make_site() + ccnet TLS, logging to a file."""
-    import types
 
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from ccnet.config import IniFile, TLSConfig
-    from ccnet.identity import UserMap
     from ccnet.rpc import config as rpc_config
     from ccnet.rpc.server import build
+    from ccnet.runtime import Runtime
     from ccnet.tls import TLSMaterial
 
     logfile = open(folder / "ccnet-site.log", "a")  # noqa: SIM115 (lives as long as the process)
@@ -229,10 +228,7 @@ def serve_ccnet_site(pki: dict[str, str], folder: Path, portfile: Path) -> None:
     tls_cfg = TLSConfig(ca=Path(pki["ca"]), cert=Path(pki["server_cert"]), key=Path(pki["server_key"]),
                         crl=None, min_version="1.2", allow_proxies=False)
     material = TLSMaterial(tls_cfg)
-    runtime = types.SimpleNamespace(
-        reactor=reactor, users=UserMap.empty(), tls=material, store=None,
-        config=types.SimpleNamespace(tls=tls_cfg, daemon=types.SimpleNamespace(hostname="localhost")),
-    )
+    runtime = Runtime(reactor, None, tls=material, hostname="localhost")  # type: ignore[arg-type]  # no store used
     resource, services = build(runtime, cfg)
     for svc in services:
         svc.startService()

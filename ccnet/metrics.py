@@ -17,7 +17,7 @@ import resource as _resource
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -26,6 +26,9 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ccnet.edge.shim import request_disconnected
 from ccnet.web import json_response
+
+if TYPE_CHECKING:
+    from ccnet.runtime import Runtime
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -237,7 +240,7 @@ class ReadyResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, runtime: Any, listeners: Callable[[], dict[str, bool]] | None = None,
+    def __init__(self, runtime: Runtime, listeners: Callable[[], dict[str, bool]] | None = None,
                  store_timeout: float = 5.0) -> None:
         super().__init__()
         self._runtime = runtime
@@ -253,7 +256,7 @@ class ReadyResource(Resource):
         def done(ok: Any) -> None:
             listeners = self.listeners()
             store = ok is True
-            parts = {name: _up(up) for name, up in getattr(self._runtime, "parts", {}).items()}
+            parts = {name: _up(up) for name, up in self._runtime.parts.items()}
             ready = store and all(listeners.values()) and all(parts.values())
             if request.finished or request_disconnected(request):
                 return
@@ -287,7 +290,7 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self._runtime = runtime
 
@@ -308,7 +311,7 @@ class MetricsResource(Resource):
 class OpsRoot(Resource):
     """Root of the ``[metrics]`` site; the service tells it how to see its listeners."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.ready = ReadyResource(runtime)
         self.putChild(b"ready", self.ready)  # type: ignore[arg-type]
@@ -318,7 +321,7 @@ class OpsRoot(Resource):
         self.ready.listeners = listeners
 
 
-def build(runtime: Any, cfg: Any) -> OpsRoot:
+def build(runtime: Runtime, cfg: Any) -> OpsRoot:
     """Entry point for ``ccnet.service``: the ``[metrics]`` site root."""
     started = time.time()
     runtime.register_metrics("process", lambda: process_metrics(started))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ccnet.config import Config
+from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
+from ccnet.edge.limits import EdgeLimits
 from ccnet.identity import UserMap
 from ccnet.store import Store
 from ccnet.tls import TLSMaterial
@@ -18,22 +21,52 @@ __all__ = ["Runtime"]
 class Runtime:
     """Shared daemon state, passed explicitly (no globals).
 
-    ``users`` is replaced on reload: read ``runtime.users`` per request, don't keep it.
-    Parts that can reload register a callable with :meth:`on_reload`.
+    A part reads what it needs from here — never the whole config: the daemon fills it
+    from the parsed config (:meth:`from_config`), a test or an embedding program with the
+    few fields it uses (the rest default to a stand-alone part). ``users`` is replaced on
+    reload: read ``runtime.users`` per request, don't keep it. Parts that can reload
+    register a callable with :meth:`on_reload`.
     """
 
     reactor: Any
-    config: Config
-    tls: TLSMaterial | None
-    users: UserMap
     store: Store
-    version: str
+    tls: TLSMaterial | None = None
+    users: UserMap = field(default_factory=UserMap.empty)
+    version: str = ""
+    #: Where relative paths of the parts' settings resolve (the config file's folder).
+    config_dir: Path = field(default_factory=Path.cwd)
+    #: ``[ccnet] hostname``: the name the daemon gives itself (None: the OS's).
+    hostname: str | None = None
+    #: ``[tls] crl``: the CRL file(s) TLS checks peers against (CMS signers too).
+    tls_crl: Path | None = None
+    #: The daemon's parsed config, for the daemon itself (parts read the fields above).
+    config: Config | None = None
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
     metrics_sources: dict[str, Callable[[], str]] = field(default_factory=dict)
     #: Failed rounds of periodic jobs by job name (``ccnet.periodic``), for /metrics.
     job_failures: dict[str, int] = field(default_factory=dict)
     #: Parts that must be up for ``/ready`` (beyond listeners and the store): name -> is it up?
     parts: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config, reactor: Any, store: Store, tls: TLSMaterial | None,
+                    users: UserMap, version: str) -> Runtime:
+        return cls(reactor=reactor, store=store, tls=tls, users=users, version=version,
+                   config_dir=config.path.parent, hostname=config.daemon.hostname,
+                   tls_crl=config.tls.crl if config.tls is not None else None, config=config)
+
+    def limits(self, listener: str) -> EdgeLimits:
+        """The connection limits of ``listener`` (:mod:`ccnet.edge.limits`)."""
+        return self.config.limits(listener) if self.config is not None else DEFAULT_LIMITS
+
+    def allow_proxies(self, listener: str) -> bool:
+        """Does ``listener`` accept RFC 3820 proxy certificates (its section over ``[tls]``)?"""
+        if self.config is None:
+            return False
+        policy = self.config.listener_tls.get(listener)
+        if policy is not None:
+            return policy.allow_proxies
+        return self.config.tls.allow_proxies if self.config.tls is not None else False
 
     def on_reload(self, hook: Callable[[], None]) -> None:
         self.reload_hooks.append(hook)

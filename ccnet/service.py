@@ -41,9 +41,10 @@ IDLE_TIMEOUT = 75.0
 class CCNetService(service.MultiService):
     """The whole daemon. Sends READY=1 to systemd once every listener is up."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, config: Config) -> None:
         super().__init__()
         self.runtime = runtime
+        self.config = config
         self.listeners: dict[str, ListenerService] = {}
         self.ready: defer.Deferred[None] = defer.Deferred()
         self._watchdog: task.LoopingCall | None = None
@@ -70,7 +71,7 @@ class CCNetService(service.MultiService):
         log.info(
             "ccnet {version} ready: {services}",
             version=__version__,
-            services=", ".join(self.runtime.config.enabled_services()),
+            services=", ".join(self.config.enabled_services()),
         )
         self.ready.callback(None)
 
@@ -102,7 +103,7 @@ class CCNetService(service.MultiService):
         try:
             if runtime.tls is not None:
                 check_tls_files(runtime.tls.cfg)
-            users = UserMap.load(runtime.config.daemon.users) if runtime.config.daemon.users else None
+            users = UserMap.load(self.config.daemon.users) if self.config.daemon.users else None
         except Exception as exc:
             log.failure("reload failed, keeping the previous settings: {error}", error=str(exc))
             return
@@ -191,10 +192,8 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
     tls = TLSMaterial(config.tls) if config.tls is not None else None
     users = UserMap.load(config.daemon.users) if config.daemon.users else UserMap.empty()
     store = Store.open(config.store.url, reactor, config.store.timeout)
-    runtime = Runtime(
-        reactor=reactor, config=config, tls=tls, users=users, store=store, version=__version__
-    )
-    root = CCNetService(runtime)
+    runtime = Runtime.from_config(config, reactor, store, tls, users, __version__)
+    root = CCNetService(runtime, config)
     if tls is not None:
         # After TLS reloads (hooks run after it): a new CRL reaches open connections too.
         runtime.on_reload(revocation_hook(

@@ -7,14 +7,14 @@ import os
 import signal
 import stat
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from ccnet.cc.handlers.jobmgr import daemon_module, restart_delay
 from ccnet.config import ConfigError
+from ccnet.runtime import Runtime
 from tests.test_cc_handlers_common import ServerMixin, alive, body, reply_body, wait_for
 
 CC = """
@@ -77,8 +77,8 @@ class JobMgrTests(ServerMixin, TestCase):
 
     @defer.inlineCallbacks
     def test_managed_daemon_counts_for_readiness_while_it_runs(self) -> Any:
-        parts: dict[str, Any] = {}
-        runtime = SimpleNamespace(register_part=parts.__setitem__)
+        runtime = Runtime(reactor, None)  # type: ignore[arg-type]  # the CC proxy keeps no state
+        parts = runtime.parts
         srv = self.server(more=", d:sleeper", extra=SLEEPER, runtime=runtime)
         self.assertEqual(sorted(parts), ["cc-job:cctest.d:discovery", "cc-job:cctest.d:sleeper"])
         self.assertTrue(all(up() for up in parts.values()))

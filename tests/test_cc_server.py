@@ -23,6 +23,7 @@ from ccnet.cc.message import make_body
 from ccnet.cc.server import CCServer, CCStartError
 from ccnet.cc.transport import make_factory
 from ccnet.config import IniFile
+from ccnet.runtime import Runtime
 from tests.test_cc_crypto import make_keystore
 
 _CTX = zmq.Context.instance()
@@ -516,13 +517,13 @@ class CryptoServerTests(ServerTestCase):
 
     @defer.inlineCallbacks
     def test_signer_revoked_in_the_tls_crl_gets_an_error_reply(self) -> Any:
-        from types import SimpleNamespace
 
         from tests.support import test_pki
 
         pki = test_pki()
         hooks: list[Any] = []
-        runtime = SimpleNamespace(config=SimpleNamespace(tls=SimpleNamespace(crl=pki.crl)), on_reload=hooks.append)
+        runtime = Runtime(reactor, None, tls_crl=pki.crl)  # type: ignore[arg-type]  # CC keeps no state
+        runtime.on_reload = hooks.append  # type: ignore[method-assign]
         srv = self.start(echo_config(extra=f"cms-keystore = {pki.dir}\ncms-verify-ca = ca"), runtime=runtime)
         self.assertEqual(hooks, [srv.codec.reload_crls])  # SIGHUP re-reads the CRL
         now = time.time()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet import defer, reactor, task
 
 from ccnet.config import IniFile
-from ccnet.identity import UserMap
 from ccnet.mplane import component as compmod
 from ccnet.mplane import component_config
 from ccnet.mplane.client import MPlaneClient
+from ccnet.runtime import Runtime
 from ccnet.store import Store
 from tests.test_mplane_support import Supervisor, material
 
@@ -49,8 +48,7 @@ class Component:
         from tests.support import test_pki
 
         self.store = Store.open(f"sqlite:///{self.folder / 'component.db'}", reactor)
-        runtime = SimpleNamespace(reactor=reactor, store=self.store, tls=material(test_pki(), self.name),
-                                  users=UserMap.empty(), version="test")
+        runtime = Runtime(reactor, self.store, tls=material(test_pki(), self.name), version="test")
         self.top, *self.listeners = compmod.build(runtime, self.cfg)
         self.top.startService()
         for listener in self.listeners:

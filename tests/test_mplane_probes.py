@@ -23,6 +23,7 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.probes import ping, tstat
 from ccnet.mplane.scheduler import Scheduler
+from ccnet.runtime import Runtime
 
 SAMPLE = tstat.sample_dir()
 
@@ -270,16 +271,13 @@ class TstatRunTests(unittest.TestCase):
 
 class DuplicateLabelTests(unittest.TestCase):
     def test_two_probes_offering_one_label_stop_the_start_with_both_names(self) -> None:
-        from types import SimpleNamespace
 
-        from ccnet.identity import UserMap
         from ccnet.mplane import component
         from tests.support import test_pki
         from tests.test_mplane_support import material
 
         cfg = parse_component("[probe:ping]\n[probe:ping2]\nmodule = ccnet.mplane.probes.ping\n")
-        runtime = SimpleNamespace(reactor=reactor, tls=material(test_pki(), "component"), store=None,
-                                  users=UserMap.empty())
+        runtime = Runtime(reactor, None, tls=material(test_pki(), "component"))  # type: ignore[arg-type]
         with self.assertRaises(ValueError) as ctx:
             component.build(runtime, cfg)
         self.assertIn("[probe:ping2]", str(ctx.exception))

@@ -10,7 +10,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import treq
@@ -26,6 +25,7 @@ from ccnet.identity import Identity, UserMap
 from ccnet.mplane import supervisor as supmod
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.model import CONTENT_TYPE, Message, parse_json, to_json
+from ccnet.runtime import Runtime
 from ccnet.service import ListenerService
 from ccnet.store import Store
 from ccnet.tls import TLSMaterial
@@ -74,13 +74,9 @@ class Supervisor:
     @defer.inlineCallbacks
     def start(self) -> Any:
         self.store = Store.open(self.store_url, reactor, self.store_timeout)
-        runtime = SimpleNamespace(
-            reactor=reactor, store=self.store, version="test",
-            users=UserMap.from_string(self.users_map) if self.users_map else UserMap.empty(),
-            config=SimpleNamespace(path=self.folder / "ccnet.ini"), tls=material(self.pki, "supervisor"),
-            reload_hooks=[],
-        )
-        runtime.on_reload = runtime.reload_hooks.append
+        runtime = Runtime(reactor, self.store, tls=material(self.pki, "supervisor"), version="test",
+                          users=UserMap.from_string(self.users_map) if self.users_map else UserMap.empty(),
+                          config_dir=self.folder)
         self.runtime = runtime
         resource, services = supmod.build(runtime, self.cfg)
         self.resource = resource

@@ -8,7 +8,6 @@ so tests can reach into service classes.
 from __future__ import annotations
 
 import datetime as dt
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from ccnet.identity import UserMap
 from ccnet.rpc import config as rpc_config
 from ccnet.rpc.resource import RPCResource
 from ccnet.rpc.server import build_resource
+from ccnet.runtime import Runtime
 from ccnet.tls import TLSMaterial
 from tests.support import TestPKI, test_pki
 
@@ -169,18 +169,13 @@ def start_rpc_site(
         min_version="1.2", allow_proxies=allow_proxies,
     )
     material = TLSMaterial(tls_cfg)
-    runtime = types.SimpleNamespace(
-        reactor=_reactor,
-        users=UserMap.from_string(users),
-        config=types.SimpleNamespace(tls=tls_cfg, daemon=types.SimpleNamespace(hostname="localhost")),
-        tls=material,
-        store=store,
-        version="test",
-    )
+    runtime = Runtime(_reactor, store, tls=material, users=UserMap.from_string(users), version="test",
+                      hostname="localhost")
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="rpc-test")
     pool.start()
     case.addCleanup(pool.stop)
-    resource = build_resource(runtime, cfg, pool)
+    # [rpc] allow-proxies when the section sets it, else the [tls] setting (as the daemon).
+    resource = build_resource(runtime, cfg, pool, allow_proxies=None if cfg.allow_proxies is not None else allow_proxies)
     site = Site(resource)
     site.requestFactory = resource.request_factory
     site.displayTracebacks = False

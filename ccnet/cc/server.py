@@ -15,7 +15,7 @@ from __future__ import annotations
 import socket as _socket
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 from twisted.application.service import IService, Service
@@ -40,6 +40,9 @@ from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
+
+if TYPE_CHECKING:
+    from ccnet.runtime import Runtime
 
 __all__ = ["build", "CCServer", "CCService", "CCStartError"]
 
@@ -93,7 +96,7 @@ class CCServer:
         config: CCConfig,
         reactor: Any,
         hostname: str | None = None,
-        runtime: Any = None,
+        runtime: Runtime | None = None,
         clock: Any = None,
         zmq_factory: Any = None,
     ) -> None:
@@ -104,7 +107,7 @@ class CCServer:
         self.hostname = hostname or _socket.gethostname()
         self.stats = CCStats(per_type=True)
         self.codec = CMSCodec.from_options(_with_tls_crl(config.cms, runtime))
-        if self.codec.crl_paths and callable(getattr(runtime, "on_reload", None)):
+        if self.codec.crl_paths and runtime is not None:
             runtime.on_reload(self.codec.reload_crls)  # SIGHUP re-reads the CRLs, as TLS does
         # One ZmqFactory (ZMQ context) per reactor.  A caller running several
         # servers in one reactor passes a shared one and shuts it down itself.
@@ -158,7 +161,7 @@ class CCServer:
             h.start()
         if self.config.stats_period > 0 and self.config.cc_stats > 0:
             self._stats_loop = every(self.clock, self.config.stats_period, "cc-stats", self.log_stats, now=False,
-                                      failures=getattr(self.runtime, "job_failures", None))
+                                      failures=self.runtime.job_failures if self.runtime is not None else None)
         return self.endpoint
 
     @defer.inlineCallbacks
@@ -429,27 +432,18 @@ class CCService(Service):
         return self.server.stop()
 
 
-def _with_tls_crl(cms: Any, runtime: Any) -> Any:
+def _with_tls_crl(cms: Any, runtime: Runtime | None) -> Any:
     """Signers are checked against ``cms-crl``, else the daemon's ``[tls] crl``."""
-    tls = getattr(getattr(runtime, "config", None), "tls", None)
-    crl = getattr(tls, "crl", None)
+    crl = runtime.tls_crl if runtime is not None else None
     if cms.verify_ca and not cms.crl and crl is not None:
         return replace(cms, crl=(crl,))
     return cms
 
 
-def build(runtime: Any, cc_config: CCConfig) -> list[IService]:
+def build(runtime: Runtime, cc_config: CCConfig) -> list[IService]:
     """Entry point for ccnet.service: the CC proxy as a list of services."""
-    hostname = None
-    config = getattr(runtime, "config", None)
-    daemon = getattr(config, "daemon", None)
-    if daemon is not None:
-        hostname = getattr(daemon, "hostname", None)
-    server = CCServer(cc_config, runtime.reactor, hostname=hostname, runtime=runtime)
-    # Metrics: exposed through the runtime's registry when the daemon has one.
-    register = getattr(runtime, "register_metrics", None)
-    if callable(register):
-        register("cc", server.stats.prometheus)
+    server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
+    runtime.register_metrics("cc", server.stats.prometheus)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return [cast(IService, CCService(server))]
 

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import treq
 from twisted.application import service
@@ -63,6 +63,9 @@ from ccnet.mplane.probes import IUsesTLS
 from ccnet.mplane.scheduler import Job, Scheduler
 from ccnet.tls import peer_identity
 from ccnet.web import request_identity
+
+if TYPE_CHECKING:
+    from ccnet.runtime import Runtime
 
 __all__ = ["ComponentCore", "ComponentService", "Outbox", "SupervisorLink", "build", "MIGRATIONS"]
 
@@ -716,7 +719,7 @@ class ComponentService(service.MultiService):
         yield defer.maybeDeferred(super().stopService)
 
 
-def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
+def build(runtime: Runtime, cfg: ComponentConfig) -> list[Any]:
     """The component's services (``[component]`` in ccnet.ini)."""
     reactor = runtime.reactor
     if runtime.tls is None:
@@ -740,7 +743,6 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
     if cfg.supervisor and outbox is not None:
         SupervisorLink(core, cfg, outbox, reactor, runtime.tls).setServiceParent(top)
     if cfg.listen:
-        from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
         from ccnet.edge.listener import ListenerService
 
         site = Site(ListenerResource(core))
@@ -748,12 +750,9 @@ def build(runtime: Any, cfg: ComponentConfig) -> list[Any]:
         spec = parse_listen(cfg.listen)
         # Returned beside the component so the daemon counts it as one of its listeners
         # (READY=1, /ready, draining on stop).
-        config = getattr(runtime, "config", None)
-        limits = config.limits("component") if config is not None else DEFAULT_LIMITS
         parts.append(ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component"),
-                                     limits=limits))
-    if callable(getattr(runtime, "register_metrics", None)):
-        runtime.register_metrics("mplane-component", lambda: component_metrics(top))
+                                     limits=runtime.limits("component")))
+    runtime.register_metrics("mplane-component", lambda: component_metrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),
              probes=", ".join(p.name for p in probes))
     return parts

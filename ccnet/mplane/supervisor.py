@@ -18,7 +18,7 @@ import html
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from twisted.application import service
@@ -57,6 +57,9 @@ from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
 from ccnet.periodic import every
 from ccnet.store import StoreError
 from ccnet.web import request_identity
+
+if TYPE_CHECKING:
+    from ccnet.runtime import Runtime
 
 __all__ = ["build", "SupervisorResource", "SupervisorService"]
 
@@ -514,7 +517,7 @@ def _registry_fetcher(reactor: Any) -> Callable[[str], Coroutine[Any, Any, bytes
     return fetch
 
 
-def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
+def build(runtime: Runtime, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
     """The supervisor's root resource and the service that opens/expires its state."""
     registries = RegistryStore()
     remote: list[str] = []
@@ -523,7 +526,7 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
             remote.append(ref)
         else:
             # Operator registry files are read here, at start-up, never on a peer's behalf.
-            path = Path(ref[len("file://"):]) if ref.startswith("file://") else runtime.config.path.parent / ref
+            path = Path(ref[len("file://"):]) if ref.startswith("file://") else runtime.config_dir / ref
             try:
                 registries.add(registries.parse(path.read_bytes(), f"registry {path}"))
             except OSError as exc:
@@ -547,7 +550,7 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
     svc = SupervisorService(state, runtime.store, reactor,
                             expiry_interval=max(1.0, min(3600.0, cfg.result_expiry / 10 or 3600.0)),
                             preload=preload if remote else None,
-                            failures=getattr(runtime, "job_failures", None))
+                            failures=runtime.job_failures)
     def reload_policy() -> None:
         # SIGHUP: re-read users/caps; a broken file keeps the old policy.
         try:
@@ -557,10 +560,8 @@ def build(runtime: Any, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
             return
         log.info("mPlane authorization reloaded: {summary}", summary=dict(state.policy.summary()))
 
-    if hasattr(runtime, "on_reload"):
-        runtime.on_reload(reload_policy)
-    if callable(getattr(runtime, "register_metrics", None)):
-        runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
+    runtime.on_reload(reload_policy)
+    runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
     resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
     services: list[Any] = [svc]
     if cfg.components:

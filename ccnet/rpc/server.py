@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.application.service import IService, Service
 from twisted.logger import Logger
@@ -16,6 +16,9 @@ from zope.interface import implementer
 from ccnet.rpc.config import RPCConfig
 from ccnet.rpc.resource import RPCResource
 from ccnet.rpc.service import MountedService
+
+if TYPE_CHECKING:
+    from ccnet.runtime import Runtime
 
 __all__ = ["ThreadPoolService", "build", "build_resource"]
 
@@ -72,17 +75,13 @@ def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
 
 
 def build_resource(
-    runtime: Any, cfg: RPCConfig, pool: ThreadPool, *, allow_proxies: bool | None = None
+    runtime: Runtime, cfg: RPCConfig, pool: ThreadPool, *, allow_proxies: bool | None = None
 ) -> RPCResource:
     """The ``[rpc]`` root resource for ``runtime`` (also used by tests and the bench)."""
     if allow_proxies is None:
         allow_proxies = cfg.allow_proxies
     if allow_proxies is None:
-        # The listener's setting as the daemon config resolved it ([rpc] over [tls]).
-        config = getattr(runtime, "config", None)
-        policy = getattr(config, "listener_tls", {}).get("rpc")
-        tls_cfg = getattr(config, "tls", None)
-        allow_proxies = policy.allow_proxies if policy is not None else bool(getattr(tls_cfg, "allow_proxies", False))
+        allow_proxies = runtime.allow_proxies("rpc")  # [rpc] over [tls]
     mounted = {}
     for svc in cfg.services:
         mounted[svc.name] = MountedService(
@@ -111,8 +110,7 @@ def build_resource(
         if named and _HOST_HEADER.match(named):
             return f"https://{named}"
         host = request.getHost()
-        hostname = getattr(getattr(runtime.config, "daemon", None), "hostname", None)
-        return f"https://{hostname or getattr(host, 'host', 'localhost')}:{getattr(host, 'port', 8443)}"
+        return f"https://{runtime.hostname or getattr(host, 'host', 'localhost')}:{getattr(host, 'port', 8443)}"
 
     return RPCResource(
         mounted,
@@ -125,12 +123,10 @@ def build_resource(
     )
 
 
-def build(runtime: Any, cfg: RPCConfig) -> tuple[RPCResource, list[IService]]:
+def build(runtime: Runtime, cfg: RPCConfig) -> tuple[RPCResource, list[IService]]:
     """Entry point for ``ccnet.service``: (site root resource, services to start)."""
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
-    register = getattr(runtime, "register_metrics", None)
-    if callable(register):
-        register("rpc", rpc_metrics(resource, pool))
+    runtime.register_metrics("rpc", rpc_metrics(resource, pool))
     services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
     return resource, services

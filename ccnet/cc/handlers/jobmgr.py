@@ -287,15 +287,15 @@ class JobMgrHandler(CCHandler):
         self._maint: task.LoopingCall | None = None
 
     def start(self) -> None:
-        register = getattr(self.server.runtime, "register_part", None)
+        runtime = self.server.runtime
         for job in self.jobs.values():
-            if register is not None:
+            if runtime is not None:
                 # /ready: a managed daemon counts while its process runs.
-                register(f"cc-job:{job.spec.job_name}", lambda job=job: job.process is not None)
+                runtime.register_part(f"cc-job:{job.spec.job_name}", lambda job=job: job.process is not None)
             job.start()
         self._maint = every(self.server.clock, self.options.maint_period, f"cc-{self.name}-maintenance",
                             self.maintenance, now=False,
-                            failures=getattr(self.server.runtime, "job_failures", None))
+                            failures=runtime.job_failures if runtime is not None else None)
 
     def maintenance(self) -> None:
         now = self.server.clock.seconds()

@@ -103,7 +103,7 @@ class TaskRouterHandler(CCHandler):
     def start(self) -> None:
         self._maint = every(self.server.clock, self.options.maint_period, f"cc-{self.name}-maintenance",
                             self.maintenance, now=False,
-                            failures=getattr(self.server.runtime, "job_failures", None))
+                            failures=self.server.runtime.job_failures if self.server.runtime is not None else None)
 
     def stop(self) -> None:
         if self._maint is not None and self._maint.running:
