@@ -229,7 +229,8 @@ def serve_ccnet_site(pki: dict[str, str], folder: Path, portfile: Path) -> None:
                         crl=None, min_version="1.2", allow_proxies=False)
     material = TLSMaterial(tls_cfg)
     runtime = Runtime(reactor, None, tls=material, hostname="localhost")  # type: ignore[arg-type]  # no store used
-    resource, services = build(runtime, cfg)
+    part = build(runtime, cfg)
+    resource, services = part.resource, part.services
     for svc in services:
         svc.startService()
     port = reactor.listenTCP(0, material.server(False, "rpc").wrap(resource.make_site()),

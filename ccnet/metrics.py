@@ -25,6 +25,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ccnet.edge.shim import request_disconnected
+from ccnet.runtime import Part
 from ccnet.web import json_response
 
 if TYPE_CHECKING:
@@ -321,8 +322,9 @@ class OpsRoot(Resource):
         self.ready.listeners = listeners
 
 
-def build(runtime: Runtime, cfg: Any) -> OpsRoot:
-    """Entry point for ``ccnet.service``: the ``[metrics]`` site root."""
+def build(runtime: Runtime, cfg: Any) -> Part:
+    """Entry point for ``ccnet.service``: the ``[metrics]`` site root (GET only: a body
+    worth more than a few bytes is refused)."""
     started = time.time()
     runtime.register_metrics("process", lambda: process_metrics(started))
-    return OpsRoot(runtime)
+    return Part(resource=OpsRoot(runtime), max_body=64 * 1024)

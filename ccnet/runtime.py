@@ -10,11 +10,32 @@ from typing import Any
 from ccnet.config import Config
 from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
 from ccnet.edge.limits import EdgeLimits
+from ccnet.edge.request import DEFAULT_MAX_BODY
 from ccnet.identity import UserMap
 from ccnet.store import Store
 from ccnet.tls import TLSMaterial
 
-__all__ = ["Runtime"]
+__all__ = ["Part", "Runtime"]
+
+@dataclass
+class Part:
+    """What a protocol part's ``build(runtime, cfg)`` gives the daemon.
+
+    Reload hooks, metrics sources and readiness checks go through the :class:`Runtime`
+    the part was given; this is what the daemon composes."""
+
+    #: Started and stopped with the daemon.
+    services: list[Any] = field(default_factory=list)
+    #: The part's own listeners (``ccnet.edge.listener.ListenerService``): counted for
+    #: READY=1 and ``/ready``, drained on stop.
+    listeners: list[Any] = field(default_factory=list)
+    #: The root of the part's HTTPS site (supervisor, RPC), served on its ``listen``.
+    resource: Any = None
+    #: That site's request body limit.
+    max_body: int = DEFAULT_MAX_BODY
+    #: A ``twisted.web`` Site of the part's own for ``resource`` (RPC: lean form parsing,
+    #: its 413 in the protocol); else the daemon makes one with ``max_body``.
+    site: Any = None
 
 
 @dataclass

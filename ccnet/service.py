@@ -5,13 +5,12 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from ccnet import __version__, sdnotify
@@ -20,10 +19,10 @@ from ccnet.edge import shim
 from ccnet.edge.connections import edge_metrics
 from ccnet.edge.lifecycle import IListening, stop_first
 from ccnet.edge.listener import WRITE_STALL, ListenerService
-from ccnet.edge.request import DEFAULT_MAX_BODY, bounded_request
+from ccnet.edge.request import bounded_request
 from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
-from ccnet.runtime import Runtime
+from ccnet.runtime import Part, Runtime
 from ccnet.store import Store
 from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
 from ccnet.web import HealthResource, access_log_line
@@ -146,21 +145,14 @@ class CCNetService(service.MultiService):
             yield self.runtime.store.close()
             log.info("ccnet stopped")
 
-
-def _cc_routes_reloader(server: Any, path: Any) -> Any:
-    def reload_routes() -> None:
-        from ccnet.cc.config import parse as parse_cc
-        from ccnet.config import IniFile
-
-        new = parse_cc(IniFile.load(path))
-        if new is not None:
-            server.reload_routes(new)
-
-    return reload_routes
+if TYPE_CHECKING:
+    from ccnet.metrics import OpsRoot
 
 
-def _build(module: str, runtime: Runtime, cfg: Any) -> Any:
-    return importlib.import_module(module).build(runtime, cfg)
+def _build(module: str, runtime: Runtime, cfg: Any) -> Part:
+    part: Part = importlib.import_module(module).build(runtime, cfg)
+    _watch_parts(runtime, part.services)
+    return part
 
 
 def _opened(svc: Any) -> Any:
@@ -202,8 +194,8 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
     idle_timeout = config.daemon.idle_timeout
     creators: dict[str, ServerTLS] = {}
 
-    def https(name: str, resource: Resource, listen: str, max_body: int) -> None:
-        resource.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
+    def https(name: str, part: Part, listen: str) -> None:
+        part.resource.putChild(b"health", HealthResource(__version__, services, reactor))
         spec = parse_listen(listen)
         policy = config.listener_tls.get(name)
         creator = None
@@ -212,11 +204,9 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
                        else tls.server(name=name))
         if creator is not None:
             creators[name] = creator
-        # A protocol may bring its own Site (e.g. RPC: early 413, lean form parsing).
-        if hasattr(resource, "make_site"):
-            site = resource.make_site()
-        else:
-            site = Site(resource, requestFactory=bounded_request(max_body), logFormatter=access_log_line)
+        # A part may bring its own Site (RPC: its 413 in the protocol, lean form parsing).
+        site = part.site if part.site is not None else Site(
+            part.resource, requestFactory=bounded_request(part.max_body), logFormatter=access_log_line)
         site.displayTracebacks = False
         site.noisy = False
         site.timeOut = idle_timeout
@@ -229,42 +219,31 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
         cfg = getattr(config, name)
         if cfg is None:
             continue
-        resource, extra = _build(module, runtime, cfg)
-        _watch_parts(runtime, extra)
-        for svc in extra:
+        part = _build(module, runtime, cfg)
+        for svc in part.services:
             svc.setServiceParent(root)
-        https(name, resource, cfg.listen,
-              getattr(importlib.import_module(module), "MAX_BODY", DEFAULT_MAX_BODY))
-    def adopt(svc: Any) -> None:
-        if isinstance(svc, ListenerService):
-            root.add_listener(svc)
-        else:
+        https(name, part, cfg.listen)
+    for name, module in (("cc", "ccnet.cc.server"), ("component", "ccnet.mplane.component")):
+        cfg = getattr(config, name)
+        if cfg is None:
+            continue
+        part = _build(module, runtime, cfg)
+        for svc in part.services:
             svc.setServiceParent(root)
-
-    if config.cc is not None:
-        for svc in _build("ccnet.cc.server", runtime, config.cc):
-            adopt(svc)
-            server = getattr(svc, "server", None)
-            if hasattr(server, "reload_routes"):
-                runtime.on_reload(_cc_routes_reloader(server, config.cc.path))
-    if config.component is not None:
-        parts = _build("ccnet.mplane.component", runtime, config.component)
-        _watch_parts(runtime, parts)
-        for svc in parts:
-            adopt(svc)
+        for listener in part.listeners:
+            root.add_listener(listener)
     if config.metrics is not None:
-        metrics_root = _build("ccnet.metrics", runtime, config.metrics)
-        metrics_root.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
-        # Operations endpoints are GET only: no body worth more than a few bytes.
-        site = Site(metrics_root, requestFactory=bounded_request(64 * 1024), logFormatter=access_log_line)
+        part = _build("ccnet.metrics", runtime, config.metrics)
+        ops: OpsRoot = part.resource
+        ops.putChild(b"health", HealthResource(__version__, services, reactor))  # type: ignore[arg-type]
+        site = Site(ops, requestFactory=bounded_request(part.max_body), logFormatter=access_log_line)
         site.noisy = False
         site.timeOut = idle_timeout
         root.add_listener(
             ListenerService(reactor, "metrics", parse_listen(config.metrics.listen), site, None,
                             config.daemon.shutdown_grace, config.daemon.write_stall, config.limits("metrics"))
         )
-        if hasattr(metrics_root, "watch_listeners"):
-            metrics_root.watch_listeners(lambda: listener_states(root))
+        ops.watch_listeners(lambda: listener_states(root))
         runtime.register_metrics("daemon", daemon_metrics(root, store, creators))
     return root
 

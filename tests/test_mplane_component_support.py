@@ -49,7 +49,8 @@ class Component:
 
         self.store = Store.open(f"sqlite:///{self.folder / 'component.db'}", reactor)
         runtime = Runtime(reactor, self.store, tls=material(test_pki(), self.name), version="test")
-        self.top, *self.listeners = compmod.build(runtime, self.cfg)
+        part = compmod.build(runtime, self.cfg)
+        self.top, self.listeners = part.services[0], part.listeners
         self.top.startService()
         for listener in self.listeners:
             listener.startService()

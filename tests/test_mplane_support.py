@@ -78,7 +78,8 @@ class Supervisor:
                           users=UserMap.from_string(self.users_map) if self.users_map else UserMap.empty(),
                           config_dir=self.folder)
         self.runtime = runtime
-        resource, services = supmod.build(runtime, self.cfg)
+        part = supmod.build(runtime, self.cfg)
+        resource, services = part.resource, part.services
         self.resource = resource
         self.services = services
         for svc in services:

@@ -40,6 +40,7 @@ from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
+from ccnet.runtime import Part
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
@@ -440,10 +441,20 @@ def _with_tls_crl(cms: Any, runtime: Runtime | None) -> Any:
     return cms
 
 
-def build(runtime: Runtime, cc_config: CCConfig) -> list[IService]:
-    """Entry point for ccnet.service: the CC proxy as a list of services."""
+def build(runtime: Runtime, cc_config: CCConfig) -> Part:
+    """Entry point for ccnet.service: the CC proxy (its routes re-read on SIGHUP)."""
     server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
     runtime.register_metrics("cc", server.stats.prometheus)
+
+    def reload_routes() -> None:
+        from ccnet.cc.config import parse as parse_cc
+        from ccnet.config import IniFile
+
+        new = parse_cc(IniFile.load(cc_config.path))
+        if new is not None:
+            server.reload_routes(new)
+
+    runtime.on_reload(reload_routes)
     # cast: mypy does not know that @implementer(IService) classes provide IService
-    return [cast(IService, CCService(server))]
+    return Part(services=[cast(IService, CCService(server))])
 

@@ -61,6 +61,7 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.probes import IUsesTLS
 from ccnet.mplane.scheduler import Job, Scheduler
+from ccnet.runtime import Part
 from ccnet.tls import peer_identity
 from ccnet.web import request_identity
 
@@ -719,7 +720,7 @@ class ComponentService(service.MultiService):
         yield defer.maybeDeferred(super().stopService)
 
 
-def build(runtime: Runtime, cfg: ComponentConfig) -> list[Any]:
+def build(runtime: Runtime, cfg: ComponentConfig) -> Part:
     """The component's services (``[component]`` in ccnet.ini)."""
     reactor = runtime.reactor
     if runtime.tls is None:
@@ -739,7 +740,7 @@ def build(runtime: Runtime, cfg: ComponentConfig) -> list[Any]:
     core = ComponentCore(reactor, probes, policy, lambda: runtime.users)
     outbox = Outbox(runtime.store) if cfg.supervisor else None
     top = ComponentService(core, outbox)
-    parts: list[Any] = [top]
+    part = Part(services=[top])
     if cfg.supervisor and outbox is not None:
         SupervisorLink(core, cfg, outbox, reactor, runtime.tls).setServiceParent(top)
     if cfg.listen:
@@ -748,14 +749,14 @@ def build(runtime: Runtime, cfg: ComponentConfig) -> list[Any]:
         site = Site(ListenerResource(core))
         site.noisy = False
         spec = parse_listen(cfg.listen)
-        # Returned beside the component so the daemon counts it as one of its listeners
-        # (READY=1, /ready, draining on stop).
-        parts.append(ListenerService(reactor, "component", spec, site, runtime.tls.server(False, "component"),
-                                     limits=runtime.limits("component")))
+        # The daemon counts it as one of its listeners (READY=1, /ready, draining on stop).
+        part.listeners.append(ListenerService(reactor, "component", spec, site,
+                                              runtime.tls.server(False, "component"),
+                                              limits=runtime.limits("component")))
     runtime.register_metrics("mplane-component", lambda: component_metrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),
              probes=", ".join(p.name for p in probes))
-    return parts
+    return part
 
 
 def component_metrics(top: ComponentService) -> str:

@@ -55,6 +55,7 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
 from ccnet.periodic import every
+from ccnet.runtime import Part
 from ccnet.store import StoreError
 from ccnet.web import request_identity
 
@@ -517,7 +518,7 @@ def _registry_fetcher(reactor: Any) -> Callable[[str], Coroutine[Any, Any, bytes
     return fetch
 
 
-def build(runtime: Runtime, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]:
+def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     """The supervisor's root resource and the service that opens/expires its state."""
     registries = RegistryStore()
     remote: list[str] = []
@@ -572,7 +573,7 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> tuple[Resource, list[Any]]
         services.append(ComponentPuller(state, list(cfg.components), reactor, runtime.tls,
                                         refresh=max(1.0, cfg.component_refresh),
                                         redeem_every=max(0.05, cfg.redeem_interval)))
-    return resource, services
+    return Part(services=services, resource=resource, max_body=MAX_BODY)
 
 
 def supervisor_metrics(state: SupervisorState) -> str:

@@ -16,6 +16,7 @@ from zope.interface import implementer
 from ccnet.rpc.config import RPCConfig
 from ccnet.rpc.resource import RPCResource
 from ccnet.rpc.service import MountedService
+from ccnet.runtime import Part
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
@@ -123,10 +124,10 @@ def build_resource(
     )
 
 
-def build(runtime: Runtime, cfg: RPCConfig) -> tuple[RPCResource, list[IService]]:
+def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     """Entry point for ``ccnet.service``: (site root resource, services to start)."""
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
     runtime.register_metrics("rpc", rpc_metrics(resource, pool))
     services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
-    return resource, services
+    return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())
