@@ -215,15 +215,8 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
                             config.daemon.write_stall, config.limits(name))
         )
 
-    for name, module in (("supervisor", "ccnet.mplane.supervisor"), ("rpc", "ccnet.rpc.server")):
-        cfg = getattr(config, name)
-        if cfg is None:
-            continue
-        part = _build(module, runtime, cfg)
-        for svc in part.services:
-            svc.setServiceParent(root)
-        https(name, part, cfg.listen)
-    for name, module in (("cc", "ccnet.cc.server"), ("component", "ccnet.mplane.component")):
+    for name, module in (("supervisor", "ccnet.mplane.supervisor"), ("rpc", "ccnet.rpc.server"),
+                         ("cc", "ccnet.cc.server"), ("component", "ccnet.mplane.component")):
         cfg = getattr(config, name)
         if cfg is None:
             continue
@@ -232,6 +225,8 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
             svc.setServiceParent(root)
         for listener in part.listeners:
             root.add_listener(listener)
+        if part.resource is not None:
+            https(name, part, cfg.listen)
     if config.metrics is not None:
         part = _build("ccnet.metrics", runtime, config.metrics)
         ops: OpsRoot = part.resource
