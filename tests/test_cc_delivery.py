@@ -151,6 +151,24 @@ class InFlightTests(ServerTestCase):
         yield until(lambda: srv.stats.totals["disconnected"] >= 1)
 
 
+class LostEdgeTests(ServerTestCase):
+    timeout = 30
+
+    @defer.inlineCallbacks
+    def test_input_the_reactor_was_never_told_about_is_read_within_a_second_and_counted(self) -> Any:
+        srv = self.start(echo_config())
+        sock = srv.socket
+        assert sock is not None
+        # Take the socket's fd away from the reactor: ZMQ's "input waiting" edge is lost.
+        reactor.removeReader(sock)
+        self.addCleanup(reactor.addReader, sock)
+        with capturedLogs() as events:
+            replies = yield self.ask(srv, [[b"", b"echo.request", body("echo.request", ack=True), b""]])
+        self.assertEqual(replies[0][1], b"echo.response")  # answered anyway
+        self.assertGreaterEqual(sock.lost_edges, 1)
+        self.assertTrue(any("was not told about" in e.get("log_format", "") for e in events))
+
+
 class Holder(CCHandler):
     """Keeps each request 50 ms (like a handler writing a file in a thread), then answers."""
 

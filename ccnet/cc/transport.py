@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import zmq
+from twisted.internet import task
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
@@ -36,6 +37,9 @@ _EHOSTUNREACH = errno.EHOSTUNREACH
 #: While messages wait in the send queue, retry this often even if ZMQ's fd
 #: stays quiet (a send elsewhere may have consumed the edge that said "writable").
 SEND_RETRY = 0.02
+#: How often the socket looks for input the reactor was not told about (see
+#: :meth:`ZmqSocket._look_for_input`).
+EDGE_WATCH = 1.0
 
 #: Drop callback: (frames, reason).
 OnDropped = Callable[[list[bytes], str], None]
@@ -77,7 +81,12 @@ class ZmqSocket(ZmqConnection):
         self.on_dropped: OnDropped | None = None
         self._retry: Any = None
         self._monitor: ZmqSocket | None = None
+        #: Times input was found waiting without ZMQ's fd having said so (a lost edge).
+        self.lost_edges = 0
         super().__init__(factory)
+        self._edge_watch = task.LoopingCall(self._look_for_input)
+        self._edge_watch.clock = factory.reactor
+        self._edge_watch.start(EDGE_WATCH, now=False)
         s = self.socket
         s.set(zmq.SNDHWM, opts.hwm)
         s.set(zmq.RCVHWM, opts.hwm)
@@ -150,6 +159,21 @@ class ZmqSocket(ZmqConnection):
             except Exception:
                 # An exception escaping doRead makes the reactor drop the socket.
                 log.failure("cc: message callback failed; socket kept serving")
+
+    def _look_for_input(self) -> None:
+        """Belt and braces for the edge-triggered fd: ZMQ signals new input once, and a
+        socket operation in the wrong place can swallow that signal; were that to happen
+        the socket would wait forever for a wake-up that never comes. Once a second, input
+        waiting with no read scheduled is read, counted and logged, so a lost edge costs
+        at most a second and never goes unnoticed."""
+        if self.factory is None or self.paused or self.read_scheduled is not None:
+            return
+        if self.socket.get(_EVENTS) & _POLLIN:
+            self.lost_edges += 1
+            if self.lost_edges == 1 or self.lost_edges % 100 == 0:
+                log.warn("cc: ZMQ socket had input the reactor was not told about ({n} times); reading it",
+                         n=self.lost_edges)
+            self.doRead()
 
     def try_send(self, frames: list[bytes]) -> bool:
         """Send without blocking; False when ZMQ cannot take the message now."""
@@ -264,6 +288,8 @@ class ZmqSocket(ZmqConnection):
             return  # already closed (the ROUTER closes its monitor; the factory may try again)
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
+        if self._edge_watch.running:
+            self._edge_watch.stop()
         if self._monitor is not None:
             if self.socket is not None:
                 try:
