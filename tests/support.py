@@ -134,6 +134,26 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
     return proc.returncode
 
 
+def start_service(case: Any, text: str, folder: Path) -> Any:
+    """The daemon's service tree built in this process from INI ``text`` (as if read from
+    ``folder/ccnet.ini``), started and stopped at ``case``'s cleanup; a Deferred that
+    fires with it once every listener serves."""
+    from twisted.internet import defer, reactor
+
+    from ccnet.config import IniFile, parse_config
+    from ccnet.service import make_service
+
+    service = make_service(parse_config(IniFile.from_string(text, folder / "ccnet.ini")), reactor)
+    service.startService()
+    case.addCleanup(service.stopService)
+
+    async def ready() -> Any:
+        await service.ready
+        return service
+
+    return defer.ensureDeferred(ready())
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (for tools that must be told a port)."""
     with socket.socket() as sock:

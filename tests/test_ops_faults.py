@@ -13,15 +13,13 @@ from typing import Any
 
 import psycopg
 import requests
-from twisted.internet import defer, reactor
+from twisted.internet import defer
 from twisted.internet.threads import deferToThread
 from twisted.python import log
 from twisted.trial import unittest
 
-from ccnet.config import IniFile, parse_config
 from ccnet.mplane.model import parse_json
-from ccnet.service import make_service
-from tests.support import PG_DSN, TCPProxy, pg_port, pg_url, test_pki, tls_section
+from tests.support import PG_DSN, TCPProxy, pg_port, pg_url, start_service, test_pki, tls_section
 from tests.test_mplane_supervisor import result_for
 from tests.test_ops_support import SPEC, USERS, OpsDaemon, tls_client
 
@@ -129,10 +127,7 @@ class IdleTimeoutTests(unittest.TestCase):
         tmp = Path(self.mktemp()).absolute()
         tmp.mkdir()
         text = f"[ccnet]\nstate-dir = {tmp}\nidle-timeout = 1\n" + tls_section(pki) + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
-        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service.ready
+        service = yield start_service(self, text, tmp)
         port = service.listeners["rpc"].address.port
 
         def closed_within(seconds: float, first: bytes) -> float:
@@ -170,10 +165,7 @@ class WriteStallTests(unittest.TestCase):
         text = (f"[ccnet]\nstate-dir = {tmp}\nusers = users.conf\nwrite-stall = 1\n" + tls_section(pki)
                 + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
                 + "[rpc:Framework/Files]\nclass = ccnet.rpc.examples.files:FilesService\nroot = files\n")
-        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service.ready
+        service = yield start_service(self, text, tmp)
         listener = service.listeners["rpc"]
         port = listener.address.port
         request = (b"POST /Framework/Files HTTP/1.1\r\nHost: x\r\n"

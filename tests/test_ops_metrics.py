@@ -12,10 +12,8 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
-from ccnet.config import IniFile, parse_config
 from ccnet.metrics import Counter, Gauge, Histogram, ReadyResource, render
-from ccnet.service import make_service
-from tests.support import test_pki, tls_section
+from tests.support import start_service, test_pki, tls_section
 from tests.test_ops_support import SPEC, OpsDaemon, tls_get
 
 
@@ -119,10 +117,7 @@ class InProcessReadyTests(unittest.TestCase):
         text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(pki)
                 + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
                 + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
-        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service.ready
+        service = yield start_service(self, text, tmp)
         url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/ready"
         first = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual(first.status_code, 200)
@@ -151,10 +146,7 @@ class InProcessReadyTests(unittest.TestCase):
                 + "[supervisor]\nlisten = ssl:0:interface=127.0.0.1\ncaps = caps.conf\n"
                 + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
                 + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
-        service = make_service(parse_config(IniFile.from_string(text, tmp / "ccnet.ini")), reactor)
-        service.startService()
-        self.addCleanup(service.stopService)
-        yield service.ready
+        service = yield start_service(self, text, tmp)
         opened = service.getServiceNamed("mplane-supervisor").ready
         yield self.assertFailure(opened, sqlite3.OperationalError)  # the migration failed
         self.flushLoggedErrors(sqlite3.OperationalError)  # "mPlane supervisor cannot open its state"
