@@ -217,7 +217,7 @@ class _Dispatch(Resource):
         self.prefixes = [p.client_specification_path, p.sdk_capability_path]
 
     def render(self, request: Request) -> Any:
-        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        path = _route_path(request)
         method = request.method
         if method == b"HEAD":
             method = b"GET"
@@ -271,7 +271,7 @@ class _Dispatch(Resource):
     def _speaks_ri(self, request: Request) -> bool:
         """Is the peer of this request an RI-fork client or component? (RI peers get
         ``application/x-mplane+json`` on every reply, errors included.)"""
-        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        path = _route_path(request)
         cfg = self.root.cfg
         if path in (cfg.client_capability_path, cfg.client_specification_path, cfg.client_result_path):
             return True
@@ -416,7 +416,7 @@ class _Dispatch(Resource):
 
     async def capabilities(self, request: Request, peer: Peer) -> bytes:
         state = self.root.state
-        path = "/".join(s.decode("utf-8", "replace") for s in request.postpath or []).strip("/")
+        path = _route_path(request)
         if path == self.root.cfg.client_capability_path:
             # The RI client: {"<component id>": [capabilities]} of what its registry can parse.
             shown = state.offered(peer, None, Dialect.RI)
@@ -495,6 +495,11 @@ class _Dispatch(Resource):
         request.setResponseCode(200)
         request.setHeader(b"content-type", b"text/html; charset=utf-8")
         return page.encode("utf-8")
+
+
+def _route_path(request: Request) -> str:
+    """The request's path below the supervisor's root, as the routes name it."""
+    return "/".join(seg.decode("utf-8", "replace") for seg in request.postpath or []).strip("/")
 
 
 def _cell(value: Any) -> str:
