@@ -237,6 +237,8 @@ class Store:
         #: Calls that gave up after ``timeout``, and calls run again on a fresh connection.
         self.timeouts = 0
         self.reconnects = 0
+        #: Calls not answered yet: their Deferred and timeout timer (answered at close).
+        self._in_flight: dict[_Call, tuple[defer.Deferred[Any], Any]] = {}
 
     @classmethod
     def open(cls, url: str, reactor: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
@@ -294,6 +296,8 @@ class Store:
         d: defer.Deferred[Any] = defer.Deferred()
         started = time.monotonic()
         timer = self.reactor.callLater(self.timeout, self._give_up, call, d)
+        self._in_flight[call] = (d, timer)
+        d.addBoth(self._settled, call)
         # A broken connection fails fast; each pool thread may hold one after an outage.
         attempts = [self._pool.size + 1]
 
@@ -327,6 +331,10 @@ class Store:
 
             d.addBoth(seen)
         return d
+
+    def _settled(self, result: Any, call: _Call) -> Any:
+        self._in_flight.pop(call, None)
+        return result
 
     def _give_up(self, call: _Call, d: defer.Deferred[Any]) -> None:
         with call.lock:
@@ -394,4 +402,12 @@ class Store:
         if not self.closed:
             self.closed = True
             self._pool.close()
+            # Calls still in flight get their answer now, not at their timeout: nothing
+            # will come back from a closed pool.
+            for d, timer in list(self._in_flight.values()):
+                if timer.active():
+                    timer.cancel()
+                if not d.called:
+                    d.errback(StoreError(f"store {redact_url(self.url)} was closed during the call"))
+            self._in_flight.clear()
         return defer.succeed(None)
