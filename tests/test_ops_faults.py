@@ -312,6 +312,11 @@ class PostgreSQLOutageTests(unittest.TestCase):
             return requests.get(d.url("metrics", "/ready"), timeout=15).status_code
 
         def before() -> tuple[int, int]:
+            # The daemon listens before every part has opened its state: wait for that
+            # (bounded), it is the outage that is under test here.
+            deadline = time.monotonic() + 15
+            while ready() != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
             return d.rpc("Framework/Notebook", "set", f"pg-{run}-a", 1).status_code, ready()
 
         self.assertEqual((yield deferToThread(before)), (200, 200))
