@@ -109,7 +109,12 @@ class Listener(service.Service):
         finally:
             done = self._done
             if done is not None:
-                self.reactor.callFromThread(lambda: done.called or done.callback(None))
+                self.reactor.callFromThread(_fire, done)
+
+
+def _fire(d: defer.Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
 
 
 class ClusterSync:
