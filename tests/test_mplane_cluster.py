@@ -446,3 +446,20 @@ class OneSQLiteFileTests(unittest.TestCase):
         code, _ = yield deferToThread(Blocking(int(first.ports["supervisor"]), "client").call, "GET",
                                       "capability?view=all")
         self.assertEqual(code, 200)
+
+
+class OperatorViewTests(unittest.TestCase):
+    def test_ccnet_admin_status_shows_the_node_the_holder_and_the_schedule(self) -> None:
+        from ccnet.admin import summarize
+
+        status = {"identity": "admin", "node": "A", "pending": [], "results": [], "capabilities": [],
+                  "components": [{"identity": "IT.x.probe1", "capabilities": 2, "last_seen": "2026-11-28 10:00:00",
+                                  "holder": "B"}],
+                  "schedule": {"IT.x.probe1": {"past": [{"token": "t1"}], "current": [],
+                                               "future": [{"token": "t2", "start": "2030-01-01 00:00:00"}]}}}
+        text = summarize({"supervisor": status, "supervisor_url": "https://a"})
+        self.assertIn("answered by node A", text)
+        [row] = [line for line in text.splitlines() if "IT.x.probe1" in line]
+        self.assertIn(" B ", row)
+        self.assertIn("1/0/1", row)
+        self.assertIn("2030-01-01 00:00:00", row)

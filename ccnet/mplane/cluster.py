@@ -132,8 +132,6 @@ class ClusterSync:
         self._resync = False
         self._busy = False
         self._scheduled = False
-        self.received = 0
-        self.resyncs = 0
 
     def payload(self, text: str) -> None:
         notice = parse_notice(text)
@@ -143,7 +141,7 @@ class ClusterSync:
         instance, kind, ident = notice
         if instance == self.state.instance:
             return  # our own write: memory already has it
-        self.received += 1
+        self.state.cluster_events["notifications"] += 1
         (self._components if kind == "c" else self._measurements).add(ident)
         self._schedule()
 
@@ -163,7 +161,7 @@ class ClusterSync:
             self._resync = False
             self._components.clear()
             self._measurements.clear()
-            self.resyncs += 1
+            self.state.cluster_events["resyncs"] += 1
             work = self.state.resync()
         else:
             comps, self._components = self._components, set()

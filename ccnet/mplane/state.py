@@ -323,6 +323,8 @@ class SupervisorState:
         #: capabilities only, so clients cannot grow the label set.
         self.by_capability: dict[tuple[str, str], int] = {}
         self._hidden_noted: set[tuple[Dialect, str]] = set()
+        #: Other daemons' notifications applied and full resyncs (see ccnet.mplane.cluster).
+        self.cluster_events: dict[str, int] = {"notifications": 0, "resyncs": 0}
 
     # ------------------------------------------------------------------ persistence
 

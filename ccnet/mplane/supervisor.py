@@ -628,4 +628,16 @@ def supervisor_metrics(state: SupervisorState) -> str:
     sizes.set(len(state.components), "components")
     sizes.set(len(state.capabilities), "capabilities")
     sizes.set(len(state.measurements), "measurements")
-    return render([events, denied, queued, sizes])
+    holders: dict[str, int] = {}
+    for comp in state.components.values():
+        holders[comp.holder or "-"] = holders.get(comp.holder or "-", 0) + 1
+    held = Gauge("ccnet_mplane_components_by_holder",
+                 "Components by the supervisor daemon (node name) their poll came to last.", ["node"])
+    for node, n in sorted(holders.items()):
+        held.set(n, node)
+    sync = Counter("ccnet_mplane_cluster_events_total",
+                   "Other supervisor daemons' notifications applied, and full resyncs (PostgreSQL store).",
+                   ["event"])
+    for event, n in sorted(state.cluster_events.items()):
+        sync.inc(event, amount=n)
+    return render([events, denied, queued, sizes, held, sync])
