@@ -132,6 +132,8 @@ class ClusterSync:
         self._resync = False
         self._busy = False
         self._scheduled = False
+        self._call: Any = None  # the pending flush (cancelled at stop)
+        self._stopped = False
 
     def payload(self, text: str) -> None:
         notice = parse_notice(text)
@@ -150,10 +152,16 @@ class ClusterSync:
         self._resync = True
         self._schedule()
 
-    def _schedule(self) -> None:
-        if not self._busy and not self._scheduled:
+    def stop(self) -> None:
+        """No more reads: the daemon stops."""
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _schedule(self, delay: float = 0.0) -> None:
+        if not self._busy and not self._scheduled and not self._stopped:
             self._scheduled = True
-            self.reactor.callLater(0, self._flush)
+            self._call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -183,8 +191,6 @@ class ClusterSync:
     def _finished(self, _: Any) -> None:
         self._busy = False
         if self._resync:
-            # Retry after a pause rather than spinning against a database that is down.
-            self._scheduled = True
-            self.reactor.callLater(1.0, self._flush)
+            self._schedule(1.0)  # after a pause rather than spinning against a database that is down
         elif self._components or self._measurements:
             self._schedule()

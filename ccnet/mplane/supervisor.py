@@ -99,6 +99,7 @@ class SupervisorService(service.Service):
         #: Other daemons' notifications (PostgreSQL store only), started before the first
         #: load so that nothing written in between is missed.
         self.listener: Listener | None = None
+        self.sync: ClusterSync | None = None
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -134,6 +135,8 @@ class SupervisorService(service.Service):
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self.sync is not None:
+            self.sync.stop()
         if self.listener is not None and self.listener.running:
             return self.listener.stopService()
         return None
@@ -585,7 +588,7 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     services: list[Any] = [svc]
     if shared:
         # Active/active: other daemons on this PostgreSQL tell us what they changed.
-        sync = ClusterSync(state, reactor)
+        svc.sync = sync = ClusterSync(state, reactor)
         svc.listener = Listener(runtime.store.url, CHANNEL, reactor, sync.payload, sync.connected,
                                 timeout=runtime.store.timeout)
     if cfg.components:
