@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import treq  # noqa: E402
-from mplane_bench import Bench, rss_mb  # noqa: E402
+from mplane_bench import Bench, register_all, rss_mb  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
@@ -48,10 +48,9 @@ from ccnet.mplane.model import RegistryStore, from_dict  # noqa: E402
 from ccnet.mplane.state import capability_key  # noqa: E402
 from tests.ri_support import start_ccnet_supervisor  # noqa: E402
 from tests.support import Daemon, create_database, drop_database, test_pki  # noqa: E402
-from tests.test_mplane_support import PING_CAP, dotted, envelope, material  # noqa: E402
+from tests.test_mplane_support import PING_CAP, dotted, material  # noqa: E402
 
 CT = "application/x-mplane+json"
-TWO_CAPS = envelope(PING_CAP, dict(PING_CAP, label="ping-detail-ip4", results=["time", "delay.twoway.icmp.us"]))
 
 
 def spec_body(n: int) -> bytes:
@@ -85,26 +84,6 @@ class ScaleBench:
                  + (f"\n[store]\nurl = {store}\n" if store else ""))
         return start_ccnet_supervisor(self.work / name, self.pki, {"IT.ccnet.Clients.client": ["guest"]},
                                       {"ping": ["guest"]}, extra=extra, long_poll=120)
-
-    @defer.inlineCallbacks
-    def register(self, agents: list[tuple[Any, int]]) -> Any:
-        body = json.dumps(TWO_CAPS).encode()
-        sem = defer.DeferredSemaphore(32)
-        failures: list[int] = []
-
-        @defer.inlineCallbacks
-        def one(agent: Any, port: int) -> Any:
-            resp = yield treq.post(f"https://localhost:{port}/register/capability", data=body,
-                                   headers={"Content-Type": [CT]}, agent=agent)
-            yield resp.content()
-            if resp.code != 200:
-                failures.append(resp.code)
-
-        t0 = time.perf_counter()
-        yield defer.gatherResults([sem.run(one, a, p) for a, p in agents], consumeErrors=True)
-        elapsed = time.perf_counter() - t0
-        return {"components": len(agents), "seconds": round(elapsed, 2),
-                "registrations_per_s": round(2 * len(agents) / elapsed, 1), "failures": len(failures)}
 
     @defer.inlineCallbacks
     def overhead(self, reactor: Any, agent: Any, ident: str, comp_port: int, client_port: int) -> Any:
@@ -148,9 +127,9 @@ class ScaleBench:
         ident = dotted(self.pki, "sim-0")
         res: dict[str, Any] = {"daemons": len(daemons), "components": n}
         # sim-0 alone first: the baseline.
-        yield self.register([(agents[0], comp_port)])
+        yield register_all([(agents[0], comp_port)])
         res["overhead_alone_s"] = yield self.overhead(reactor, agents[0], ident, comp_port, client_port)
-        res["registration"] = yield self.register(
+        res["registration"] = yield register_all(
             [(a, ports[i % len(ports)]) for i, a in enumerate(agents[1:], 1)])
         polls = []
         for i, a in enumerate(agents[1:], 1):

@@ -45,13 +45,11 @@ from tests.support import (
     pg_reachable,
     start_daemon,
     test_pki,
-    tls_section,
 )
 from tests.test_mplane_e2e import component_ini
+from tests.test_mplane_e2e import supervisor_ini as e2e_supervisor_ini
 from tests.test_mplane_support import CALLBACK_CAP, PING_CAP, envelope, material
 
-USERS = "IT.ccnet.Clients.client: guest\nIT.ccnet.Clients.admin: admin\n"
-CAPS = "ping: guest\ntstat: guest\n"
 MPLANE_JSON = "application/x-mplane+json"
 
 
@@ -115,25 +113,12 @@ class RuleTests(unittest.TestCase):
 
 
 def supervisor_ini(folder: Path, port: int, store: str, node: str) -> str:
-    pki = test_pki()
+    """The three-role tests' supervisor, on ``store``, named ``node``."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "users.conf").write_text(USERS)
-    (folder / "caps.conf").write_text(CAPS)
-    return f"""
-[ccnet]
-state-dir = {folder / "var"}
-
-{tls_section(pki, "supervisor")}
-[store]
-url = {store}
-
-[supervisor]
-listen = ssl:{port}:interface=127.0.0.1
-users = {folder / "users.conf"}
-caps = {folder / "caps.conf"}
-long-poll = 20
-node-name = {node}
-"""
+    text = e2e_supervisor_ini(folder, port)
+    sqlite = f"url = sqlite:///{folder / 'var' / 'supervisor.db'}"
+    assert sqlite in text
+    return text.replace(sqlite, f"url = {store}") + f"node-name = {node}\n"
 
 
 class Blocking:
@@ -176,10 +161,8 @@ def specs_of(reply: Any) -> list[dict[str, Any]]:
     return [m for m in reply.get("contents", []) if "specification" in m and m.get("label") != "callback"]
 
 
-class TwoDaemonTests(unittest.TestCase):
-    """Daemons A and B, one PostgreSQL database, simulated components."""
-
-    timeout = 120
+class DaemonPair(unittest.TestCase):
+    """Supervisor daemons A and B on one fresh PostgreSQL database."""
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
@@ -188,10 +171,10 @@ class TwoDaemonTests(unittest.TestCase):
             raise unittest.SkipTest(why)
         self.dsn = create_database()
         self.addCleanup(drop_database, self.dsn)
-        base = Path(self.mktemp()).resolve()
+        self.base = Path(self.mktemp()).resolve()
         self.daemons: dict[str, Daemon] = {}
         self.ports = {"A": free_port(), "B": free_port()}
-        self.folders = {name: base / name for name in self.ports}
+        self.folders = {name: self.base / name for name in self.ports}
         for name in self.ports:
             yield self.start(name)
 
@@ -201,6 +184,12 @@ class TwoDaemonTests(unittest.TestCase):
             start_daemon, supervisor_ini(self.folders[name], self.ports[name], self.dsn, name), self.folders[name])
         daemon = self.daemons[name]
         self.addCleanup(lambda: deferToThread(daemon.stop))
+
+
+class TwoDaemonTests(DaemonPair):
+    """Daemons A and B, simulated components."""
+
+    timeout = 120
 
     def http(self, name: str, who: str) -> Blocking:
         return Blocking(self.ports[name], who)
@@ -286,6 +275,20 @@ class TwoDaemonTests(unittest.TestCase):
                          [("measure", handed["token"])])
 
     @defer.inlineCallbacks
+    def test_a_withdrawal_at_one_daemon_is_seen_at_the_other(self) -> Any:
+        yield self.register_at("B")
+        client_a = self.http("A", "client")
+
+        def listed() -> list[str]:
+            return [c["label"] for c in client_a.call("GET", "capability?view=all")[1]["contents"]]
+        yield self.until(lambda: "ping-average-ip4" in listed(), "A to list the capability")
+        withdrawal = {k: v for k, v in PING_CAP.items() if k != "capability"}
+        withdrawal["withdrawal"] = "measure"
+        code, body = yield deferToThread(self.http("B", "component").call, "POST", "register/result", withdrawal)
+        self.assertEqual((code, body), (200, {"withdrawn": 1}))
+        yield self.until(lambda: "ping-average-ip4" not in listed(), "A to drop the withdrawn capability")
+
+    @defer.inlineCallbacks
     def test_a_component_polling_both_daemons_gets_every_specification_exactly_once(self) -> Any:
         yield self.register_at("A")
         yield self.until(lambda: self.holder("B") == "A", "B to know the component")
@@ -337,25 +340,15 @@ class TwoDaemonTests(unittest.TestCase):
         self.assertEqual(result.get("result"), "measure", result)
 
 
-class FailoverTests(unittest.TestCase):
+class FailoverTests(DaemonPair):
     """A real component daemon that lists both supervisor daemons; A is killed under it."""
 
     timeout = 150
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        why = pg_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
-        self.dsn = create_database()
-        self.addCleanup(drop_database, self.dsn)
-        base = Path(self.mktemp()).resolve()
-        self.ports = {"A": free_port(), "B": free_port()}
-        self.folders = {name: base / name for name in self.ports}
-        self.daemons: dict[str, Daemon] = {}
-        for name in self.ports:
-            yield self.start(name)
-        comp_dir = base / "component"
+        yield super().setUp()
+        comp_dir = self.base / "component"
         comp_dir.mkdir()
         text = component_ini(comp_dir, self.ports["A"]).replace(
             f"supervisor = https://localhost:{self.ports['A']}",
@@ -365,13 +358,6 @@ class FailoverTests(unittest.TestCase):
         urls = f"https://localhost:{self.ports['A']} https://localhost:{self.ports['B']}"
         self.client = MPlaneClient(reactor, urls, material(test_pki(), "client"), timeout=20)
         self.addCleanup(self.client.close)
-
-    @defer.inlineCallbacks
-    def start(self, name: str) -> Any:
-        self.daemons[name] = yield deferToThread(
-            start_daemon, supervisor_ini(self.folders[name], self.ports[name], self.dsn, name), self.folders[name])
-        daemon = self.daemons[name]
-        self.addCleanup(lambda: deferToThread(daemon.stop))
 
     def logs(self) -> str:
         return (f"\n--- component:\n{self.component.log()[-5000:]}"

@@ -499,7 +499,7 @@ class _Dispatch(Resource):
             f"<h1>ccnet mPlane supervisor</h1><p>You are {e(s['identity'])} "
             f"(roles: {e(', '.join(s['roles']) or 'none')}). Read-only; JSON at "
             "<a href='/api/status'>/api/status</a>.</p>"
-            + table("Components", s["components"], ["identity", "capabilities", "last_seen", "callback"])
+            + table("Components", s["components"], ["identity", "capabilities", "last_seen", "callback", "holder"])
             + table("Capabilities", s["capabilities"], ["label", "component", "verb", "when", "parameters", "results"])
             + table("Pending specifications", s["pending"], ["label", "token", "component", "state", "client", "created"])
             + table("Recent results", s["results"], ["label", "token", "component", "state", "rows", "message", "updated"])
