@@ -38,17 +38,23 @@ from ccnet.mplane.state import (
 )
 from ccnet.mplane.supervisor import default_node_name
 from tests.support import (
+    PG_DSN,
     Daemon,
+    TCPProxy,
     create_database,
     drop_database,
     free_port,
+    pg_port,
     pg_reachable,
+    pg_url,
     start_daemon,
     test_pki,
 )
+from tests.test_mplane_component_support import wait_until
 from tests.test_mplane_e2e import component_ini
 from tests.test_mplane_e2e import supervisor_ini as e2e_supervisor_ini
-from tests.test_mplane_support import CALLBACK_CAP, PING_CAP, envelope, material
+from tests.test_mplane_support import CALLBACK_CAP, PING_CAP, Supervisor, envelope, material
+from tests.test_mplane_support import Peer as SupervisorPeer
 
 MPLANE_JSON = "application/x-mplane+json"
 
@@ -449,3 +455,48 @@ class OperatorViewTests(unittest.TestCase):
         self.assertIn(" B ", row)
         self.assertIn("1/0/1", row)
         self.assertIn("2030-01-01 00:00:00", row)
+
+
+class LostNotificationTests(unittest.TestCase):
+    """Daemon A reaches PostgreSQL through a proxy that is cut: what B changes meanwhile is
+    never notified to A, and A must catch up once PostgreSQL is back (in-process daemons)."""
+
+    timeout = 90
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        why = pg_reachable()
+        if why is not None:
+            raise unittest.SkipTest(why)
+        dsn = create_database()
+        self.addCleanup(drop_database, dsn)
+        self.proxy = TCPProxy(pg_port(PG_DSN))
+        self.proxy.start()
+        self.addCleanup(self.proxy.stop)
+        base = Path(self.mktemp()).resolve()
+        users = "IT.ccnet.Clients.client: guest\n"
+        self.a = Supervisor(base / "A", users=users, caps="ping: guest\n", store_url=pg_url(dsn, port=self.proxy.number),
+                            store_timeout=3.0, node_name="A")
+        self.b = Supervisor(base / "B", users=users, caps="ping: guest\n", store_url=dsn, node_name="B")
+        for sup in (self.a, self.b):
+            yield sup.start()
+            self.addCleanup(sup.stop)
+
+    @defer.inlineCallbacks
+    def test_a_daemon_cut_from_postgresql_resyncs_what_it_missed(self) -> Any:
+        resyncs = self.a.state.cluster_events["resyncs"]
+        yield self.proxy.cut()
+        code, _, body = yield SupervisorPeer(self.b, "component").request(
+            "POST", "register/capability", envelope(PING_CAP))
+        self.assertEqual(code, 200, body)
+        yield deferToThread(time.sleep, 1.0)
+        self.assertEqual(self.a.state.capabilities, {})  # nothing reached A
+        self.proxy.restore()
+        yield wait_until(lambda: len(self.a.state.capabilities) == 1, "A to catch up after the outage",
+                         seconds=30)
+        self.assertGreater(self.a.state.cluster_events["resyncs"], resyncs)
+        # And it listens again: a specification submitted at B wakes nothing at A, but A
+        # sees it without another resync.
+        code, msg, body = yield SupervisorPeer(self.b, "client").message("POST", "register/specification", spec(7))
+        self.assertEqual(msg.kind, "receipt", body)
+        yield wait_until(lambda: len(self.a.state.measurements) == 1, "A to hear of B's specification")
