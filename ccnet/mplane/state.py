@@ -534,6 +534,10 @@ class SupervisorState:
                 self._listeners.pop(component, None)
         return cancel
 
+    def polls_held(self) -> int:
+        """Components whose long-poll this daemon holds open right now."""
+        return len(self._listeners)
+
     def _wake(self, component: str) -> None:
         for fn in self._listeners.pop(component, []):
             fn()
@@ -948,6 +952,7 @@ class SupervisorState:
             "identity": peer.identity,
             "roles": sorted(peer.roles),
             "node": self.node,
+            "polls_held": self.polls_held(),  # at this daemon, now
             "components": [
                 {"identity": c, "capabilities": sum(1 for x in caps if x.component == c),
                  "last_seen": iso(self.components[c].last_seen) if c in self.components else None,

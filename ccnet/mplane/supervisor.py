@@ -638,9 +638,11 @@ def supervisor_metrics(state: SupervisorState) -> str:
                  "Components by the supervisor daemon (node name) their poll came to last.", ["node"])
     for node, n in sorted(holders.items()):
         held.set(n, node)
+    waiting = Gauge("ccnet_mplane_polls_held", "Component long-polls this daemon holds open now.")
+    waiting.set(state.polls_held())
     sync = Counter("ccnet_mplane_cluster_events_total",
                    "Other supervisor daemons' notifications applied, and full resyncs (PostgreSQL store).",
                    ["event"])
     for event, n in sorted(state.cluster_events.items()):
         sync.inc(event, amount=n)
-    return render([events, denied, queued, sizes, held, sync])
+    return render([events, denied, queued, sizes, held, waiting, sync])
