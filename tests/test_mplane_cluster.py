@@ -38,15 +38,12 @@ from ccnet.mplane.state import (
 )
 from ccnet.mplane.supervisor import default_node_name
 from tests.support import (
-    PG_DSN,
     Daemon,
-    TCPProxy,
     create_database,
     drop_database,
     free_port,
-    pg_port,
     pg_reachable,
-    pg_url,
+    proxied_database,
     start_daemon,
     test_pki,
 )
@@ -465,17 +462,10 @@ class LostNotificationTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        why = pg_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
-        dsn = create_database()
-        self.addCleanup(drop_database, dsn)
-        self.proxy = TCPProxy(pg_port(PG_DSN))
-        self.proxy.start()
-        self.addCleanup(self.proxy.stop)
+        dsn, proxied, self.proxy = proxied_database(self)
         base = Path(self.mktemp()).resolve()
         users = "IT.ccnet.Clients.client: guest\n"
-        self.a = Supervisor(base / "A", users=users, caps="ping: guest\n", store_url=pg_url(dsn, port=self.proxy.number),
+        self.a = Supervisor(base / "A", users=users, caps="ping: guest\n", store_url=proxied,
                             store_timeout=3.0, node_name="A")
         self.b = Supervisor(base / "B", users=users, caps="ping: guest\n", store_url=dsn, node_name="B")
         for sup in (self.a, self.b):
