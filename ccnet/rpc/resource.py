@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
-from urllib.parse import parse_qs, unquote, unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -103,13 +103,25 @@ class RPCRequest(BoundedRequest):
 
 
 def _parse_form(raw: bytes) -> dict[bytes, list[bytes]]:
-    """``parse_qs`` for bytes that survives any %-escaped byte.
+    """``parse_qs(raw, keep_blank_values=True)`` on bytes, for any %-escaped byte.
 
     ``parse_qs(bytes)`` re-encodes each value as ASCII and raises on ``%C3%AD`` (UTF-8
-    text), which dropped the connection without a reply; latin-1 maps bytes 1:1 both ways.
+    text), which dropped the connection without a reply; bytes are kept as bytes here
+    (and this is several times faster than a round trip through text for a small call).
     """
-    form = parse_qs(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-    return {k.encode("latin-1"): [v.encode("latin-1") for v in vs] for k, vs in form.items()}
+    form: dict[bytes, list[bytes]] = {}
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        form.setdefault(_unquote_plus(name), []).append(_unquote_plus(value))
+    return form
+
+
+def _unquote_plus(text: bytes) -> bytes:
+    if b"+" in text:
+        text = text.replace(b"+", b" ")
+    return unquote_to_bytes(text) if b"%" in text else text
 
 
 class RPCSite(server.Site):
