@@ -12,6 +12,7 @@ from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
 from ccnet.edge.limits import EdgeLimits
 from ccnet.edge.request import DEFAULT_MAX_BODY
 from ccnet.identity import UserMap
+from ccnet.reactors import IReactor
 from ccnet.store import Store
 from ccnet.tls import TLSMaterial
 
@@ -49,7 +50,7 @@ class Runtime:
     register a callable with :meth:`on_reload`.
     """
 
-    reactor: Any
+    reactor: IReactor
     store: Store
     tls: TLSMaterial | None = None
     users: UserMap = field(default_factory=UserMap.empty)
@@ -70,7 +71,7 @@ class Runtime:
     parts: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any, store: Store, tls: TLSMaterial | None,
+    def from_config(cls, config: Config, reactor: IReactor, store: Store, tls: TLSMaterial | None,
                     users: UserMap, version: str) -> Runtime:
         return cls(reactor=reactor, store=store, tls=tls, users=users, version=version,
                    config_dir=config.path.parent, hostname=config.daemon.hostname,

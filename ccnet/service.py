@@ -22,6 +22,7 @@ from ccnet.edge.listener import WRITE_STALL, ListenerService
 from ccnet.edge.request import bounded_request
 from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
+from ccnet.reactors import IReactor, default_reactor
 from ccnet.runtime import Part, Runtime
 from ccnet.store import Store
 from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
@@ -57,7 +58,9 @@ class CCNetService(service.MultiService):
         super().startService()
         waits = [svc.listening for svc in self if IListening.providedBy(svc)]
         gathered = defer.gatherResults(waits, consumeErrors=True)
-        gathered.addCallbacks(self._all_listening, self._listen_failed)
+        # Announced only once the reactor runs: twistd starts the services before it installs
+        # its signal handlers, and a SIGTERM sent on "ready" in between would kill us with -15.
+        self.runtime.reactor.callWhenRunning(gathered.addCallbacks, self._all_listening, self._listen_failed)
         self.runtime.reactor.callWhenRunning(self._install_sighup)
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -175,12 +178,9 @@ def _watch_parts(runtime: Runtime, services: Any) -> None:
             runtime.register_part(str(svc.name), _opened(svc))
 
 
-def make_service(config: Config, reactor: Any = None) -> CCNetService:
+def make_service(config: Config, reactor: IReactor | None = None) -> CCNetService:
     """Build the daemon's service tree from a parsed config."""
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
+    reactor = reactor if reactor is not None else default_reactor()
     tls = TLSMaterial(config.tls) if config.tls is not None else None
     users = UserMap.load(config.daemon.users) if config.daemon.users else UserMap.empty()
     store = Store.open(config.store.url, reactor, config.store.timeout)

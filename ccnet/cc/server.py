@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 from twisted.application.service import IService, Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,6 +41,7 @@ from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 
 if TYPE_CHECKING:
@@ -95,10 +97,10 @@ class CCServer:
     def __init__(
         self,
         config: CCConfig,
-        reactor: Any,
+        reactor: IReactor,
         hostname: str | None = None,
         runtime: Runtime | None = None,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         zmq_factory: Any = None,
     ) -> None:
         self.config = config

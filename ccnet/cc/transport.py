@@ -21,6 +21,7 @@ from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
 from ccnet.cc.config import ZmqOptions
 from ccnet.cc.sendqueue import FULL, GONE, SENT, SendQueue
+from ccnet.reactors import IReactor
 
 __all__ = ["make_factory", "ZmqSocket", "router", "dealer", "SENT", "FULL", "GONE"]
 
@@ -48,14 +49,14 @@ OnDropped = Callable[[list[bytes], str], None]
 class _Factory(ZmqFactory):
     # txzmq keeps reactor/ioThreads/lingerPeriod as class attributes (the global
     # reactor); ccnet passes them per instance.
-    def __init__(self, reactor: Any, opts: ZmqOptions) -> None:
+    def __init__(self, reactor: IReactor, opts: ZmqOptions) -> None:
         self.reactor = reactor
         self.ioThreads = opts.nthreads
         self.lingerPeriod = opts.linger
         super().__init__()
 
 
-def make_factory(reactor: Any, opts: ZmqOptions) -> ZmqFactory:
+def make_factory(reactor: IReactor, opts: ZmqOptions) -> ZmqFactory:
     """The one ZmqFactory (ZMQ context) of a CC server and everything it runs."""
     return _Factory(reactor, opts)
 

@@ -43,6 +43,7 @@ from ccnet.mplane.model import (
     parse_json,
     to_json,
 )
+from ccnet.reactors import IReactor
 from ccnet.tls import TLSMaterial
 
 __all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS", "SUPERVISOR_PATHS"]
@@ -76,7 +77,7 @@ def _final(msg: Message) -> bool:
 class MPlaneClient:
     """Capabilities, specifications, receipts and results of one supervisor (or listener)."""
 
-    def __init__(self, reactor: Any, url: str, material: TLSMaterial, paths: Mapping[str, str] | None = None,
+    def __init__(self, reactor: IReactor, url: str, material: TLSMaterial, paths: Mapping[str, str] | None = None,
                  timeout: float = 60.0) -> None:
         self.reactor = reactor
         self.url = url.rstrip("/")

@@ -41,6 +41,7 @@ from zope.interface import implementer
 from ccnet.config import SetupError, parse_listen
 from ccnet.edge.client import ClientPolicy
 from ccnet.edge.lifecycle import IStopsFirst
+from ccnet.edge.request import request_identity
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
@@ -61,9 +62,9 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.probes import IUsesTLS
 from ccnet.mplane.scheduler import Job, Scheduler
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 from ccnet.tls import peer_identity
-from ccnet.web import request_identity
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
@@ -103,7 +104,7 @@ class _Offer:
 class ComponentCore:
     """Capabilities, authorization and the scheduler: message in, reply out."""
 
-    def __init__(self, reactor: Any, probes: list[Any], policy: Policy | None,
+    def __init__(self, reactor: IReactor, probes: list[Any], policy: Policy | None,
                  users: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
         self.registries = RegistryStore()
@@ -306,7 +307,7 @@ class Outbox:
 class SupervisorLink(service.Service):
     """Registers with the supervisor, long-polls it, and delivers the outbox."""
 
-    def __init__(self, core: ComponentCore, cfg: ComponentConfig, outbox: Outbox, reactor: Any,
+    def __init__(self, core: ComponentCore, cfg: ComponentConfig, outbox: Outbox, reactor: IReactor,
                  material: Any) -> None:
         self.setName("mplane-component-link")
         self.core = core

@@ -51,6 +51,7 @@ from ccnet.mplane.model import (
     When,
     render_duration,
 )
+from ccnet.reactors import default_reactor
 
 __all__ = ["ClientShell", "format_table", "main"]
 
@@ -642,13 +643,12 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _options(argv)
     from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
     from twisted.internet.threads import blockingCallFromThread
 
     from ccnet.config import TLSConfig
     from ccnet.tls import TLSMaterial
 
-    reactor: Any = _reactor
+    reactor = default_reactor()
     try:
         material = TLSMaterial(TLSConfig(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key), crl=None,
                                          min_version="1.2", allow_proxies=False))

@@ -18,11 +18,12 @@ import html
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -30,6 +31,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ccnet.config import SetupError
+from ccnet.edge.request import request_identity
 from ccnet.edge.shim import request_disconnected
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
@@ -55,9 +57,9 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 from ccnet.store import StoreError
-from ccnet.web import request_identity
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
@@ -81,7 +83,7 @@ class HTTPError(Exception):
 class SupervisorService(service.Service):
     """Opens the state (schema migration, reload after restart) and expires old results."""
 
-    def __init__(self, state: SupervisorState, store: Any, clock: Any, expiry_interval: float,
+    def __init__(self, state: SupervisorState, store: Any, clock: IReactorTime, expiry_interval: float,
                  preload: Callable[[], Coroutine[Any, Any, None]] | None = None,
                  failures: dict[str, int] | None = None) -> None:
         self.setName("mplane-supervisor")
@@ -134,7 +136,7 @@ class SupervisorResource(Resource):
     """Root of the supervisor site. ``/health`` and other children may be added with putChild."""
 
     def __init__(self, state: SupervisorState, cfg: SupervisorConfig, ready: defer.Deferred[None],
-                 reactor: Any, users: Callable[[], Any], version: str = "") -> None:
+                 reactor: IReactor, users: Callable[[], Any], version: str = "") -> None:
         super().__init__()
         self.state = state
         self.cfg = cfg
@@ -512,11 +514,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _registry_fetcher(reactor: Any) -> Callable[[str], Coroutine[Any, Any, bytes]]:
+def _registry_fetcher(reactor: IReactor) -> Callable[[str], Coroutine[Any, Any, bytes]]:
     async def fetch(url: str) -> bytes:
         import treq
 
-        resp = await treq.get(url, reactor=reactor, timeout=30)
+        # treq names the reactor it needs with a private interface of its own.
+        resp = await treq.get(url, reactor=cast(Any, reactor), timeout=30)
         if resp.code != 200:
             raise ModelError(f"registry {url}: HTTP {resp.code}")
         return bytes(await resp.content())

@@ -31,6 +31,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
 from ccnet.edge.client import ClientPolicy
+from ccnet.reactors import IReactor, default_reactor
 from ccnet.rpc.clientcore import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
@@ -133,13 +134,10 @@ class RPCClient(RPCClientBase):
         clientVO: str | None = None,  # noqa: N803 (DIRAC keyword)
         extraCredentials: Any = None,  # noqa: N803 (DIRAC keyword)
         codec: JCodec | None = None,
-        reactor: Any = None,
+        reactor: IReactor | None = None,
         persistent: bool = True,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
+        reactor = reactor if reactor is not None else default_reactor()
         super().__init__(url_or_urls, ca=ca, timeout=timeout, clientVO=clientVO,
                          extraCredentials=extraCredentials, codec=codec)
         self._reactor = reactor

@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from ccnet.edge.request import BoundedRequest, bounded_request
+from ccnet.edge.request import BoundedRequest, bounded_request, request_identity
 from ccnet.identity import Identity, UserMap
 from ccnet.rpc.codec import CodecError, encode
 from ccnet.rpc.credentials import TRUSTED_HOST
@@ -51,7 +51,6 @@ from ccnet.rpc.result import (
 )
 from ccnet.rpc.service import MountedService, RequestContext, ServiceInitError
 from ccnet.store import StoreError
-from ccnet.web import request_identity
 
 __all__ = ["RPCRequest", "RPCResource", "RPCSite", "request_factory"]
 

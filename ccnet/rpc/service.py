@@ -48,6 +48,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 import ccnet
+from ccnet.reactors import IReactor
 from ccnet.rpc.codec import JCodec
 from ccnet.rpc.credentials import Credentials
 from ccnet.rpc.dispatch import CallPlan, MethodTable, blocking, in_reactor, is_blocking
@@ -272,7 +273,7 @@ class MountedService:
         name: str,
         service_class: type[RPCService],
         *,
-        reactor: Any,
+        reactor: IReactor,
         pool: ThreadPool,
         options: Mapping[str, str] | None = None,
         config_rules: Mapping[str, Sequence[str]] | None = None,
