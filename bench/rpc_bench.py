@@ -64,21 +64,30 @@ def _request(port: int) -> bytes:
 
 async def _connection(
     port: int, ctx: ssl.SSLContext, start: float, end: float, lat: list[float], errors: list[int],
-    done_calls: list[int],
+    done_calls: list[int], fresh: bool = False,
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    """One caller: calls back to back on a keep-alive connection, or (``fresh``) each call
+    on a new mutual-TLS connection, handshake included in its latency (``ab`` without -k)."""
     request = _request(port)
+    reader = writer = None
     try:
         while True:
             sent = time.perf_counter()
             if sent >= end:
                 break
+            if writer is None:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+            assert reader is not None
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             if match is None:
                 raise RuntimeError(f"reply without content-length: {head[:200]!r}")
             body = await reader.readexactly(int(match.group(1)))
+            if fresh:
+                writer.close()
+                writer = None
             done = time.perf_counter()
             done_calls[0] += 1
             if not head.startswith(b"HTTP/1.1 200") or not body.startswith(b'{"OK":true'):
@@ -86,11 +95,12 @@ async def _connection(
             elif sent >= start:
                 lat.append(done - sent)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def _worker(port: int, conns: int, warmup: float, duration: float, cert: str, key: str, ca: str,
-            t0: float) -> tuple[list[float], int, int]:
+            t0: float, fresh: bool = False) -> tuple[list[float], int, int]:
     """One load process: ``conns`` keep-alive connections until t0 + warmup + duration."""
     ctx = ssl.create_default_context(cafile=ca)
     ctx.load_cert_chain(cert, key)
@@ -101,7 +111,8 @@ def _worker(port: int, conns: int, warmup: float, duration: float, cert: str, ke
     async def main() -> None:
         start = t0 + warmup
         end = start + duration
-        await asyncio.gather(*(_connection(port, ctx, start, end, lat, errors, done_calls) for _ in range(conns)))
+        await asyncio.gather(*(_connection(port, ctx, start, end, lat, errors, done_calls, fresh)
+                               for _ in range(conns)))
 
     asyncio.run(main())
     return lat, errors[0], done_calls[0]
@@ -114,7 +125,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(port: int, concurrency: int, warmup: float, duration: float, pki: dict[str, str],
-            pid: int | None = None) -> dict[str, Any]:
+            pid: int | None = None, fresh: bool = False) -> dict[str, Any]:
     """Throughput and latency; with ``pid``, also the server's CPU time per call, which
     load from elsewhere on the machine hardly changes (unlike calls/s)."""
     cpu_before = cpu_seconds(pid) if pid else 0.0
@@ -124,7 +135,8 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, pki: di
     with multiprocessing.get_context("fork").Pool(procs) as pool:
         results = pool.starmap(
             _worker,
-            [(port, n, warmup, duration, pki["client_cert"], pki["client_key"], pki["ca"], t0) for n in shares],
+            [(port, n, warmup, duration, pki["client_cert"], pki["client_key"], pki["ca"], t0, fresh)
+             for n in shares],
         )
     cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
     lat = sorted(x for part, _, _ in results for x in part)
@@ -312,6 +324,8 @@ def main() -> int:
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per level (median)")
     parser.add_argument("--inline", action="store_true", help="also measure Tornado inline with logging")
+    parser.add_argument("--new-connection", action="store_true",
+                        help="a new mutual-TLS connection per call instead of keep-alive")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     options = parser.parse_args()
     levels = [int(x) for x in options.levels.split(",")]
@@ -345,7 +359,8 @@ def main() -> int:
                 for _ in range(options.rounds):
                     for name, _, port in running:
                         rounds[name].append(
-                            measure(port, concurrency, options.warmup, options.duration, pki, pids[name]))
+                            measure(port, concurrency, options.warmup, options.duration, pki, pids[name],
+                                    options.new_connection))
                 for name, measured in rounds.items():
                     measured.sort(key=lambda row: row["calls_per_s"])
                     results.setdefault(name, []).append(measured[len(measured) // 2])
@@ -356,7 +371,8 @@ def main() -> int:
     if options.json:
         print(json.dumps({"tornado": tornado_version, "results": results}, indent=2))
         return 0
-    print(f"RPC ping, mutual TLS, keep-alive; {options.duration:g} s per level, median of "
+    mode = "a new connection per call" if options.new_connection else "keep-alive"
+    print(f"RPC ping, mutual TLS, {mode}; {options.duration:g} s per level, median of "
           f"{options.rounds} interleaved round(s); tornado {tornado_version or '-'}")
     print(f"{'server':<16}{'conc':>6}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/call':>13}")
     for name, rows in results.items():
