@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import base64
 import datetime
+import json
+import os
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 from typing import Any
 
 from diraccfg import CFG
 from twisted.internet import reactor, task
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from ccnet.rpc import RPCClient
 from ccnet.rpc.cs import core
 from tests.support import (
+    REPO,
     create_database,
     drop_database,
     free_port,
@@ -316,6 +322,59 @@ class CSDaemonMixin:
         # Nothing answers there: not listed, no new version (DIRAC ignores it too).
         check.assertTrue((await host.publishSlaveServer(f"https://localhost:{free_port()}/{CS}"))["OK"])
         check.assertEqual((await host.getVersion())["Value"], version)
+
+
+    async def test_a_silent_worker_leaves_servers_after_the_grace_time(self) -> None:
+        check: Any = self
+        _, master_url, _ = await self.start_cs("File = master.cfg\nSlavesGraceTime = 1")
+        worker_folder = Path(check.mktemp()).absolute()
+        worker_folder.mkdir()
+        worker_service, worker_url, _ = await self.start_cs(
+            f"MasterServer = {master_url}\nRefreshTime = 0.2", text=None, folder=worker_folder)
+        admin = self.client(master_url, "admin")
+
+        async def servers_become(expected: str) -> None:
+            for _ in range(200):
+                cfg = cfg_of(base64.b64decode((await admin.getCompressedData())["Value"]))
+                if cfg.getOption("DIRAC/Configuration/Servers") == expected:
+                    return
+                await task.deferLater(reactor, 0.05, lambda: None)
+            check.fail(f"Servers never became {expected}")
+
+        await servers_become(f"{master_url}, {worker_url}")
+        await worker_service.stopService()
+        await servers_become(master_url)
+        check.assertEqual([h[0] for h in (await admin.getCommitHistory())["Value"]],
+                          ["(workers)", "(workers)", "(file)"])
+
+    async def test_cli_dumps_and_commits_without_dirac(self) -> None:
+        check: Any = self
+        _, url, folder = await self.start_cs()
+        pki = test_pki()
+
+        def cli(who: str, *args: str) -> Any:
+            command = [sys.executable, "-m", "ccnet.rpc.cli", url, *args, "--cert", str(pki.cert(who)),
+                       "--key", str(pki.key(who)), "--ca", str(pki.ca_cert)]
+            env = dict(os.environ, PYTHONPATH=str(REPO))
+            return deferToThread(subprocess.run, command, capture_output=True, text=True, env=env, timeout=60)
+
+        dumped = await cli("client", "cs-dump")
+        check.assertEqual(dumped.returncode, 0, dumped.stderr)
+        check.assertEqual(dumped.stdout, (folder / "master.cfg").read_text())
+        mine = folder / "mine.cfg"
+        done = await cli("client", "cs-dump", "-o", str(mine))
+        check.assertEqual(done.returncode, 0, done.stderr)
+        mine.write_text(edited(mine.read_text(), "red"))
+        refused = await cli("client", "cs-commit", str(mine))
+        check.assertEqual(refused.returncode, 1)
+        committed = await cli("admin", "cs-commit", str(mine))
+        check.assertEqual(committed.returncode, 0, committed.stderr)
+        version = json.loads(committed.stdout)["Value"]
+        check.assertEqual((await self.client(url).getVersion())["Value"], version)
+        check.assertIn("Colour = red", (folder / "master.cfg").read_text())
+        again = await cli("admin", "cs-commit", str(mine))  # the dump's version is stale now
+        check.assertEqual(again.returncode, 1)
+        check.assertIn("versions differ", json.loads(again.stdout)["Message"])
 
 
 class SQLiteCSTests(CSDaemonMixin, unittest.TestCase):

@@ -357,7 +357,12 @@ class MountedService:
             waiter.errback(ServiceInitError(f"{self.name} failed to initialize"))
 
     def stop(self) -> Deferred[None]:
-        """Run ``stopHandler`` if ``initializeHandler`` ran; errors are logged, not raised."""
+        """Run ``stopHandler`` if ``initializeHandler`` ran (waiting for one still running,
+        so that it does not outlive the store); errors are logged, not raised."""
+        if self._waiters is not None:
+            pending = self.ensure_initialized()
+            pending.addErrback(lambda _: None)  # already logged by _initialize_failed
+            return pending.addCallback(lambda _: self.stop())
         if not self._initialized:
             return succeed(None)
         self._initialized = False
