@@ -138,6 +138,7 @@ url = {store_url}
 [rpc]
 listen = ssl:{port}:interface=127.0.0.1
 url = https://localhost:{port}
+allow-proxies = yes
 
 [rpc:{CS}]
 class = ccnet.rpc.cs.service:ConfigurationServer
@@ -163,6 +164,26 @@ class CSDaemonMixin:
         config = daemon_config(folder, self.store_url(folder), cs_options, port)
         service = await start_service(case, config, folder)
         return service, f"https://localhost:{port}/{CS}", folder
+
+    async def start_master_and_worker(self, master_options: str, worker_options: str) -> tuple[str, Any, str, Path]:
+        """A master CS and a worker following it on another port:
+        (master URL, worker service, worker URL, worker folder)."""
+        case: Any = self
+        _, master_url, _ = await self.start_cs(master_options)
+        worker_folder = Path(case.mktemp()).absolute()
+        worker_folder.mkdir()
+        worker, worker_url, _ = await self.start_cs(
+            f"MasterServer = {master_url}\nRefreshTime = 0.2\n{worker_options}", text=None, folder=worker_folder)
+        return master_url, worker, worker_url, worker_folder
+
+    async def servers_become(self, client: RPCClient, expected: str) -> None:
+        """Wait (bounded) until ``client``'s CS lists ``expected`` in DIRAC/Configuration/Servers."""
+        for _ in range(200):
+            cfg = cfg_of(base64.b64decode((await client.getCompressedData())["Value"]))
+            if cfg.getOption("DIRAC/Configuration/Servers") == expected:
+                return
+            await task.deferLater(reactor, 0.05, lambda: None)
+        self.fail(f"Servers never became {expected}")  # type: ignore[attr-defined]
 
     def client(self, url: str, who: str = "client") -> RPCClient:
         pki = test_pki()
@@ -275,11 +296,8 @@ class CSDaemonMixin:
 
     async def test_worker_follows_the_master_on_another_port(self) -> None:
         check: Any = self
-        _, master_url, _ = await self.start_cs("File = master.cfg\nSlavesGraceTime = 600")
-        worker_folder = Path(check.mktemp()).absolute()
-        worker_folder.mkdir()
-        _, worker_url, _ = await self.start_cs(
-            f"File = copy.cfg\nMasterServer = {master_url}\nRefreshTime = 0.2", text=None, folder=worker_folder)
+        master_url, _, worker_url, worker_folder = await self.start_master_and_worker(
+            "File = master.cfg\nSlavesGraceTime = 600", "File = copy.cfg")
         admin, worker = self.client(master_url, "admin"), self.client(worker_url, "admin")
 
         async def worker_serves(colour: str) -> str:
@@ -294,12 +312,7 @@ class CSDaemonMixin:
             raise AssertionError
 
         # The worker published itself: the master lists it in Servers (a new version).
-        for _ in range(200):
-            cfg = cfg_of(base64.b64decode((await admin.getCompressedData())["Value"]))
-            if worker_url in str(cfg.getOption("DIRAC/Configuration/Servers")):
-                break
-            await task.deferLater(reactor, 0.05, lambda: None)
-        check.assertEqual(cfg.getOption("DIRAC/Configuration/Servers"), f"{master_url}, {worker_url}")
+        await self.servers_become(admin, f"{master_url}, {worker_url}")
 
         text = zlib.decompress(base64.b64decode((await admin.getCompressedData())["Value"])).decode()
         committed = await admin.commitNewData(encode(edited(text, "red")))
@@ -323,27 +336,14 @@ class CSDaemonMixin:
         check.assertTrue((await host.publishSlaveServer(f"https://localhost:{free_port()}/{CS}"))["OK"])
         check.assertEqual((await host.getVersion())["Value"], version)
 
-
     async def test_a_silent_worker_leaves_servers_after_the_grace_time(self) -> None:
         check: Any = self
-        _, master_url, _ = await self.start_cs("File = master.cfg\nSlavesGraceTime = 1")
-        worker_folder = Path(check.mktemp()).absolute()
-        worker_folder.mkdir()
-        worker_service, worker_url, _ = await self.start_cs(
-            f"MasterServer = {master_url}\nRefreshTime = 0.2", text=None, folder=worker_folder)
+        master_url, worker_service, worker_url, _ = await self.start_master_and_worker(
+            "File = master.cfg\nSlavesGraceTime = 1", "")
         admin = self.client(master_url, "admin")
-
-        async def servers_become(expected: str) -> None:
-            for _ in range(200):
-                cfg = cfg_of(base64.b64decode((await admin.getCompressedData())["Value"]))
-                if cfg.getOption("DIRAC/Configuration/Servers") == expected:
-                    return
-                await task.deferLater(reactor, 0.05, lambda: None)
-            check.fail(f"Servers never became {expected}")
-
-        await servers_become(f"{master_url}, {worker_url}")
+        await self.servers_become(admin, f"{master_url}, {worker_url}")
         await worker_service.stopService()
-        await servers_become(master_url)
+        await self.servers_become(admin, master_url)
         check.assertEqual([h[0] for h in (await admin.getCommitHistory())["Value"]],
                           ["(workers)", "(workers)", "(file)"])
 
