@@ -272,6 +272,29 @@ class CSDaemonMixin:
         check.assertEqual((await again.getVersion())["Value"], committed)
         check.assertEqual([h[0] for h in (await again.getCommitHistory())["Value"]], ["admin", "(file)"])
 
+    async def test_an_edited_file_is_served_on_reload_under_a_new_version(self) -> None:
+        check: Any = self
+        service, url, folder = await self.start_cs()
+        user = self.client(url)
+        first = (await user.getVersion())["Value"]
+        path = folder / "master.cfg"
+        path.write_text(edited(path.read_text(), "purple"))  # the operator's edit, same version
+        service.reload()  # what SIGHUP does
+        for _ in range(200):
+            if (await user.getVersion())["Value"] != first:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
+        served = cfg_of(base64.b64decode((await user.getCompressedData())["Value"]))
+        check.assertEqual(served.getOption("Systems/Framework/Colour"), "purple")
+        second = served.getOption("DIRAC/Configuration/Version")
+        check.assertGreater(second, first)
+        check.assertEqual(CFG().loadFromFile(str(path)).getOption("DIRAC/Configuration/Version"), second)
+        check.assertEqual((await user.getCommitHistory())["Value"], [["(file)", second], ["(file)", first]])
+        # A reload of an unchanged file changes nothing.
+        service.reload()
+        await task.deferLater(reactor, 0.2, lambda: None)
+        check.assertEqual((await user.getVersion())["Value"], second)
+
     async def test_bad_input_is_refused_and_nothing_changes(self) -> None:
         check: Any = self
         _, url, folder = await self.start_cs()

@@ -76,13 +76,13 @@ class Snapshot:
     compressed: bytes = field(repr=False)
     #: ``compressed`` in base64 text, what getCompressedData returns (made once per version).
     encoded: str = field(repr=False)
+    #: ``DIRAC/Configuration/Servers`` and ``MasterServer`` (read with the rest, off the reactor).
+    servers: tuple[str, ...] = ()
+    master: str | None = None
 
     def option(self, path: str) -> str | None:
+        """Any option (parses the text: call it off the reactor)."""
         return option(parse_cfg(self.text), path)
-
-    @property
-    def servers(self) -> list[str]:
-        return _as_list(self.option(SERVERS_OPTION))
 
 
 def _as_list(value: str | None) -> list[str]:
@@ -144,6 +144,8 @@ def _snapshot_of(cfg: CFG) -> Snapshot:
         name=option(cfg, NAME_OPTION),
         compressed=compressed,
         encoded=base64.b64encode(compressed).decode("ascii"),
+        servers=tuple(_as_list(option(cfg, SERVERS_OPTION))),
+        master=option(cfg, MASTER_OPTION),
     )
 
 

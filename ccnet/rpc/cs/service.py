@@ -66,7 +66,9 @@ class ConfigurationServer(RPCService):
         if master_url:
             from ccnet.rpc.client import RPCClient
 
-            client = RPCClient(master_url, credentials=runtime.tls, reactor=runtime.reactor, timeout=CLIENT_TIMEOUT)
+            # One call per refresh period: no kept-alive connection to outlive a stop.
+            client = RPCClient(master_url, credentials=runtime.tls, reactor=runtime.reactor,
+                               timeout=CLIENT_TIMEOUT, persistent=False)
             cls.state = WorkerConfiguration(
                 runtime.reactor, client, path, url=url,
                 refresh=cls.srv_getCSOption("RefreshTime", float(core.DEFAULT_REFRESH_TIME)),

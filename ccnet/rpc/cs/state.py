@@ -87,11 +87,13 @@ class _Served:
         self._loops.append(every(self.reactor, interval, job, fn, now=now, failures=failures))
 
     def stop(self) -> Deferred[None]:
+        """Stop the periodic jobs; fires once a change or refresh in flight has finished
+        (bounded by the store timeout and CLIENT_TIMEOUT), so none outlives the store."""
         for loop in self._loops:
             if loop.running:
                 loop.stop()
         self._loops = []
-        return defer.succeed(None)
+        return self.lock.run(defer.succeed, None)
 
     async def history(self, limit: int) -> list[list[str]]:
         return []
@@ -143,7 +145,7 @@ class MasterConfiguration(_Served):
             servers = loaded.servers
             if self.url not in servers:
                 changes[core.SERVERS_OPTION] = ", ".join([self.url, *servers])
-            if loaded.option(core.MASTER_OPTION) != self.url:
+            if loaded.master != self.url:
                 changes[core.MASTER_OPTION] = self.url
         stored = await self._stored_text(loaded.name, loaded.version)
         if stored == loaded.text and not changes and loaded.version == self.current.version:
@@ -293,5 +295,4 @@ class WorkerConfiguration(_Served):
                          error=published.get("Message"))
 
     def stop(self) -> Deferred[None]:
-        super().stop()
-        return self.master.close()  # type: ignore[no-any-return]
+        return super().stop().addCallback(lambda _: self.master.close())
