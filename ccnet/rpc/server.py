@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
@@ -21,7 +22,7 @@ from ccnet.runtime import Part
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
 
-__all__ = ["ThreadPoolService", "build", "build_resource"]
+__all__ = ["HandlerLifecycle", "ThreadPoolService", "build", "build_resource"]
 
 log = Logger(namespace="ccnet.rpc")
 
@@ -44,6 +45,26 @@ class ThreadPoolService(Service):
     def stopService(self) -> None:  # noqa: N802 (Twisted API)
         super().stopService()
         self.pool.stop()
+
+
+class HandlerLifecycle(Service):
+    """Runs ``initializeHandler`` at start for the services that ask for it
+    (``initialize_at_start``), and every mounted service's ``stopHandler`` at stop."""
+
+    def __init__(self, resource: RPCResource) -> None:
+        self.resource = resource
+        self.setName("rpc-services")
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        for mounted in self.resource.services.values():
+            if mounted.cls.initialize_at_start:
+                # A failure is logged by MountedService and retried at the first call.
+                mounted.ensure_initialized().addErrback(lambda _: None)
+
+    def stopService(self) -> Deferred[Any]:  # noqa: N802 (Twisted API)
+        super().stopService()
+        return DeferredList([m.stop() for m in self.resource.services.values()])
 
 
 def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
@@ -129,5 +150,5 @@ def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
     runtime.register_metrics("rpc", rpc_metrics(resource, pool))
-    services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
+    services: list[IService] = [ThreadPoolService(pool), HandlerLifecycle(resource)]  # type: ignore[list-item]
     return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())

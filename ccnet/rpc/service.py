@@ -126,6 +126,9 @@ class RPCService:
     """
 
     blocking: ClassVar[bool] = False
+    #: Run ``initializeHandler`` when the daemon starts, not at the first call (a service
+    #: with work of its own to do, such as following another server).
+    initialize_at_start: ClassVar[bool] = False
     codec_classes: ClassVar[Sequence[type]] = ()
 
     auth_ping: ClassVar[list[str]] = ["all"]
@@ -152,6 +155,12 @@ class RPCService:
     @classmethod
     def initializeHandler(cls, serviceInfo: dict[str, Any]) -> Any:  # noqa: N802, N803 (DIRAC API)
         """Called once before the first request; may return a Deferred."""
+        return None
+
+    @classmethod
+    def stopHandler(cls) -> Any:  # noqa: N802 (named like initializeHandler)
+        """Called once when the daemon stops, if ``initializeHandler`` ran: stop what it
+        started (periodic jobs, clients); may return a Deferred."""
         return None
 
     def initializeRequest(self) -> Any:  # noqa: N802 (DIRAC API)
@@ -341,6 +350,20 @@ class MountedService:
         log.failure("initializeHandler of RPC service {service} failed", failure, service=self.name)
         for waiter in waiters:
             waiter.errback(ServiceInitError(f"{self.name} failed to initialize"))
+
+    def stop(self) -> Deferred[None]:
+        """Run ``stopHandler`` if ``initializeHandler`` ran (waiting for one still running,
+        so that it does not outlive the store); errors are logged, not raised."""
+        if self._waiters is not None:
+            pending = self.ensure_initialized()
+            pending.addErrback(lambda _: None)  # already logged by _initialize_failed
+            return pending.addCallback(lambda _: self.stop())
+        if not self._initialized:
+            return succeed(None)
+        self._initialized = False
+        d = maybeDeferred(self.cls.stopHandler)
+        d.addErrback(lambda f: log.failure("stopHandler of RPC service {service} failed", f, service=self.name))
+        return d.addCallback(lambda _: None)
 
     # -- calls ------------------------------------------------------------------
     def call(self, plan: CallPlan, context: RequestContext) -> Deferred[Any]:
