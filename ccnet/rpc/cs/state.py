@@ -20,6 +20,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.rpc.cs import core
 from ccnet.rpc.cs.core import Snapshot
 
@@ -76,7 +77,7 @@ class _Served:
 
     writable = False
 
-    def __init__(self, reactor: Any, url: str | None) -> None:
+    def __init__(self, reactor: IReactor, url: str | None) -> None:
         self.reactor = reactor
         self.url = url
         self.current: Snapshot = _EMPTY
@@ -118,7 +119,7 @@ class MasterConfiguration(_Served):
 
     writable = True
 
-    def __init__(self, reactor: Any, store: Any, path: Path, *, url: str | None,
+    def __init__(self, reactor: IReactor, store: Any, path: Path, *, url: str | None,
                  grace: float, ping: Any) -> None:
         super().__init__(reactor, url)
         self.store = store
@@ -260,7 +261,7 @@ class WorkerConfiguration(_Served):
     """A worker: follows the master with getCompressedDataIfNewer, serves read-only,
     publishes itself to the master; keeps a local copy in its cfg file if it has one."""
 
-    def __init__(self, reactor: Any, master: Any, path: Path | None, *, url: str | None,
+    def __init__(self, reactor: IReactor, master: Any, path: Path | None, *, url: str | None,
                  refresh: float) -> None:
         super().__init__(reactor, url)
         self.master = master  # an RPCClient of the master's Configuration/Server
