@@ -39,6 +39,7 @@ from ccnet.cc.message import (
 )
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
+from ccnet.console.sources import CCRoute, CCView
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
 from ccnet.reactors import IReactor
@@ -447,6 +448,7 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     """Entry point for ccnet.service: the CC proxy (its routes re-read on SIGHUP)."""
     server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
     runtime.register_metrics("cc", server.stats.prometheus)
+    runtime.console.cc = lambda: console_view(server)
 
     def reload_routes() -> None:
         from ccnet.cc.config import parse as parse_cc
@@ -460,3 +462,13 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
 
+
+def console_view(server: CCServer) -> CCView:
+    """What the web console shows of this proxy: its current routes and counters."""
+    stats = server.stats
+    return CCView(
+        routes=tuple(CCRoute(p, secs) for p, secs in server.config.routes.routes),
+        handlers=tuple((spec.section, spec.handler) for spec in server.config.handlers),
+        counters=stats.by_outcome(),
+        latency={t: (v.count, v.total / v.count if v.count else 0.0, v.maximum) for t, v in stats.latency.items()},
+    )

@@ -143,6 +143,10 @@ class CCStats:
         self._last_events = Counter(self.events)
         return dict(named)
 
+    def by_outcome(self) -> dict[tuple[str, str], int]:
+        """Messages since start by (outcome, message type) (the web console's counters)."""
+        return {(outcome, mtype or ""): n for (outcome, mtype), n in self._cells.items()}
+
     def snapshot(self) -> dict[str, object]:
         lat = {
             t: {"count": v.count, "avg": v.total / v.count if v.count else 0.0,
