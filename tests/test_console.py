@@ -65,10 +65,13 @@ class ViewTests(unittest.TestCase):
             measurement(RUNNING, "now + 10s / 1s", now - 5),  # receipt, scope begun
             measurement(DONE, "now + 1s", now - 100),
             measurement("sent", "2030-01-01 00:00:00 + 1s", now),  # handed over, starts later
+            measurement(RUNNING, "2030-01-02 00:00:00 + 1s", now),  # accepted by the component, later
+            measurement("sent", "now + 10s / 1s", now - 3),  # handed over, scope begun
         ], now)
-        self.assertEqual(sorted(x.phase for x in entries), ["future", "future", "past", "running"])
+        self.assertEqual(sorted(x.phase for x in entries), ["future", "future", "future", "past", "running",
+                                                             "running"])
         self.assertEqual(entries[0].phase, "future")  # latest start first
-        self.assertEqual(entries[0].start, datetime(2030, 1, 1, tzinfo=UTC))
+        self.assertEqual(entries[0].start, datetime(2030, 1, 2, tzinfo=UTC))
 
     def test_a_result_with_a_time_and_numeric_columns_is_a_series(self) -> None:
         rows = [["2026-11-28 10:00:00.000000", "310", "127.0.0.1"],

@@ -91,7 +91,8 @@ def svg_chart(series: Series, title: str, width: int = 960, height: int = 360) -
     chart = pygal.DateTimeLine(
         js=[], width=width, height=height, explicit_size=True, style=CleanStyle,
         x_label_rotation=20, show_dots=True, dots_size=2, legend_at_bottom=True,
-        truncate_legend=40, x_value_formatter=lambda t: t.strftime("%H:%M:%S"))
+        truncate_legend=40, x_labels_major_count=8, show_minor_x_labels=False,
+        x_value_formatter=lambda t: t.strftime("%H:%M:%S"))
     chart.title = title  # pygal escapes text it writes into the SVG
     for name, points in series.lines.items():
         step = max(1, len(points) // MAX_POINTS)

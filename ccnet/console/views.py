@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 
 from ccnet.console.sources import CCView, RPCView
 from ccnet.mplane.model import ExceptionMessage
-from ccnet.mplane.state import FINAL, QUEUED, SENT, Capability, Component, Measurement
+from ccnet.mplane.state import FINAL, QUEUED, Capability, Component, Measurement
 
 __all__ = ["PAGE_SIZE", "Html", "Page", "ScheduleEntry", "cell", "paged", "schedule"]
 
@@ -32,6 +32,7 @@ STYLE = (
     "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;vertical-align:top}"
     "th{background:#eef}.pager a{margin-right:12px}.problem{color:#b00;font-weight:bold}"
     ".who{color:#555;font-size:90%}label{display:block;margin:6px 0}img.chart{max-width:100%}"
+    ".row{display:flex;gap:32px;flex-wrap:wrap}"
 )
 
 
@@ -88,12 +89,13 @@ def pager(page: Page[Any], path: str, query: dict[str, str] | None = None) -> Ht
     return Html(f"<p class=\"pager\">{' '.join(parts)}</p>")
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "none") -> Html:
+def table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str = "none", css: str = "") -> Html:
     head = "".join(f"<th>{cell(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     if not body:
         body = f"<tr><td colspan=\"{len(columns)}\">{cell(empty)}</td></tr>"
-    return Html(f"<table><tr>{head}</tr>{body}</table>")
+    attr = f" class=\"{css}\"" if css else ""
+    return Html(f"<table{attr}><tr>{head}</tr>{body}</table>")
 
 
 NAV = (("/console/", "Overview"), ("/console/components", "Components"),
@@ -162,8 +164,8 @@ class ScheduleEntry:
 def schedule(measurements: Iterable[Measurement], now: float) -> list[ScheduleEntry]:
     """Every measurement with its phase and resolved temporal scope, latest start first.
 
-    Past: finished (result or exception). Future: not yet handed over or not started by
-    its scope. Running: the rest (the component has it, its scope has begun)."""
+    Past: finished (result or exception). Future: its scope starts later, or it still
+    waits for the component's poll. Running: the rest (handed over, its scope has begun)."""
     out = []
     for m in measurements:
         try:
@@ -172,7 +174,7 @@ def schedule(measurements: Iterable[Measurement], now: float) -> list[ScheduleEn
             start = end = None
         if m.state in FINAL:
             phase = "past"
-        elif m.state in (QUEUED, SENT) and (start is None or start.timestamp() > now or m.state == QUEUED):
+        elif m.state == QUEUED or (start is not None and start.timestamp() > now):
             phase = "future"
         else:
             phase = "running"
@@ -200,24 +202,33 @@ def schedule_page(page: Page[ScheduleEntry], phase: str | None) -> Html:
                 + pager(page, "/console/schedule", query))
 
 
+def facts(rows: Iterable[tuple[str, Any]]) -> Html:
+    """A two-column table of names and values (no header row)."""
+    body = "".join(f"<tr><th>{cell(k)}</th><td>{cell(v)}</td></tr>" for k, v in rows)
+    return Html(f"<table>{body}</table>")
+
+
 def measurement_page(entry: ScheduleEntry, columns: list[str], rows: Page[list[Any]],
                      chart_src: str | None) -> Html:
     m = entry.measurement
-    facts = [("capability", m.spec.label), ("component", m.component), ("client", m.client),
-             ("client token", m.client_token), ("state", m.state), ("phase", entry.phase),
-             ("when", str(m.spec.when).strip()), ("start", _when(entry.start)), ("end", _when(entry.end)),
-             ("created", iso(m.created)), ("updated", iso(m.updated))]
-    out = table(["", ""], facts) + "<h2>Parameters</h2>" + table(["name", "value"], m.spec.parameters.items())
+    about = facts([("capability", m.spec.label), ("component", m.component), ("client", m.client),
+                   ("client token", m.client_token), ("state", m.state), ("phase", entry.phase),
+                   ("when", str(m.spec.when).strip()), ("start", _when(entry.start)), ("end", _when(entry.end)),
+                   ("created", iso(m.created)), ("updated", iso(m.updated))])
+    params = facts(sorted(m.spec.parameters.items()))
+    out = ""
+    if chart_src is not None:
+        out += (f"<img class=\"chart\" alt=\"chart of {cell(m.spec.label)}\" "
+                f"src=\"{html.escape(chart_src, quote=True)}\">")
+    out += (f"<div class=\"row\"><div><h2>Measurement</h2>{about}</div>"
+            f"<div><h2>Parameters</h2>{params}</div></div>")
     if isinstance(m.reply, ExceptionMessage):
         out += f"<h2>Exception</h2><p class=\"problem\">{cell(m.reply.message)}</p>"
-    if chart_src is not None:
-        out += (f"<h2>Chart</h2><img class=\"chart\" alt=\"chart of {cell(m.spec.label)}\" "
-                f"src=\"{html.escape(chart_src, quote=True)}\">")
     if columns:
         path = "/console/measurement"
         query = {"id": m.id}
-        out += (f"<h2>Results</h2>{pager(rows, path, query)}{table(columns, rows.items)}"
-                f"{pager(rows, path, query)}")
+        out += (f"<h2>Results</h2>{pager(rows, path, query)}"
+                f"{table(columns, rows.items, css='results')}{pager(rows, path, query)}")
     elif not isinstance(m.reply, ExceptionMessage):
         out += "<h2>Results</h2><p>No result yet.</p>"
     return Html(out)
