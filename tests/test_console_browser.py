@@ -6,6 +6,7 @@ screenshots docs/console.md shows."""
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from tests.browser_support import Browser, unavailable
-from tests.support import Daemon, free_port, start_daemon, test_pki
+from tests.support import VENV_BIN, Daemon, free_port, start_daemon, test_pki
 from tests.test_mplane_e2e import component_ini, supervisor_ini
 
 RPC_AND_CC = """
@@ -53,7 +54,8 @@ class ConsoleInChromiumTests(unittest.TestCase):
         sup_dir.mkdir(parents=True)
         comp_dir.mkdir(parents=True)
         self.port = free_port()
-        ini = supervisor_ini(sup_dir, self.port) + RPC_AND_CC.format(cc_port=free_port())
+        cc_port = free_port()
+        ini = supervisor_ini(sup_dir, self.port) + RPC_AND_CC.format(cc_port=cc_port)
         self.supervisor: Daemon = start_daemon(ini, sup_dir)
         self.addCleanup(lambda: deferToThread(self.supervisor.stop))
         self.component: Daemon = start_daemon(component_ini(comp_dir, self.port), comp_dir)
@@ -72,6 +74,9 @@ class ConsoleInChromiumTests(unittest.TestCase):
         for _ in range(3):
             requests.post(rpc, data={"method": "ping", "args": "[]"}, cert=pki.pair("admin"),
                           verify=str(pki.ca_cert), timeout=30)
+        # And a CC message for the CC page's counters.
+        subprocess.run([str(VENV_BIN / "ccnet-cc"), "send", "echo.request", "{}", "--endpoint",
+                        f"tcp://127.0.0.1:{cc_port}"], check=True, capture_output=True, timeout=60)
         self.wait(lambda: "ping-detail-ip4" in self.status().get("labels", ""), "the component's registration")
 
     def status(self) -> dict[str, Any]:
@@ -100,7 +105,8 @@ class ConsoleInChromiumTests(unittest.TestCase):
         for label in ("ping-detail-ip4", "ping-average-ip4", "tstat-log_tcp_complete-core"):
             self.assertIn(label, dom)
         dom = self.admin.dump_dom(f"{self.origin}/console/cc")
-        self.assertRegex(dom, r"<td>echo</td><td>echo</td>")
+        self.assertRegex(dom, r"<td>echo</td><td>echo</td>")  # the route: pattern, handler section
+        self.assertRegex(dom, r"<td>echo.request</td><td>ok</td><td>1</td>")  # the echo handled once
         dom = self.admin.dump_dom(f"{self.origin}/console/rpc")
         self.assertIn("Framework/Notebook", dom)
         self.assertRegex(dom, r"<td>Framework/Notebook</td><td>ping</td><td>3</td><td>0</td><td>3</td>")
@@ -158,6 +164,8 @@ class ConsoleInChromiumTests(unittest.TestCase):
         b.screenshot(self.shots / "overview.png")
         b.navigate(f"{self.origin}/console/rpc")
         b.screenshot(self.shots / "rpc.png")
+        b.navigate(f"{self.origin}/console/cc")
+        b.screenshot(self.shots / "cc.png")
 
     def test_a_non_admin_certificate_gets_403(self) -> Any:
         return deferToThread(self._client_scenario)

@@ -23,6 +23,7 @@ __all__ = ["MAX_POINTS", "Series", "result_rows", "series_of", "svg_chart"]
 TIME_COLUMNS = ("time", "start")
 #: Points per line drawn at most (longer series are thinned evenly).
 MAX_POINTS = 2000
+X_LABELS = 6
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,12 @@ def svg_chart(series: Series, title: str, width: int = 960, height: int = 360) -
     chart = pygal.DateTimeLine(
         js=[], width=width, height=height, explicit_size=True, style=CleanStyle,
         x_label_rotation=20, show_dots=True, dots_size=2, legend_at_bottom=True,
-        truncate_legend=40, x_labels_major_count=8, show_minor_x_labels=False,
-        x_value_formatter=lambda t: t.strftime("%H:%M:%S"))
+        truncate_legend=40, x_value_formatter=lambda t: t.strftime("%H:%M:%S"))
     chart.title = title  # pygal escapes text it writes into the SVG
+    times = [t for points in series.lines.values() for t, _ in points]
+    first, last = min(times), max(times)
+    # A few evenly spaced time labels (pygal's own choice crowds short series).
+    chart.x_labels = [first + (last - first) * i / (X_LABELS - 1) for i in range(X_LABELS)] if last > first else [first]
     for name, points in series.lines.items():
         step = max(1, len(points) // MAX_POINTS)
         chart.add(name, points[::step])
