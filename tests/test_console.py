@@ -18,7 +18,7 @@ from ccnet.console.sources import CallTally
 from ccnet.mplane.dialect import Dialect
 from ccnet.mplane.model import Statement, When, from_dict
 from ccnet.mplane.state import DONE, QUEUED, RUNNING, Measurement, Peer
-from tests.test_mplane_supervisor import SupervisorTestBase
+from tests.test_mplane_supervisor import USERS, SupervisorTestBase
 from tests.test_mplane_support import PING_CAP
 
 FORM = "application/x-www-form-urlencoded"
@@ -147,6 +147,18 @@ class ConsoleTests(SupervisorTestBase):
         self.assertEqual(code, 404)
         self.assertEqual(self.admin.last_headers.getRawHeaders("content-security-policy")[0].split(";")[1].strip(),
                          "script-src 'none'")
+
+    @defer.inlineCallbacks
+    def test_an_admin_role_removed_on_reload_closes_the_console_at_the_next_page(self) -> Any:
+        yield self.start()
+        code, _ = yield self.page("console/")
+        self.assertEqual(code, 200)
+        (self.sup.folder / "users.conf").write_text(USERS.replace("admin: admin", "admin: guest"))
+        for hook in self.sup.runtime.reload_hooks:  # what SIGHUP runs
+            hook()
+        code, body = yield self.page("console/")
+        self.assertEqual(code, 403)
+        self.assertIn("IT.ccnet.Clients.admin does not have the admin role", body)
 
     @defer.inlineCallbacks
     def test_cc_and_rpc_pages_say_when_the_part_is_not_enabled(self) -> Any:

@@ -50,11 +50,11 @@ SECURITY_HEADERS = {
 
 
 class _Reply(Exception):
-    """Stop handling and answer ``code`` with ``text`` (an HTML page with that text)."""
+    """Stop handling and answer ``code``: ``page`` as is, else ``text`` in the console's layout."""
 
-    def __init__(self, code: int, text: str) -> None:
+    def __init__(self, code: int, text: str, page: str | None = None) -> None:
         super().__init__(text)
-        self.code, self.text = code, text
+        self.code, self.text, self.page = code, text, page
 
 
 Handler = Callable[[Request, Peer], Coroutine[Any, Any, bytes]]
@@ -102,11 +102,11 @@ class ConsoleResource(Resource):
             try:
                 peer = self.supervisor.peer(request)
             except HTTPError as exc:
-                raise _Reply(exc.code, views.forbidden(None)) from None
+                raise _Reply(exc.code, exc.text, views.forbidden(None)) from None
             who = peer.identity
             # Checked on every request: a role removed on SIGHUP takes effect at once.
             if not self.state.policy.is_admin(peer.roles):
-                raise _Reply(403, views.forbidden(peer.identity))
+                raise _Reply(403, "not an admin", views.forbidden(peer.identity))
             handler = self.routes.get((method, path))
             if handler is None:
                 known = any(p == path for _, p in self.routes)
@@ -116,8 +116,8 @@ class ConsoleResource(Resource):
             return
         except _Reply as exc:
             request.setResponseCode(exc.code)
-            body = (exc.text if exc.text.startswith("<!DOCTYPE") else
-                    views.layout(f"{exc.code}", f"<p class=\"problem\">{views.cell(exc.text)}</p>", who)).encode()
+            body = (exc.page or views.layout(f"{exc.code}", f"<p class=\"problem\">{views.cell(exc.text)}</p>",
+                                             who)).encode()
         except StoreError as exc:
             log.error("console {path}: database unavailable: {error}", path=path, error=str(exc))
             request.setResponseCode(503)
