@@ -448,7 +448,6 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     """Entry point for ccnet.service: the CC proxy (its routes re-read on SIGHUP)."""
     server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
     runtime.register_metrics("cc", server.stats.prometheus)
-    runtime.console.cc = lambda: console_view(server)
 
     def reload_routes() -> None:
         from ccnet.cc.config import parse as parse_cc
@@ -459,6 +458,7 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
             server.reload_routes(new)
 
     runtime.on_reload(reload_routes)
+    runtime.console.cc = lambda: console_view(server)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
 
@@ -469,6 +469,6 @@ def console_view(server: CCServer) -> CCView:
     return CCView(
         routes=tuple(CCRoute(p, secs) for p, secs in server.config.routes.routes),
         handlers=tuple((spec.section, spec.handler) for spec in server.config.handlers),
-        counters=stats.by_outcome(),
+        counters={(outcome, mtype or ""): n for (outcome, mtype), n in stats.cells.items()},
         latency={t: (v.count, v.total / v.count if v.count else 0.0, v.maximum) for t, v in stats.latency.items()},
     )

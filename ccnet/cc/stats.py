@@ -94,6 +94,11 @@ class CCStats:
         cells[key] = cells.get(key, 0) + 1
         self._bytes += nbytes
 
+    @property
+    def cells(self) -> Mapping[tuple[str, str | None], int]:
+        """Messages counted since start by (outcome, type)."""
+        return self._cells
+
     def observe(self, mtype: str, seconds: float) -> None:
         lat = self.latency.get(mtype)
         if lat is None:
@@ -142,10 +147,6 @@ class CCStats:
         self._last_unanswered = Counter(self.unanswered)
         self._last_events = Counter(self.events)
         return dict(named)
-
-    def by_outcome(self) -> dict[tuple[str, str], int]:
-        """Messages since start by (outcome, message type) (the web console's counters)."""
-        return {(outcome, mtype or ""): n for (outcome, mtype), n in self._cells.items()}
 
     def snapshot(self) -> dict[str, object]:
         lat = {

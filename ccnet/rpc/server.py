@@ -85,7 +85,11 @@ def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
                  source=lambda: [((), len(pool.working))])
 
     def on_call(service: str, method: str, status: int, seconds: float) -> None:
-        service, method = counted_names(resource, service, method)
+        mounted = resource.services.get(service)
+        if mounted is None:
+            service, method = "-", "-"
+        elif mounted.table.get(method) is None:
+            method = "-"
         calls.inc(service, method, status)
         latency.observe(seconds, service, method)
 
@@ -156,8 +160,8 @@ def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
     runtime.register_metrics("rpc", rpc_metrics(resource, pool))
-    runtime.console.rpc = console_view(resource, runtime.reactor.seconds)
     services: list[IService] = [ThreadPoolService(pool), HandlerLifecycle(resource)]  # type: ignore[list-item]
+    runtime.console.rpc = console_view(resource, runtime.reactor.seconds)  # after the metrics' on_call
     return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())
 
 
