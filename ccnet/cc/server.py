@@ -39,7 +39,6 @@ from ccnet.cc.message import (
 )
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
-from ccnet.console.sources import CCRoute, CCView
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
 from ccnet.reactors import IReactor
@@ -458,17 +457,8 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
             server.reload_routes(new)
 
     runtime.on_reload(reload_routes)
+    from ccnet.cc.console import console_view
+
     runtime.console.cc = lambda: console_view(server)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
-
-
-def console_view(server: CCServer) -> CCView:
-    """What the web console shows of this proxy: its current routes and counters."""
-    stats = server.stats
-    return CCView(
-        routes=tuple(CCRoute(p, secs) for p, secs in server.config.routes.routes),
-        handlers=tuple((spec.section, spec.handler) for spec in server.config.handlers),
-        counters={(outcome, mtype or ""): n for (outcome, mtype), n in stats.cells.items()},
-        latency={t: (v.count, v.total / v.count if v.count else 0.0, v.maximum) for t, v in stats.latency.items()},
-    )

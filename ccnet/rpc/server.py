@@ -14,7 +14,6 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ccnet.console.sources import CallTally, RPCView
 from ccnet.rpc.config import RPCConfig
 from ccnet.rpc.resource import RPCResource
 from ccnet.rpc.service import MountedService
@@ -97,15 +96,6 @@ def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
     return lambda: render([calls, latency, queued, busy])
 
 
-def counted_names(resource: RPCResource, service: str, method: str) -> tuple[str, str]:
-    """(service, method) as counted: ``-`` for names the services do not export, so a
-    client cannot grow the label set (or the console's table) without bound."""
-    mounted = resource.services.get(service)
-    if mounted is None:
-        return "-", "-"
-    return service, method if mounted.table.get(method) is not None else "-"
-
-
 def build_resource(
     runtime: Runtime, cfg: RPCConfig, pool: ThreadPool, *, allow_proxies: bool | None = None
 ) -> RPCResource:
@@ -161,21 +151,7 @@ def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     resource = build_resource(runtime, cfg, pool)
     runtime.register_metrics("rpc", rpc_metrics(resource, pool))
     services: list[IService] = [ThreadPoolService(pool), HandlerLifecycle(resource)]  # type: ignore[list-item]
+    from ccnet.rpc.console import console_view
+
     runtime.console.rpc = console_view(resource, runtime.reactor.seconds)  # after the metrics' on_call
     return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())
-
-
-
-def console_view(resource: RPCResource, clock: Callable[[], float]) -> Callable[[], RPCView]:
-    """Count calls for the web console beside ``/metrics`` (chained on ``on_call``) and
-    give the console its view: services, exported methods, calls and recent rate."""
-    tally = CallTally(clock)
-    counted = resource.on_call
-
-    def on_call(service: str, method: str, status: int, seconds: float) -> None:
-        if counted is not None:
-            counted(service, method, status, seconds)
-        tally.record(*counted_names(resource, service, method), status)
-
-    resource.on_call = on_call
-    return lambda: RPCView({name: tuple(m.table.names()) for name, m in resource.services.items()}, tally.rows())
