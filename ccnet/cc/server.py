@@ -462,3 +462,4 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     runtime.console.cc = lambda: console_view(server)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
+
