@@ -17,7 +17,7 @@ from ccnet.console.chart import result_rows, series_of, svg_chart
 from ccnet.console.sources import CallTally
 from ccnet.mplane.dialect import Dialect
 from ccnet.mplane.model import Statement, When, from_dict
-from ccnet.mplane.state import DONE, QUEUED, RUNNING, Measurement, Peer
+from ccnet.mplane.state import DONE, QUEUED, RUNNING, Component, Measurement, Peer
 from tests.test_mplane_supervisor import USERS, SupervisorTestBase
 from tests.test_mplane_support import PING_CAP
 
@@ -57,6 +57,14 @@ class ViewTests(unittest.TestCase):
         self.assertEqual(views.cell(views.link("/x?a=1&b=2", SCRIPT)),
                          '<a href="/x?a=1&amp;b=2">&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;</a>')
         self.assertNotIn("<script", views.table(["h"], [[SCRIPT], [{"p": SCRIPT}]]))
+
+    def test_the_poll_holder_column_lights_up_when_the_record_has_one(self) -> None:
+        alone = Component("probe.example", None, False, 1.8e9, 1.8e9)
+        held = Component("probe2.example", None, False, 1.8e9, 1.8e9)
+        held.holder, held.held_since = "node-b", 1_800_000_000.0  # type: ignore[attr-defined]
+        page = views.components_page(views.paged([alone, held], 1), {})
+        self.assertIn("<td>—</td></tr>", page)
+        self.assertIn("<td>node-b (since 2027-01-15 08:00:00)</td>", page)
 
     def test_schedule_sorts_measurements_into_future_running_and_past(self) -> None:
         now = 1_800_000_000.0

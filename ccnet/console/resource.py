@@ -266,8 +266,13 @@ class ConsoleResource(Resource):
             request.setResponseCode(400)
             form = views.run_form(cap, when, given, problem or "not submitted", self.csrf_token(peer))
             return self.html(f"Run {cap.label}", form, peer)
-        m = self.state.measurement_for(peer, reply.token or "")
-        target = f"/console/measurement?{urlencode({'id': m.id})}" if m is not None else "/console/schedule"
+        # The measurement just accepted under the receipt's token (the latest: tokens are
+        # reused once an earlier measurement of the same text has finished).
+        mine = [m for m in self.state.measurements.values()
+                if m.client == peer.identity and m.client_token == reply.token]
+        latest = max(mine, key=lambda m: m.created, default=None)
+        target = (f"/console/measurement?{urlencode({'id': latest.id})}" if latest is not None
+                  else "/console/schedule")
         request.setResponseCode(303)  # see other: the measurement's page, fetched with GET
         request.setHeader(b"location", target.encode())
         return b""

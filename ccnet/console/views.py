@@ -134,10 +134,19 @@ def overview(components: int, capabilities: int, entries: Sequence[ScheduleEntry
     return Html(table(["what", "count"], rows) + f"<p class=\"who\">ccnet {cell(version)}</p>")
 
 
+def _holder(c: Component) -> str:
+    """The daemon holding the component's poll, once supervisors run active/active (issue 17
+    adds ``holder``/``held_since`` to the record); until then one daemon holds them all."""
+    holder = getattr(c, "holder", None)
+    since = getattr(c, "held_since", None)
+    if not holder:
+        return "—"
+    return f"{holder} (since {iso(since)})" if since else str(holder)
+
+
 def components_page(page: Page[Component], caps_by_component: dict[str, int]) -> Html:
     rows = [(c.identity, c.dn, c.dialect.value, caps_by_component.get(c.identity, 0), iso(c.last_seen),
-             "yes" if c.callback else "no", c.url or "", getattr(c, "holder", None) or "—")
-            for c in page.items]
+             "yes" if c.callback else "no", c.url or "", _holder(c)) for c in page.items]
     return Html(pager(page, "/console/components")
                 + table(["identity", "certificate DN", "dialect", "capabilities", "last poll", "callback",
                          "url (pulled)", "poll held by"], rows)

@@ -628,10 +628,6 @@ class SupervisorState:
                 return m
         return None
 
-    def measurement_for(self, peer: Peer, token_or_label: str) -> Measurement | None:
-        """The peer's measurement under its token (or latest with that label); admins: any id."""
-        return self._own(peer, token_or_label)
-
     def redeem(self, peer: Peer, msg: Statement | str) -> Message:
         """The result if ready, the exception if failed, else the receipt again."""
         key = msg if isinstance(msg, str) else (msg.token or msg.label)
