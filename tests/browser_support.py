@@ -44,7 +44,7 @@ def unavailable() -> str | None:
 class Browser:
     """Headless Chromium with the suite's certificate ``name`` as its client certificate."""
 
-    def __init__(self, pki: TestPKI, name: str, folder: Path, origin: str) -> None:
+    def __init__(self, pki: TestPKI, name: str, folder: Path) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.serialization import pkcs12
@@ -64,9 +64,12 @@ class Browser:
             name.encode(), key, cert, None,  # type: ignore[arg-type]
             serialization.BestAvailableEncryption(P12_PASSWORD.encode())))
         self._run(["pk12util", "-i", str(p12), "-d", db, "-W", P12_PASSWORD])
-        # Present the (only) certificate of this NSS db to the console's origin without a prompt.
+        # Present the (only) certificate of this NSS db, issued by the suite's CA, to
+        # https://localhost on any port without a prompt. Every Browser writes the same
+        # rule (Chromium takes one file's value when several set a policy), so browsers
+        # of tests running side by side never undo each other's.
         self.policy = POLICY_DIR / f"ccnet-test-{uuid.uuid4().hex}.json"
-        rule = json.dumps({"pattern": origin, "filter": {}})
+        rule = json.dumps({"pattern": "https://localhost:*", "filter": {"ISSUER": {"CN": "ccnet test CA"}}})
         self.policy.write_text(json.dumps({"AutoSelectCertificateForUrls": [rule]}))
         self._proc: subprocess.Popen[bytes] | None = None
         self._ws: Any = None

@@ -62,9 +62,9 @@ class ConsoleInChromiumTests(unittest.TestCase):
         self.addCleanup(lambda: deferToThread(self.component.stop))
         self.origin = f"https://localhost:{self.port}"
         pki = test_pki()
-        self.admin = Browser(pki, "admin", base, self.origin)
+        self.admin = Browser(pki, "admin", base)
         self.addCleanup(self.admin.close)
-        self.client = Browser(pki, "client", base, self.origin)
+        self.client = Browser(pki, "client", base)
         self.addCleanup(self.client.close)
         shots = os.environ.get("CCNET_CONSOLE_SCREENSHOTS")
         self.shots = Path(shots).resolve() if shots else base / "screenshots"
