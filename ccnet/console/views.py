@@ -179,7 +179,7 @@ def schedule(measurements: Iterable[Measurement], now: float) -> list[ScheduleEn
     for m in measurements:
         try:
             start, end = m.spec.when.datetimes(datetime.fromtimestamp(m.created, UTC))
-        except ValueError:
+        except (ValueError, OverflowError):  # a scope beyond datetime's range
             start = end = None
         if m.state in FINAL:
             phase = "past"
