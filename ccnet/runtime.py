@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ccnet.config import Config
+from ccnet.console.sources import ConsoleSources
 from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
 from ccnet.edge.limits import EdgeLimits
 from ccnet.edge.request import DEFAULT_MAX_BODY
@@ -69,6 +70,8 @@ class Runtime:
     job_failures: dict[str, int] = field(default_factory=dict)
     #: Parts that must be up for ``/ready`` (beyond listeners and the store): name -> is it up?
     parts: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    #: What the parts show the supervisor's web console (CC routes, RPC calls), if enabled.
+    console: ConsoleSources = field(default_factory=ConsoleSources)
 
     @classmethod
     def from_config(cls, config: Config, reactor: IReactor, store: Store, tls: TLSMaterial | None,

@@ -457,6 +457,9 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
             server.reload_routes(new)
 
     runtime.on_reload(reload_routes)
+    from ccnet.cc.console import console_view
+
+    runtime.console.cc = lambda: console_view(server)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
 

@@ -94,6 +94,11 @@ class CCStats:
         cells[key] = cells.get(key, 0) + 1
         self._bytes += nbytes
 
+    @property
+    def cells(self) -> Mapping[tuple[str, str | None], int]:
+        """Messages counted since start by (outcome, type)."""
+        return self._cells
+
     def observe(self, mtype: str, seconds: float) -> None:
         lat = self.latency.get(mtype)
         if lat is None:

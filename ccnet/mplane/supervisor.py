@@ -572,6 +572,9 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     runtime.on_reload(reload_policy)
     runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
     resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
+    from ccnet.console.resource import ConsoleResource  # it builds on this module's resource
+
+    resource.putChild(b"console", cast(IResource, ConsoleResource(resource, runtime.console)))
     services: list[Any] = [svc]
     if cfg.components:
         from ccnet.mplane.pull import ComponentPuller

@@ -151,4 +151,7 @@ def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     resource = build_resource(runtime, cfg, pool)
     runtime.register_metrics("rpc", rpc_metrics(resource, pool))
     services: list[IService] = [ThreadPoolService(pool), HandlerLifecycle(resource)]  # type: ignore[list-item]
+    from ccnet.rpc.console import console_view
+
+    runtime.console.rpc = console_view(resource, runtime.reactor.seconds)  # after the metrics' on_call
     return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())

@@ -1,0 +1,34 @@
+"""What the web console shows of the RPC services (:mod:`ccnet.console.sources`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ccnet.console.sources import CallTally, RPCView
+from ccnet.rpc.resource import RPCResource
+
+__all__ = ["console_view", "counted_names"]
+
+
+def counted_names(resource: RPCResource, service: str, method: str) -> tuple[str, str]:
+    """(service, method) as counted: ``-`` for names the services do not export, so a
+    client cannot grow the label set (or the console's table) without bound."""
+    mounted = resource.services.get(service)
+    if mounted is None:
+        return "-", "-"
+    return service, method if mounted.table.get(method) is not None else "-"
+
+
+def console_view(resource: RPCResource, clock: Callable[[], float]) -> Callable[[], RPCView]:
+    """Count calls for the web console beside ``/metrics`` (chained on ``on_call``) and
+    give the console its view: services, exported methods, calls and recent rate."""
+    tally = CallTally(clock)
+    counted = resource.on_call
+
+    def on_call(service: str, method: str, status: int, seconds: float) -> None:
+        if counted is not None:
+            counted(service, method, status, seconds)
+        tally.record(*counted_names(resource, service, method), status)
+
+    resource.on_call = on_call
+    return lambda: RPCView({name: tuple(m.table.names()) for name, m in resource.services.items()}, tally.rows())
