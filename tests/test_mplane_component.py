@@ -112,7 +112,9 @@ class ComponentWorkflowTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_results_made_while_the_supervisor_is_down_are_delivered_after_it_restarts(self) -> Any:
         yield wait_until(lambda: len(self.sup.state.capabilities) == 2, "registration")
-        receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 2s / 1s",
+        # Long enough that the supervisor is surely down before the ping ends, even on a
+        # loaded machine (with 2 s the result was sometimes delivered before the stop).
+        receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 4s / 1s",
                                                              {"destination.ip4": "127.0.0.1"}))
         yield wait_until(lambda: any(j.runs for j in self.comp.core.scheduler.jobs.values()), "the ping to start")
         yield self.sup.stop()
@@ -125,7 +127,7 @@ class ComponentWorkflowTests(unittest.TestCase):
         self.client = client_for(self.sup)
         result = yield defer.ensureDeferred(self.client.watch(receipt, timeout=20))
         self.assertEqual(result.kind, "result", result)
-        self.assertEqual(int(result.resultvalues[0][3]), 2)
+        self.assertEqual(int(result.resultvalues[0][3]), 4)
         yield wait_until(lambda: len(self.comp.top.outbox) == 0, "the outbox to drain")
         self.assertGreater(self.comp.link.registrations, registrations)
 
