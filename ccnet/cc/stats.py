@@ -94,6 +94,11 @@ class CCStats:
         cells[key] = cells.get(key, 0) + 1
         self._bytes += nbytes
 
+    @property
+    def cells(self) -> Mapping[tuple[str, str | None], int]:
+        """Messages counted since start by (outcome, type)."""
+        return self._cells
+
     def observe(self, mtype: str, seconds: float) -> None:
         lat = self.latency.get(mtype)
         if lat is None:
@@ -150,49 +155,3 @@ class CCStats:
             for t, v in self.latency.items()
         }
         return {"counters": dict(self.totals), "seconds": self.seconds, "latency": lat, "queues": dict(self.queue_depth)}
-
-    def prometheus(self, prefix: str = "ccnet_cc") -> str:
-        """Prometheus text exposition of the totals and latency histograms."""
-        lines = [f"# TYPE {prefix}_messages_total counter"]
-        totals = self.totals
-        for k, v in sorted(totals.items()):
-            parts = k.split(".")
-            if parts[0] != "count" or len(parts) == 1:
-                continue
-            outcome = parts[1]
-            mtype = ".".join(parts[3:]) if len(parts) > 3 else None
-            if mtype is None and self.per_type:
-                continue  # per-type series sum to the totals
-            label = f'outcome="{outcome}"' + (f',type="{mtype}"' if mtype else "")
-            lines.append(f"{prefix}_messages_total{{{label}}} {v}")
-        lines.append(f"# TYPE {prefix}_unanswered_total counter")
-        for mtype, n in sorted(self.unanswered.items()):
-            lines.append(f'{prefix}_unanswered_total{{type="{mtype}"}} {n}')
-        lines.append(f"# TYPE {prefix}_undelivered_total counter")
-        for name, n in sorted(self.events.items()):
-            if name.startswith("undelivered."):
-                lines.append(f'{prefix}_undelivered_total{{reason="{name[len("undelivered."):]}"}} {n}')
-        lines.append(f"# TYPE {prefix}_disconnects_total counter")
-        lines.append(f"{prefix}_disconnects_total {self.events.get('disconnected', 0)}")
-        lines.append(f"# TYPE {prefix}_read_pauses_total counter")
-        lines.append(f"{prefix}_read_pauses_total {self.events.get('read-paused', 0)}")
-        if self.gauges is not None:
-            for name, value in sorted(self.gauges().items()):
-                lines.append(f"# TYPE {prefix}_{name} gauge")
-                lines.append(f"{prefix}_{name} {value}")
-        lines.append(f"# TYPE {prefix}_bytes_total counter")
-        lines.append(f"{prefix}_bytes_total {totals.get('bytes', 0)}")
-        lines.append(f"# TYPE {prefix}_latency_seconds histogram")
-        for t, h in sorted(self.latency.items()):
-            acc = 0
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), h.buckets, strict=True):
-                acc += n
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append(f'{prefix}_latency_seconds_bucket{{type="{t}",le="{le}"}} {acc}')
-            lines.append(f'{prefix}_latency_seconds_sum{{type="{t}"}} {h.total}')
-            lines.append(f'{prefix}_latency_seconds_count{{type="{t}"}} {h.count}')
-        if self.queue_depth:
-            lines.append(f"# TYPE {prefix}_queue_depth gauge")
-            for name, depth in sorted(self.queue_depth.items()):
-                lines.append(f'{prefix}_queue_depth{{handler="{name}"}} {depth}')
-        return "\n".join(lines) + "\n"

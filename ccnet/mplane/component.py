@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import treq
+from prometheus_client.core import Metric
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -42,6 +43,7 @@ from ccnet.config import SetupError, parse_listen
 from ccnet.edge.client import ClientPolicy
 from ccnet.edge.lifecycle import IStopsFirst
 from ccnet.edge.request import request_identity
+from ccnet.metrics import counter, gauge
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
@@ -69,7 +71,7 @@ from ccnet.tls import peer_identity
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
 
-__all__ = ["ComponentCore", "ComponentService", "Outbox", "SupervisorLink", "build", "MIGRATIONS"]
+__all__ = ["ComponentCore", "ComponentMetrics", "ComponentService", "Outbox", "SupervisorLink", "build", "MIGRATIONS"]
 
 log = Logger()
 
@@ -754,35 +756,40 @@ def build(runtime: Runtime, cfg: ComponentConfig) -> Part:
         part.listeners.append(ListenerService(reactor, "component", spec, site,
                                               runtime.tls.server(False, "component"),
                                               limits=runtime.limits("component")))
-    runtime.register_metrics("mplane-component", lambda: component_metrics(top))
+    runtime.register_metrics("mplane-component", ComponentMetrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),
              probes=", ".join(p.name for p in probes))
     return part
 
 
-def component_metrics(top: ComponentService) -> str:
-    """Prometheus text: measurements by capability and outcome, jobs, outbox, link state."""
-    from ccnet.metrics import Counter, Gauge, render
+class ComponentMetrics:
+    """The component's series for ``/metrics``: measurements by capability and outcome,
+    jobs, and (with a supervisor) its outbox and link state."""
 
-    core = top.core
-    runs = Counter("ccnet_mplane_component_measurements_total",
-                   "Finished measurements by capability and outcome (result, envelope, exception).",
-                   ["capability", "outcome"])
-    for (label, kind), n in sorted(core.outcomes.items()):
-        runs.inc(label, kind, amount=n)
-    jobs = Gauge("ccnet_mplane_component_jobs", "Measurements held by the scheduler, by state.", ["state"])
-    for state in ("scheduled", "running", "done", "failed"):
-        jobs.set(sum(1 for j in core.scheduler.jobs.values() if j.state == state), state)
-    families: list[Any] = [runs, jobs]
-    link = next((s for s in top if isinstance(s, SupervisorLink)), None)
-    if link is not None and top.outbox is not None:
-        depth = Gauge("ccnet_mplane_component_outbox_depth", "Messages on disk waiting for the supervisor.")
-        depth.set(len(top.outbox))
-        up = Gauge("ccnet_mplane_component_registered", "1 while registered with the supervisor.")
-        up.set(1 if link.registered else 0)
-        sent = Counter("ccnet_mplane_component_delivered_total", "Messages the supervisor accepted.")
-        sent.inc(amount=link.delivered)
-        regs = Counter("ccnet_mplane_component_registrations_total", "Capability registrations sent.")
-        regs.inc(amount=link.registrations)
-        families += [depth, up, sent, regs]
-    return render(families)
+    def __init__(self, top: ComponentService) -> None:
+        self.top = top
+
+    def collect(self) -> list[Metric]:
+        core, top = self.top.core, self.top
+        jobs = core.scheduler.jobs.values()
+        families = [
+            counter("ccnet_mplane_component_measurements_total",
+                    "Finished measurements by capability and outcome (result, envelope, exception).",
+                    ["capability", "outcome"], core.outcomes),
+            gauge("ccnet_mplane_component_jobs", "Measurements held by the scheduler, by state.", ["state"],
+                  {(state,): sum(1 for j in jobs if j.state == state)
+                   for state in ("scheduled", "running", "done", "failed")}),
+        ]
+        link = next((s for s in top if isinstance(s, SupervisorLink)), None)
+        if link is not None and top.outbox is not None:
+            families += [
+                gauge("ccnet_mplane_component_outbox_depth", "Messages on disk waiting for the supervisor.",
+                      rows={(): len(top.outbox)}),
+                gauge("ccnet_mplane_component_registered", "1 while registered with the supervisor.",
+                      rows={(): 1 if link.registered else 0}),
+                counter("ccnet_mplane_component_delivered_total", "Messages the supervisor accepted.",
+                        rows={(): link.delivered}),
+                counter("ccnet_mplane_component_registrations_total", "Capability registrations sent.",
+                        rows={(): link.registrations}),
+            ]
+        return families
