@@ -36,9 +36,8 @@ class CCMetrics:
         if stats.gauges is not None:
             families += [gauge(f"{p}_{name}", f"CC {name.replace('_', ' ')}.", rows={(): value})
                          for name, value in sorted(stats.gauges().items())]
-        if stats.queue_depth:
-            families.append(gauge(f"{p}_queue_depth", "Messages waiting in each handler's queue.", ["handler"],
-                                  {(name,): depth for name, depth in stats.queue_depth.items()}))
+        families.append(gauge(f"{p}_queue_depth", "Messages waiting in each handler's queue.", ["handler"],
+                              {(name,): depth for name, depth in stats.queue_depth.items()}))
         return families
 
     def _messages(self) -> Metric:
