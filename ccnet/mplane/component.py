@@ -6,7 +6,7 @@ with the supervisor, long-poll it for specifications, run them under the
 Every message for the supervisor goes through an on-disk outbox (``runtime.store``)
 first, so results made while the supervisor is down — or while this daemon restarts —
 are delivered once it answers again, in order, none lost. Connection failures back off
-exponentially (``retry-min`` … ``retry-max``) and the component re-registers whenever
+exponentially with jitter (``ccnet.backoff``, ``retry-min`` … ``retry-max``) and the component re-registers whenever
 it reconnects or the supervisor answers 428.
 
 Client-initiated workflow (``listen =``): serve ``GET /capability`` and ``POST /``
@@ -39,6 +39,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from ccnet.backoff import Backoff
 from ccnet.config import SetupError, parse_listen
 from ccnet.edge.client import ClientPolicy
 from ccnet.edge.lifecycle import IStopsFirst
@@ -460,7 +461,7 @@ class SupervisorLink(service.Service):
         return msg
 
     async def _poll_forever(self) -> None:
-        backoff = self.cfg.retry_min
+        backoff = Backoff(self.cfg.retry_min, self.cfg.retry_max)
         while self.running:
             try:
                 was_registered = self.registered
@@ -481,7 +482,7 @@ class SupervisorLink(service.Service):
                 work = [self._inbound(m) for m in work if not (isinstance(m, Statement) and m.label == "callback")]
                 for item in work:
                     await self._handle(item)
-                backoff = self.cfg.retry_min
+                backoff.reset()
                 self._outage = False
                 if not work and was_registered and self.reactor.seconds() - t0 < min(1.0, wait or 1.0):
                     # An empty answer at once (long-poll off here or at the supervisor): poll every second.
@@ -497,8 +498,7 @@ class SupervisorLink(service.Service):
                      error=str(exc) or type(exc).__name__)
                 self._outage = True
                 self.registered = False
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
 
     async def _handle(self, msg: Message) -> None:
         roles = self._supervisor_roles() or frozenset()
@@ -538,7 +538,7 @@ class SupervisorLink(service.Service):
         return to_json(msg).encode()
 
     async def _send_forever(self) -> None:
-        backoff = self.cfg.retry_min
+        backoff = Backoff(self.cfg.retry_min, self.cfg.retry_max)
         while self.running:
             item = self.outbox.first()
             if item is None:
@@ -556,8 +556,7 @@ class SupervisorLink(service.Service):
                 if not self.running:
                     return
                 log.debug("mPlane result delivery failed: {error}", error=str(exc))
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
                 continue
             if code == 200 or (400 <= code < 500 and code not in (408, 425, 428, 429)):
                 if code != 200:
@@ -568,15 +567,13 @@ class SupervisorLink(service.Service):
                 except Exception as exc:
                     # Delivered but not yet forgotten: keep the loop alive and try again.
                     log.warn("mPlane component cannot drop a delivered message: {error}", error=str(exc))
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, self.cfg.retry_max)
+                    await self._sleep(backoff.next_delay())
                     continue
                 self.delivered += 1
-                backoff = self.cfg.retry_min
+                backoff.reset()
             else:
                 log.warn("mPlane supervisor answered {code} to a delivery; retrying", code=code)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
 
 
 def _outcome(body: bytes) -> dict[str, dict[str, Any]] | None:
