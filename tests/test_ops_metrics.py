@@ -116,18 +116,22 @@ class ReadyResourceTests(unittest.TestCase):
         self.assertEqual(request.responseCode, 503)
 
 
+def _rpc_and_metrics(case: unittest.TestCase) -> Any:
+    """An in-process daemon with an RPC and a metrics listener (Deferred: its service)."""
+    tmp = Path(case.mktemp()).absolute()
+    tmp.mkdir()
+    text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(test_pki())
+            + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
+            + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
+    return start_service(case, text, tmp)
+
+
 class InProcessReadyTests(unittest.TestCase):
     """make_service wires /ready to the real listeners and store."""
 
     @defer.inlineCallbacks
     def test_ready_turns_503_when_a_listener_stops_and_when_the_store_closes(self) -> Any:
-        pki = test_pki()
-        tmp = Path(self.mktemp()).absolute()
-        tmp.mkdir()
-        text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(pki)
-                + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
-                + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
-        service = yield start_service(self, text, tmp)
+        service = yield _rpc_and_metrics(self)
         url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/ready"
         first = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual(first.status_code, 200)
@@ -138,16 +142,9 @@ class InProcessReadyTests(unittest.TestCase):
         third = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual((third.status_code, third.json()["store"]), (503, False))
 
-
     @defer.inlineCallbacks
     def test_metrics_speak_openmetrics_when_asked_gzip_and_carry_readiness(self) -> Any:
-        pki = test_pki()
-        tmp = Path(self.mktemp()).absolute()
-        tmp.mkdir()
-        text = (f"[ccnet]\nstate-dir = {tmp}\n" + tls_section(pki)
-                + "[rpc]\nlisten = ssl:0:interface=127.0.0.1\n"
-                + "[metrics]\nlisten = tcp:0:interface=127.0.0.1\n")
-        service = yield start_service(self, text, tmp)
+        service = yield _rpc_and_metrics(self)
         url = f"http://127.0.0.1:{service.listeners['metrics'].address.port}/metrics"
         plain = yield deferToThread(requests.get, url, timeout=10)
         self.assertEqual(plain.headers["content-type"], "text/plain; version=0.0.4; charset=utf-8")

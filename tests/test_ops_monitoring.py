@@ -127,8 +127,16 @@ class LivePrometheusTests(unittest.TestCase):
         self.addCleanup(daemon.stop)
         target = f"127.0.0.1:{ports['metrics']}"
 
+        # The component has registered with its supervisor (else CCNetMPlaneSupervisorLost
+        # would rightly be pending below).
+        deadline = time.monotonic() + 30
+        while "\nccnet_mplane_component_registered 1.0\n" not in (
+                exposition := requests.get(f"http://{target}/metrics", timeout=10).text):
+            self.assertLess(time.monotonic(), deadline, daemon.log()[-3000:])
+            time.sleep(0.2)
+
         # Every metric the rules and the dashboard name is exposed by the daemon.
-        exposed = exposed_names(requests.get(f"http://{target}/metrics", timeout=10).text)
+        exposed = exposed_names(exposition)
         named = set(METRIC_NAME.findall(RULES.read_text()))
         named |= {n for expr in dashboard_expressions() for n in METRIC_NAME.findall(expr)}
         self.assertGreater(len(named), 30)
