@@ -17,8 +17,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # System tools the tests use (ping and rrdtool for the mPlane probes, openssl for CMS interop,
-# systemd tools for unit checks and socket activation, prometheus + promtool for the shipped
-# monitoring config). Installed when missing, as root.
+# systemd tools for unit checks and socket activation). Installed when missing, as root.
 deps:
 	@bash scripts/system-deps.sh
 
