@@ -438,15 +438,13 @@ def edge_metrics(factories: dict[str, EdgeFactory]) -> list[Any]:
     """Prometheus families: connections refused at accept and closed by the edge, per listener."""
     from ccnet.metrics import counter
 
-    def rows(attr: str) -> dict[tuple[object, ...], float]:
-        return {(name, reason): n for name, factory in factories.items()
-                for reason, n in getattr(factory, attr).items()}
-
+    refused = {(name, reason): n for name, f in factories.items() for reason, n in f.refused.items()}
+    closed = {(name, reason): n for name, f in factories.items() for reason, n in f.closed.items()}
     return [
         counter("ccnet_listener_refused_total",
                 "Connections refused at accept (max-connections, max-connections-per-peer).",
-                ["listener", "reason"], rows("refused")),
+                ["listener", "reason"], refused),
         counter("ccnet_listener_closed_total",
                 "Connections the listener closed (head-timeout, slow-body, write-stall, revoked).",
-                ["listener", "reason"], rows("closed")),
+                ["listener", "reason"], closed),
     ]
