@@ -14,6 +14,8 @@ command -v swig >/dev/null 2>&1 || need+=(swig)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v certutil >/dev/null 2>&1 || need+=(libnss3-tools)
 command -v pk12util >/dev/null 2>&1 || need+=(libnss3-tools)
+# prometheus + promtool: the shipped monitoring config (tests/test_ops_monitoring.py)
+{ command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
     echo "system-deps: missing ${need[*]} (install them; tests needing them will skip)" >&2

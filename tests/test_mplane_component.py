@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from ccnet.mplane.client import MPlaneError
-from ccnet.mplane.component import component_metrics
+from ccnet.mplane.component import ComponentMetrics
 from ccnet.mplane.model import Envelope, Statement, When
 from tests.test_mplane_component_support import Component, client_for, wait_until
 from tests.test_mplane_support import Supervisor
@@ -57,7 +58,7 @@ class ComponentWorkflowTests(unittest.TestCase):
         self.assertEqual(count, 2)
         self.assertTrue(0 < mn <= mean <= mx < 1_000_000, row)
         yield wait_until(lambda: len(self.comp.top.outbox) == 0, "the outbox to drain")
-        text = component_metrics(self.comp.top)
+        text = generate_latest(ComponentMetrics(self.comp.top)).decode()
         self.assertIn('ccnet_mplane_component_measurements_total{capability="ping-average-ip4",outcome="result"} 1',
                       text)
         self.assertIn("ccnet_mplane_component_outbox_depth 0", text)

@@ -37,6 +37,7 @@ from ccnet.cc.message import (
     parse,
     wants_replies,
 )
+from ccnet.cc.metrics import CCMetrics
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 from ccnet.edge.lifecycle import IListening
@@ -446,7 +447,7 @@ def _with_tls_crl(cms: Any, runtime: Runtime | None) -> Any:
 def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     """Entry point for ccnet.service: the CC proxy (its routes re-read on SIGHUP)."""
     server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
-    runtime.register_metrics("cc", server.stats.prometheus)
+    runtime.register_metrics("cc", CCMetrics(server.stats))
 
     def reload_routes() -> None:
         from ccnet.cc.config import parse as parse_cc

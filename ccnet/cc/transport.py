@@ -41,6 +41,9 @@ SEND_RETRY = 0.02
 #: How often the socket looks for input the reactor was not told about (see
 #: :meth:`ZmqSocket._look_for_input`).
 EDGE_WATCH = 1.0
+#: A peer that is down is reconnected to with libzmq's own back-off (doubling from its
+#: 100 ms with random jitter) up to this many milliseconds, not every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 5000
 
 #: Drop callback: (frames, reason).
 OnDropped = Callable[[list[bytes], str], None]
@@ -103,6 +106,7 @@ class ZmqSocket(ZmqConnection):
             s.set(zmq.TCP_KEEPALIVE_IDLE, opts.tcp_keepalive_idle)
             s.set(zmq.TCP_KEEPALIVE_CNT, opts.tcp_keepalive_cnt)
         s.set(zmq.LINGER, opts.linger)
+        s.set(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         if immediate:
             # Queue only on live connections, so "remote down" shows as EAGAIN
             # and our own bounded queue decides what to drop.

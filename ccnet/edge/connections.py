@@ -436,17 +436,15 @@ def edge_request(request_class: type[Request]) -> type[Request]:
 
 def edge_metrics(factories: dict[str, EdgeFactory]) -> list[Any]:
     """Prometheus families: connections refused at accept and closed by the edge, per listener."""
-    from ccnet.metrics import Counter
+    from ccnet.metrics import counter
 
-    refused = Counter("ccnet_listener_refused_total",
-                      "Connections refused at accept (max-connections, max-connections-per-peer).",
-                      ["listener", "reason"])
-    closed = Counter("ccnet_listener_closed_total",
-                     "Connections the listener closed (head-timeout, slow-body, write-stall, revoked).",
-                     ["listener", "reason"])
-    for name, factory in sorted(factories.items()):
-        for reason, n in sorted(factory.refused.items()):
-            refused.inc(name, reason, amount=n)
-        for reason, n in sorted(factory.closed.items()):
-            closed.inc(name, reason, amount=n)
-    return [refused, closed]
+    refused = {(name, reason): n for name, f in factories.items() for reason, n in f.refused.items()}
+    closed = {(name, reason): n for name, f in factories.items() for reason, n in f.closed.items()}
+    return [
+        counter("ccnet_listener_refused_total",
+                "Connections refused at accept (max-connections, max-connections-per-peer).",
+                ["listener", "reason"], refused),
+        counter("ccnet_listener_closed_total",
+                "Connections the listener closed (head-timeout, slow-body, write-stall, revoked).",
+                ["listener", "reason"], closed),
+    ]

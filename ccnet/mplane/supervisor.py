@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
+from prometheus_client.core import Metric
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.internet.interfaces import IReactorTime
@@ -33,6 +34,7 @@ from twisted.web.server import Request
 from ccnet.config import SetupError
 from ccnet.edge.request import request_identity
 from ccnet.edge.shim import request_disconnected
+from ccnet.metrics import counter, gauge
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.dialect import (
@@ -64,7 +66,7 @@ from ccnet.store import StoreError
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
 
-__all__ = ["build", "SupervisorResource", "SupervisorService"]
+__all__ = ["build", "SupervisorMetrics", "SupervisorResource", "SupervisorService"]
 
 log = Logger()
 
@@ -570,7 +572,7 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
         log.info("mPlane authorization reloaded: {summary}", summary=dict(state.policy.summary()))
 
     runtime.on_reload(reload_policy)
-    runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
+    runtime.register_metrics("mplane", SupervisorMetrics(state))
     resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
     from ccnet.console.resource import ConsoleResource  # it builds on this module's resource
 
@@ -587,21 +589,27 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     return Part(services=services, resource=resource, max_body=MAX_BODY)
 
 
-def supervisor_metrics(state: SupervisorState) -> str:
-    """Prometheus text for the supervisor: events by capability, queues, sizes."""
-    from ccnet.metrics import Counter, Gauge, render
+class SupervisorMetrics:
+    """The supervisor's series for ``/metrics``, read from its state at scrape time:
+    events by capability, queues, sizes, when each component was last heard from."""
 
-    events = Counter("ccnet_mplane_events_total",
-                     "Registrations, specifications, results and exceptions by capability.",
-                     ["event", "capability"])
-    for (event, label), n in sorted(state.by_capability.items()):
-        events.inc(event, label, amount=n)
-    denied = Counter("ccnet_mplane_denied_total", "Specifications refused (no capability visible).")
-    denied.inc(amount=state.counters.get("denied", 0))
-    queued = Gauge("ccnet_mplane_queue_depth", "Specifications not yet handed to the component.",
-                   ["component"], source=lambda: [((c,), n) for c, n in state.queue_depths().items()])
-    sizes = Gauge("ccnet_mplane_objects", "Components, capabilities and measurements held.", ["kind"])
-    sizes.set(len(state.components), "components")
-    sizes.set(len(state.capabilities), "capabilities")
-    sizes.set(len(state.measurements), "measurements")
-    return render([events, denied, queued, sizes])
+    def __init__(self, state: SupervisorState) -> None:
+        self.state = state
+
+    def collect(self) -> list[Metric]:
+        state = self.state
+        return [
+            counter("ccnet_mplane_events_total",
+                    "Registrations, specifications, results and exceptions by capability.",
+                    ["event", "capability"], state.by_capability),
+            counter("ccnet_mplane_denied_total", "Specifications refused (no capability visible).",
+                    rows={(): state.counters.get("denied", 0)}),
+            gauge("ccnet_mplane_queue_depth", "Specifications not yet handed to the component.",
+                  ["component"], {(c,): n for c, n in state.queue_depths().items()}),
+            gauge("ccnet_mplane_objects", "Components, capabilities and measurements held.", ["kind"],
+                  {("components",): len(state.components), ("capabilities",): len(state.capabilities),
+                   ("measurements",): len(state.measurements)}),
+            gauge("ccnet_mplane_component_last_seen_timestamp_seconds",
+                  "When each component last registered or polled (seconds since the epoch).",
+                  ["component"], {(c.identity,): c.last_seen for c in state.components.values()}),
+        ]

@@ -32,6 +32,7 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
+from ccnet.backoff import Backoff
 from ccnet.mplane.probes import ProbeError, ProbeRun, in_thread
 from ccnet.reactors import IReactor
 
@@ -127,7 +128,9 @@ class LogStreamer:
     tls_options: Callable[[str], Any] | None = None
     poll: float = 1.0
     chunk: int = 1 << 20
+    #: Reconnect back-off (``ccnet.backoff``): first step and upper bound, seconds.
     retry: float = 2.0
+    retry_max: float = 30.0
     sent_lines: int = 0
     _sink: Any = field(default=None, repr=False)
     _path: Path | None = field(default=None, repr=False)
@@ -215,12 +218,15 @@ class LogStreamer:
             raise ProbeError(f"no {self.log_type} in a <time>.out folder of {self.folder}")
         header = await in_thread(self.reactor, self._start_file, first)
         sleeper = _Sleeper(self.reactor, interrupted)
+        reconnect = Backoff(self.retry, self.retry_max)
         try:
             while not interrupted.called:
                 header = await self._step(header)
                 if interrupted.called:
                     break
-                await sleeper.sleep(self.poll if self._sink is not None else self.retry)
+                if self._sink is not None:
+                    reconnect.reset()
+                await sleeper.sleep(self.poll if self._sink is not None else reconnect.next_delay())
             if self._sink is not None:
                 await self._step(header)  # what was logged up to the end of the window
         finally:
