@@ -7,16 +7,7 @@ from collections.abc import Callable
 from ccnet.console.sources import CallTally, RPCView
 from ccnet.rpc.resource import RPCResource
 
-__all__ = ["console_view", "counted_names"]
-
-
-def counted_names(resource: RPCResource, service: str, method: str) -> tuple[str, str]:
-    """(service, method) as counted: ``-`` for names the services do not export, so a
-    client cannot grow the label set (or the console's table) without bound."""
-    mounted = resource.services.get(service)
-    if mounted is None:
-        return "-", "-"
-    return service, method if mounted.table.get(method) is not None else "-"
+__all__ = ["console_view"]
 
 
 def console_view(resource: RPCResource, clock: Callable[[], float]) -> Callable[[], RPCView]:
@@ -28,7 +19,7 @@ def console_view(resource: RPCResource, clock: Callable[[], float]) -> Callable[
     def on_call(service: str, method: str, status: int, seconds: float) -> None:
         if counted is not None:
             counted(service, method, status, seconds)
-        tally.record(*counted_names(resource, service, method), status)
+        tally.record(*resource.counted_names(service, method), status)
 
     resource.on_call = on_call
     return lambda: RPCView({name: tuple(m.table.names()) for name, m in resource.services.items()}, tally.rows())

@@ -179,6 +179,14 @@ class RPCResource(Resource):
     def render(self, request: server.Request) -> bytes | int:
         return self._leaf.render(request)
 
+    def counted_names(self, service: str, method: str) -> tuple[str, str]:
+        """(service, method) as metrics and the console count them: ``-`` for names the
+        services do not export, so a client cannot grow a label set without bound."""
+        mounted = self.services.get(service)
+        if mounted is None:
+            return "-", "-"
+        return service, method if mounted.table.get(method) is not None else "-"
+
     # -- helpers used by the leaf ----------------------------------------------------
     def identity(self, request: server.Request) -> Identity | None:
         peer = request_identity(request)

@@ -73,8 +73,7 @@ class HandlerLifecycle(Service):
 def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> list[Collector]:
     """Count calls by service/method/status and time them; the collectors for ``/metrics``.
 
-    Methods are counted under the name the client sent only when the service exports
-    it, so a client cannot grow the label set without bound.
+    Names are counted as :meth:`RPCResource.counted_names` gives them.
     """
     calls = Counter("ccnet_rpc_calls_total", "RPC calls by service, method and HTTP status.",
                     ["service", "method", "status"], registry=None)
@@ -86,11 +85,7 @@ def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> list[Collector]:
     busy.set_function(lambda: len(pool.working))
 
     def on_call(service: str, method: str, status: int, seconds: float) -> None:
-        mounted = resource.services.get(service)
-        if mounted is None:
-            service, method = "-", "-"
-        elif mounted.table.get(method) is None:
-            method = "-"
+        service, method = resource.counted_names(service, method)
         calls.labels(service, method, str(status)).inc()
         latency.labels(service, method).observe(seconds)
 
