@@ -263,6 +263,19 @@ class ConsoleTests(SupervisorTestBase):
         self.assertEqual(self.sup.state.measurements, {})
 
     @defer.inlineCallbacks
+    def test_a_form_field_name_that_is_not_utf8_is_a_400_not_a_crash(self) -> Any:
+        yield self.start()
+        yield self.register()
+        token, key = yield self.csrf_and_key()
+        body = self.form(cap=key, csrf=token, when="now + 1s / 1s") + b"&param%3A%FF=1"
+        code, _, raw = yield self.admin.request("POST", "console/run", body, FORM, headers=self.origin())
+        self.assertEqual(code, 400, raw)
+        self.assertIn(b"class=\"problem\"", raw)
+        self.assertEqual(self.sup.state.measurements, {})
+        code, _ = yield self.page("console/")
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
     def test_cross_site_posts_and_wrong_tokens_are_refused(self) -> Any:
         yield self.start()
         yield self.register()

@@ -244,7 +244,7 @@ class ConsoleResource(Resource):
         self.check_same_origin(request, peer)
         cap = self._capability(self.arg(request, "cap"))
         when = self.arg(request, "when").strip() or first_period(cap.statement)
-        given = {k.decode()[len("param:"):]: v[0].decode("utf-8", "replace").strip()
+        given = {k.decode("utf-8", "replace")[len("param:"):]: v[0].decode("utf-8", "replace").strip()
                  for k, v in self.args(request).items() if k.startswith(b"param:") and v}
         params = {k: v for k, v in given.items() if v}
         # The shell's checks (scope within the capability's, values within constraints),
