@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from ccnet.console import views
-from ccnet.console.chart import result_rows, series_of, svg_chart
+from ccnet.console.chart import MAX_POINTS, Series, result_rows, series_of, svg_chart
 from ccnet.console.sources import CallTally
 from ccnet.mplane.dialect import Dialect
 from ccnet.mplane.model import Statement, When, from_dict
@@ -92,6 +92,18 @@ class ViewTests(unittest.TestCase):
         self.assertIn("<svg", svg[:200])
         self.assertIn("delay.twoway.icmp.us", svg)
         self.assertNotIn(SCRIPT, svg)
+
+    def test_a_chart_draws_a_bounded_number_of_points_whatever_the_columns_and_rows(self) -> None:
+        # A component chooses its result columns (tstat has dozens) and rows: the chart's
+        # points (and the time to draw them) must not grow with both.
+        start = datetime(2026, 11, 28, 10, tzinfo=UTC).timestamp()
+        series = Series("time", {f"column{i}": [(datetime.fromtimestamp(start + k, UTC), float(k))
+                                                 for k in range(MAX_POINTS + 500)] for i in range(8)})
+        svg = svg_chart(series, "many columns")
+        drawn = svg.count("<circle")
+        self.assertLessEqual(drawn, MAX_POINTS)
+        self.assertGreaterEqual(drawn, MAX_POINTS // 2)  # thinned, not emptied
+        self.assertIn("column7", svg)
 
     def test_averages_without_a_time_column_are_no_series(self) -> None:
         avg = Statement("result", results=["delay.twoway.icmp.us.mean"], resultvalues=[["45"]])

@@ -19,6 +19,7 @@ from typing import Any, cast
 from urllib.parse import urlencode
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.web import server
 from twisted.web.resource import Resource
@@ -226,8 +227,9 @@ class ConsoleResource(Resource):
         series = series_of(*result_rows(m.reply))
         if series is None:
             raise _Reply(404, "This measurement has no series to chart")
+        svg = await deferToThread(svg_chart, series, f"{m.spec.label} on {m.component}")
         request.setHeader(b"content-type", b"image/svg+xml")
-        return svg_chart(series, f"{m.spec.label} on {m.component}").encode("utf-8")
+        return svg.encode("utf-8")
 
     def _capability(self, key: str) -> Any:
         cap = self.state.capabilities.get(key)
