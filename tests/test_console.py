@@ -259,6 +259,48 @@ class ConsoleTests(SupervisorTestBase):
         self.assertEqual(self.sup.state.components[self.component.identity].dialect, Dialect.SDK)
 
     @defer.inlineCallbacks
+    def test_a_result_with_infinite_or_huge_values_charts_what_it_can_and_never_fails(self) -> Any:
+        yield self.start()
+        detail = {**PING_CAP, "label": "ping-detail-ip4",
+                  "results": ["time", "delay.twoway.icmp.us", "delay.twoway.icmp.us.mean"]}
+        yield self.register(None, detail)
+        token, key = yield self.csrf_and_key("ping-detail-ip4")
+        ids = []
+        for n in range(2):
+            code, _, raw = yield self.admin.request("POST", "console/run", self.form(
+                cap=key, csrf=token, when=f"now + {n + 1}s / 1s", **{"param:destination.ip4": "127.0.0.1"}),
+                FORM, headers=self.origin(), allow_redirects=False)
+            self.assertEqual(code, 303, raw)
+            ids.append(parse_qs(urlparse(self.admin.last_headers.getRawHeaders("location")[0]).query)["id"][0])
+        work = yield self.poll()
+        specs = [s for s in work.contents if s.label == "ping-detail-ip4"]
+        self.assertEqual(len(specs), 2)
+        rows = [[["2026-11-28 10:00:00.000000", "10", "1.5"], ["2026-11-28 10:00:01.000000", "20", "inf"],
+                 ["2026-11-28 10:00:02.000000", "30", "nan"]],
+                [["2026-11-28 10:00:00.000000", "10", "1e308"], ["2026-11-28 10:00:01.000000", "20", "-1e308"]]]
+        for spec, values in zip(specs, rows, strict=True):
+            result = spec.derive("result", when=When.parse("2026-11-28 10:00:00 ... 2026-11-28 10:00:02"))
+            code, _, raw = yield self.component.request(
+                "POST", "register/result", from_dict({**result.to_dict(), "resultvalues": values}))
+            self.assertEqual(code, 200, raw)
+        by_token = {self.sup.state.measurements[i].spec.when: i for i in ids}
+        charts = []
+        for spec in specs:
+            code, ctype, body = yield self.admin.request("GET", f"console/chart.svg?id={by_token[spec.when]}")
+            self.assertNotEqual(code, 500, body)
+            charts.append((code, body.decode()))
+        (code, svg), (huge_code, _) = charts
+        # Infinite and NaN values are left out of the line; the finite points are drawn.
+        self.assertEqual(code, 200)
+        self.assertEqual(svg.count("<circle"), 4)
+        self.assertNotIn('="nan"', svg.lower())
+        # Values whose range overflows cannot be drawn: a clear 404, not an internal error.
+        self.assertEqual(huge_code, 404)
+        for i in ids:
+            code, _ = yield self.page(f"console/measurement?id={i}")
+            self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
     def test_run_form_is_validated_like_the_shell(self) -> Any:
         yield self.start()
         yield self.register()

@@ -9,6 +9,7 @@ embeds a small configuration ``<script>`` in its SVG: the console serves the cha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -82,7 +83,9 @@ def series_of(columns: list[str], rows: list[list[Any]]) -> Series | None:
         if name in TIME_COLUMNS:
             continue
         values = [_number(r[ci]) if ci < len(r) else None for r in rows]
-        points = [(t, v) for t, v in zip(times, values, strict=True) if t is not None and v is not None]
+        # inf and nan are numbers, but no point on a chart.
+        points = [(t, v) for t, v in zip(times, values, strict=True)
+                  if t is not None and v is not None and math.isfinite(v)]
         # A column is numeric when every value it has is a number (addresses are not).
         if points and all(v is not None for v in values):
             lines[name] = points

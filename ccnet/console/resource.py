@@ -227,7 +227,11 @@ class ConsoleResource(Resource):
         series = series_of(*result_rows(m.reply))
         if series is None:
             raise _Reply(404, "This measurement has no series to chart")
-        svg = await deferToThread(svg_chart, series, f"{m.spec.label} on {m.component}")
+        try:
+            svg = await deferToThread(svg_chart, series, f"{m.spec.label} on {m.component}")
+        except (OverflowError, ValueError) as exc:  # pygal on values whose range overflows a float
+            log.warn("console: cannot chart measurement {id}: {error}", id=m.id, error=str(exc))
+            raise _Reply(404, "The values of this measurement cannot be drawn (out of range)") from None
         request.setHeader(b"content-type", b"image/svg+xml")
         return svg.encode("utf-8")
 
