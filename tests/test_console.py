@@ -309,6 +309,9 @@ class ConsoleTests(SupervisorTestBase):
             ({"when": "now + 1s / 1s"}, "parameter destination.ip4 needs a value"),
             ({"when": "tomorrow", "param:destination.ip4": "127.0.0.1"}, "is not an mPlane time"),
             ({"when": "now + 1s / 1s", "param:destination.ip4": "not-an-address"}, "not-an-address"),
+            ({"when": "now + 99999999999999d", "param:destination.ip4": "127.0.0.1"}, "is not an mPlane duration"),
+            ({"when": "2026-11-28 10:00:00 ... 2026-11-28 10:00:01 / 99999999999999999s",
+              "param:destination.ip4": "127.0.0.1"}, "is not an mPlane duration"),
         ]:
             code, _, raw = yield self.admin.request("POST", "console/run", self.form(cap=key, csrf=token, **fields),
                                                     FORM, headers=self.origin())
