@@ -149,8 +149,11 @@ class ConfigurationServer(RPCService):
         return S_OK(new.version)
 
     async def export_publishSlaveServer(self, sURL: str) -> dict[str, Any]:  # noqa: N803
-        if not sURL.startswith("https://"):
-            return S_ERROR(f"not an https:// URL: {sURL}")
+        try:
+            core.worker_url(sURL)
+        except ValueError as exc:
+            self.log.warn("publishSlaveServer from {who} refused: {error}", who=self.getUserName(), error=exc)
+            return S_ERROR(str(exc))
         try:
             await self.state.publish(sURL)
         except ReadOnly as exc:
