@@ -13,7 +13,7 @@ from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from ccnet.console import views
-from ccnet.console.chart import result_rows, series_of, svg_chart
+from ccnet.console.chart import MAX_POINTS, Series, result_rows, series_of, svg_chart
 from ccnet.console.sources import CallTally
 from ccnet.mplane.dialect import Dialect
 from ccnet.mplane.model import Statement, When, from_dict
@@ -92,6 +92,18 @@ class ViewTests(unittest.TestCase):
         self.assertIn("<svg", svg[:200])
         self.assertIn("delay.twoway.icmp.us", svg)
         self.assertNotIn(SCRIPT, svg)
+
+    def test_a_chart_draws_a_bounded_number_of_points_whatever_the_columns_and_rows(self) -> None:
+        # A component chooses its result columns (tstat has dozens) and rows: the chart's
+        # points (and the time to draw them) must not grow with both.
+        start = datetime(2026, 11, 28, 10, tzinfo=UTC).timestamp()
+        series = Series("time", {f"column{i}": [(datetime.fromtimestamp(start + k, UTC), float(k))
+                                                 for k in range(MAX_POINTS + 500)] for i in range(8)})
+        svg = svg_chart(series, "many columns")
+        drawn = svg.count("<circle")
+        self.assertLessEqual(drawn, MAX_POINTS)
+        self.assertGreaterEqual(drawn, MAX_POINTS // 2)  # thinned, not emptied
+        self.assertIn("column7", svg)
 
     def test_averages_without_a_time_column_are_no_series(self) -> None:
         avg = Statement("result", results=["delay.twoway.icmp.us.mean"], resultvalues=[["45"]])
@@ -247,6 +259,48 @@ class ConsoleTests(SupervisorTestBase):
         self.assertEqual(self.sup.state.components[self.component.identity].dialect, Dialect.SDK)
 
     @defer.inlineCallbacks
+    def test_a_result_with_infinite_or_huge_values_charts_what_it_can_and_never_fails(self) -> Any:
+        yield self.start()
+        detail = {**PING_CAP, "label": "ping-detail-ip4",
+                  "results": ["time", "delay.twoway.icmp.us", "delay.twoway.icmp.us.mean"]}
+        yield self.register(None, detail)
+        token, key = yield self.csrf_and_key("ping-detail-ip4")
+        ids = []
+        for n in range(2):
+            code, _, raw = yield self.admin.request("POST", "console/run", self.form(
+                cap=key, csrf=token, when=f"now + {n + 1}s / 1s", **{"param:destination.ip4": "127.0.0.1"}),
+                FORM, headers=self.origin(), allow_redirects=False)
+            self.assertEqual(code, 303, raw)
+            ids.append(parse_qs(urlparse(self.admin.last_headers.getRawHeaders("location")[0]).query)["id"][0])
+        work = yield self.poll()
+        specs = [s for s in work.contents if s.label == "ping-detail-ip4"]
+        self.assertEqual(len(specs), 2)
+        rows = [[["2026-11-28 10:00:00.000000", "10", "1.5"], ["2026-11-28 10:00:01.000000", "20", "inf"],
+                 ["2026-11-28 10:00:02.000000", "30", "nan"]],
+                [["2026-11-28 10:00:00.000000", "10", "1e308"], ["2026-11-28 10:00:01.000000", "20", "-1e308"]]]
+        for spec, values in zip(specs, rows, strict=True):
+            result = spec.derive("result", when=When.parse("2026-11-28 10:00:00 ... 2026-11-28 10:00:02"))
+            code, _, raw = yield self.component.request(
+                "POST", "register/result", from_dict({**result.to_dict(), "resultvalues": values}))
+            self.assertEqual(code, 200, raw)
+        by_token = {self.sup.state.measurements[i].spec.when: i for i in ids}
+        charts = []
+        for spec in specs:
+            code, ctype, body = yield self.admin.request("GET", f"console/chart.svg?id={by_token[spec.when]}")
+            self.assertNotEqual(code, 500, body)
+            charts.append((code, body.decode()))
+        (code, svg), (huge_code, _) = charts
+        # Infinite and NaN values are left out of the line; the finite points are drawn.
+        self.assertEqual(code, 200)
+        self.assertEqual(svg.count("<circle"), 4)
+        self.assertNotIn('="nan"', svg.lower())
+        # Values whose range overflows cannot be drawn: a clear 404, not an internal error.
+        self.assertEqual(huge_code, 404)
+        for i in ids:
+            code, _ = yield self.page(f"console/measurement?id={i}")
+            self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
     def test_run_form_is_validated_like_the_shell(self) -> Any:
         yield self.start()
         yield self.register()
@@ -255,12 +309,28 @@ class ConsoleTests(SupervisorTestBase):
             ({"when": "now + 1s / 1s"}, "parameter destination.ip4 needs a value"),
             ({"when": "tomorrow", "param:destination.ip4": "127.0.0.1"}, "is not an mPlane time"),
             ({"when": "now + 1s / 1s", "param:destination.ip4": "not-an-address"}, "not-an-address"),
+            ({"when": "now + 99999999999999d", "param:destination.ip4": "127.0.0.1"}, "is not an mPlane duration"),
+            ({"when": "2026-11-28 10:00:00 ... 2026-11-28 10:00:01 / 99999999999999999s",
+              "param:destination.ip4": "127.0.0.1"}, "is not an mPlane duration"),
         ]:
             code, _, raw = yield self.admin.request("POST", "console/run", self.form(cap=key, csrf=token, **fields),
                                                     FORM, headers=self.origin())
             self.assertEqual(code, 400, raw)
             self.assertIn(problem, raw.decode(), fields)
         self.assertEqual(self.sup.state.measurements, {})
+
+    @defer.inlineCallbacks
+    def test_a_form_field_name_that_is_not_utf8_is_a_400_not_a_crash(self) -> Any:
+        yield self.start()
+        yield self.register()
+        token, key = yield self.csrf_and_key()
+        body = self.form(cap=key, csrf=token, when="now + 1s / 1s") + b"&param%3A%FF=1"
+        code, _, raw = yield self.admin.request("POST", "console/run", body, FORM, headers=self.origin())
+        self.assertEqual(code, 400, raw)
+        self.assertIn(b"class=\"problem\"", raw)
+        self.assertEqual(self.sup.state.measurements, {})
+        code, _ = yield self.page("console/")
+        self.assertEqual(code, 200)
 
     @defer.inlineCallbacks
     def test_cross_site_posts_and_wrong_tokens_are_refused(self) -> Any:

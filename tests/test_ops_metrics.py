@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import zmq
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 from twisted.web.test.requesthelper import DummyRequest
 
+from ccnet.cc.message import make_message, parse
+from ccnet.cc.stats import MAX_TYPES, OTHER_TYPE
 from ccnet.metrics import PartMetrics, ReadyResource, counter, gauge
 from tests.support import start_service, test_pki, tls_section
 from tests.test_ops_support import SPEC, OpsDaemon, tls_get
@@ -239,3 +242,49 @@ class DaemonMetricsTests(unittest.TestCase):
         ready = yield deferToThread(requests.get, d.url("metrics", "/ready"), timeout=10)
         self.assertEqual((ready.status_code, ready.json()),
                          (200, {"ready": True, "store": True, "parts": {"mplane-supervisor": True}}))
+
+
+class CCTypeCardinalityTests(unittest.TestCase):
+    """A CC peer chooses its message types: the series and the counters it can make are bounded."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_peer_sending_ever_new_types_cannot_grow_the_series_without_bound(self) -> Any:
+        pki = test_pki()
+        d = OpsDaemon(pki, Path(self.mktemp()).absolute())
+        self.addCleanup(d.stop)
+        sent = MAX_TYPES + 50
+
+        def flood() -> str:
+            ctx = zmq.Context()
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            try:
+                sock.connect(d.cc_endpoint)
+
+                def echo() -> None:
+                    # The ROUTER reads one peer's messages in order: once the echo is
+                    # answered, every message sent before it has been counted.
+                    sock.send_multipart(make_message("echo.request", {"target": d.cc_endpoint, "ack": True}).frames())
+                    assert sock.poll(10_000), "no echo reply"
+                    assert getattr(parse([b"server", *sock.recv_multipart()]), "type", None) == "echo.response"
+
+                echo()
+                for n in range(sent):  # no route for any of them: each is dropped
+                    sock.send_multipart(make_message(f"flood.t{n}", {}).frames())
+                echo()
+            finally:
+                sock.close(0)
+                ctx.term()
+            return d.metrics()
+
+        text = yield deferToThread(flood)
+        dropped = [line for line in text.splitlines()
+                   if line.startswith('ccnet_cc_messages_total{outcome="dropped"')]
+        # MAX_TYPES distinct types in all (echo.request, seen first, is one of them), the
+        # rest under one label; echo.request keeps its own.
+        self.assertEqual(len(dropped), MAX_TYPES)
+        self.assertIn(f'ccnet_cc_messages_total{{outcome="dropped",type="{OTHER_TYPE}"}} 51.0', text)
+        self.assertIn('ccnet_cc_messages_total{outcome="ok",type="echo.request"} 2.0', text)
+        self.assertEqual(sum(float(line.rsplit(" ", 1)[1]) for line in dropped), sent)

@@ -359,6 +359,20 @@ class CSDaemonMixin:
         check.assertTrue((await host.publishSlaveServer(f"https://localhost:{free_port()}/{CS}"))["OK"])
         check.assertEqual((await host.getVersion())["Value"], version)
 
+    async def test_a_malformed_worker_url_is_refused_and_changes_nothing(self) -> None:
+        check: Any = self
+        _, url, _ = await self.start_cs()
+        host = self.client(url, "server")
+        version = (await host.getVersion())["Value"]
+        for bad in ("https://", "https://localhost:99999/Configuration/Server", "https://[::1/Configuration/Server",
+                    "https://local host/Configuration/Server", "http://localhost:1/Configuration/Server",
+                    # Two URLs in one: the ping would try the first, Servers would list both.
+                    f"{url}, https://elsewhere.example/Configuration/Server"):
+            reply = await host.publishSlaveServer(bad)
+            check.assertFalse(reply["OK"], bad)
+            check.assertIn("worker URL", reply["Message"], bad)
+        check.assertEqual((await host.getVersion())["Value"], version)
+
     async def test_a_silent_worker_leaves_servers_after_the_grace_time(self) -> None:
         check: Any = self
         master_url, worker_service, worker_url, _ = await self.start_master_and_worker(

@@ -14,6 +14,9 @@ Events that are not a message's outcome are counted apart (``events``):
 ``peer-gone``, ``peer-queue-full``, ``queue-bytes-full``, ``closing``),
 ``disconnected`` (ZMQ closed a peer connection) and ``read-paused`` (the ROUTER
 stopped reading because handlers held ``max-pending-bytes``).
+
+Peers choose the types they send: the first ``MAX_TYPES`` distinct types are counted
+apart, any later new one under ``OTHER_TYPE`` (bounded memory, bounded metric series).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CCStats", "LATENCY_BUCKETS", "OUTCOMES"]
+__all__ = ["CCStats", "LATENCY_BUCKETS", "MAX_TYPES", "OTHER_TYPE", "OUTCOMES"]
 
 OUTCOMES = ("ok", "dropped", "crashed", "error", "invalid")
 #: Histogram bucket upper bounds, seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Distinct message types counted apart; a peer picks the types it sends, so any type first
+#: seen once this many are known is counted under OTHER_TYPE (bounded memory and series).
+MAX_TYPES = 200
+OTHER_TYPE = "(other)"  # not a valid CC type (valid_type), so it never names a real one
 
 
 @dataclass
@@ -63,8 +70,10 @@ class CCStats:
     names are derived when someone reads them.
     """
 
-    def __init__(self, per_type: bool = True) -> None:
+    def __init__(self, per_type: bool = True, max_types: int = MAX_TYPES) -> None:
         self.per_type = per_type
+        self.max_types = max_types
+        self._types: set[str] = set()
         self._cells: dict[tuple[str, str | None], int] = {}
         self._bytes = 0
         self._last_cells: dict[tuple[str, str | None], int] = {}
@@ -85,11 +94,21 @@ class CCStats:
     def event(self, name: str, n: int = 1) -> None:
         self.events[name] += n
 
+    def _bounded(self, mtype: str) -> str:
+        """``mtype``, or OTHER_TYPE when it is new and MAX_TYPES are known already."""
+        types = self._types
+        if mtype in types:
+            return mtype
+        if len(types) < self.max_types:
+            types.add(mtype)
+            return mtype
+        return OTHER_TYPE
+
     def count_unanswered(self, mtype: str | None) -> None:
-        self.unanswered[mtype or ""] += 1
+        self.unanswered[self._bounded(mtype) if mtype else ""] += 1
 
     def count(self, outcome: str, mtype: str | None = None, nbytes: int = 0) -> None:
-        key = (outcome, mtype)
+        key = (outcome, self._bounded(mtype) if mtype is not None else None)
         cells = self._cells
         cells[key] = cells.get(key, 0) + 1
         self._bytes += nbytes
@@ -100,6 +119,7 @@ class CCStats:
         return self._cells
 
     def observe(self, mtype: str, seconds: float) -> None:
+        mtype = self._bounded(mtype)
         lat = self.latency.get(mtype)
         if lat is None:
             lat = self.latency[mtype] = _Latency()

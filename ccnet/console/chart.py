@@ -9,6 +9,7 @@ embeds a small configuration ``<script>`` in its SVG: the console serves the cha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -21,7 +22,9 @@ from ccnet.mplane.model import Envelope, Message, ModelError, Statement, parse_t
 __all__ = ["MAX_POINTS", "Series", "result_rows", "series_of", "svg_chart"]
 
 TIME_COLUMNS = ("time", "start")
-#: Points per line drawn at most (longer series are thinned evenly).
+#: Points drawn at most in one chart, shared by its lines (longer series are thinned
+#: evenly): a component chooses how many numeric columns and rows a result has, and
+#: drawing time and SVG size grow with the points.
 MAX_POINTS = 2000
 X_LABELS = 6
 
@@ -80,7 +83,9 @@ def series_of(columns: list[str], rows: list[list[Any]]) -> Series | None:
         if name in TIME_COLUMNS:
             continue
         values = [_number(r[ci]) if ci < len(r) else None for r in rows]
-        points = [(t, v) for t, v in zip(times, values, strict=True) if t is not None and v is not None]
+        # inf and nan are numbers, but no point on a chart.
+        points = [(t, v) for t, v in zip(times, values, strict=True)
+                  if t is not None and v is not None and math.isfinite(v)]
         # A column is numeric when every value it has is a number (addresses are not).
         if points and all(v is not None for v in values):
             lines[name] = points
@@ -88,7 +93,8 @@ def series_of(columns: list[str], rows: list[list[Any]]) -> Series | None:
 
 
 def svg_chart(series: Series, title: str, width: int = 960, height: int = 360) -> str:
-    """The series as one SVG document (a line per numeric column, time on the x axis)."""
+    """The series as one SVG document (a line per numeric column, time on the x axis).
+    CPU work (up to a second for MAX_POINTS): the console runs it off the reactor."""
     chart = pygal.DateTimeLine(
         js=[], width=width, height=height, explicit_size=True, style=CleanStyle,
         x_label_rotation=20, show_dots=True, dots_size=2, legend_at_bottom=True,
@@ -98,7 +104,8 @@ def svg_chart(series: Series, title: str, width: int = 960, height: int = 360) -
     first, last = min(times), max(times)
     # A few evenly spaced time labels (pygal's own choice crowds short series).
     chart.x_labels = [first + (last - first) * i / (X_LABELS - 1) for i in range(X_LABELS)] if last > first else [first]
+    per_line = max(1, MAX_POINTS // len(series.lines))
     for name, points in series.lines.items():
-        step = max(1, len(points) // MAX_POINTS)
+        step = -(-len(points) // per_line)  # ceiling: at most per_line points
         chart.add(name, points[::step])
     return str(chart.render(is_unicode=True))

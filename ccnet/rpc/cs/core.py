@@ -25,6 +25,7 @@ import datetime
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from diraccfg import CFG
 
@@ -43,6 +44,7 @@ __all__ = [
     "servers_value",
     "snapshot",
     "with_options",
+    "worker_url",
 ]
 
 CONFIGURATION_PATH = "DIRAC/Configuration"
@@ -252,6 +254,27 @@ class WorkerRegistry:
     @property
     def urls(self) -> list[str]:
         return list(self._seen)
+
+
+def worker_url(url: str) -> str:
+    """``url`` when it is one ``https://host[:port]/...`` URL, else ValueError saying why.
+
+    A worker's URL goes into ``DIRAC/Configuration/Servers``, a comma separated list: a
+    comma in it would list a second server that was never pinged."""
+    problem = None
+    if "," in url or any(c.isspace() for c in url):
+        problem = "one URL, without commas or spaces"
+    else:
+        try:
+            parts = urlsplit(url)
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:  # a bad port or an unclosed [IPv6 literal
+            parts, port_ok = None, False
+        if parts is None or parts.scheme != "https" or not parts.hostname or not port_ok:
+            problem = "https://host[:port]/System/Component"
+    if problem is not None:
+        raise ValueError(f"not a worker URL ({problem}): {url!r}")
+    return url
 
 
 def servers_value(master_url: str | None, workers: Iterable[str]) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from twisted.internet import defer
+from twisted.internet.threads import deferToThread
 
 from ccnet.rpc.cs import core
 from ccnet.rpc.cs.state import (
@@ -123,7 +124,8 @@ class ConfigurationServer(RPCService):
     # -- changes --------------------------------------------------------------------------
     async def export_commitNewData(self, sData: str) -> dict[str, Any]:  # noqa: N803
         try:
-            text = core.decode_commit(sData)
+            # base64 + zlib of up to MAX_CFG_BYTES (about 0.3 s for 64 MB): off the reactor.
+            text = await deferToThread(core.decode_commit, sData)
         except core.CfgError as exc:
             self.log.warn("commitNewData from {who} refused: {error}", who=self.getUserName(), error=exc)
             return S_ERROR(str(exc))
@@ -147,8 +149,11 @@ class ConfigurationServer(RPCService):
         return S_OK(new.version)
 
     async def export_publishSlaveServer(self, sURL: str) -> dict[str, Any]:  # noqa: N803
-        if not sURL.startswith("https://"):
-            return S_ERROR(f"not an https:// URL: {sURL}")
+        try:
+            core.worker_url(sURL)
+        except ValueError as exc:
+            self.log.warn("publishSlaveServer from {who} refused: {error}", who=self.getUserName(), error=exc)
+            return S_ERROR(str(exc))
         try:
             await self.state.publish(sURL)
         except ReadOnly as exc:
