@@ -7,16 +7,19 @@ one access-log line per call written to a file, and the same route and reply:
 ``POST /Bench/Ping`` with ``method=ping&args=[]`` answered by DIRAC's ping dictionary
 JEncoded as ``{"OK": true, "Value": {...}}``.
 
-* ``ccnet``: the ``[rpc]`` site exactly as ``ccnet.rpc.server.build`` makes it, served
-  with ``RPCResource.make_site()`` behind ccnet's TLS, text log to a file, in its own
-  process (``[rpc:Bench/Ping]`` answered by the ``RPCService`` built-ins);
-* ``ccnet-daemon``: the whole ``twistd -n ccnet`` daemon with the same config, as
-  ``ccnet.service`` wires the site today;
+* ``ccnet``: the whole ``twistd -n ccnet`` daemon (edge, limits, access log to stdout
+  redirected to a file), ``[rpc:Bench/Ping]`` answered by the ``RPCService`` built-ins;
 * ``tornado``: a Tornado 6 ``RequestHandler`` written the way DIRAC's
   ``TornadoService`` handles a call: form fields, JEncode ``args``, the peer certificate
-  read per request, the export run in a thread-pool executor, JEncode reply;
+  read per request, the export run in a thread-pool executor, JEncode reply, access log;
 * ``tornado-inline`` (``--inline``): the same handler running the export on the IOLoop,
-  which DIRAC does not do, as a stricter baseline.
+  which DIRAC does not do;
+* ``tornado-minimal``: inline and without any logging -- the framework limit, the
+  baseline issue 15 names (ccnet still writes its access line per call).
+
+With ``--rounds N`` every server is started once and measured N times in turn at each
+level (interleaved, so that load from elsewhere on the machine falls on all of them);
+the median round is reported.
 
 The load generator is the same for all: separate processes running asyncio with
 ``ssl``, one keep-alive connection per concurrent caller, each sending its next call as
@@ -60,58 +63,85 @@ def _request(port: int) -> bytes:
 
 
 async def _connection(
-    port: int, ctx: ssl.SSLContext, start: float, end: float, lat: list[float], errors: list[int]
+    port: int, ctx: ssl.SSLContext, start: float, end: float, lat: list[float], errors: list[int],
+    done_calls: list[int], fresh: bool = False,
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+    """One caller: calls back to back on a keep-alive connection, or (``fresh``) each call
+    on a new mutual-TLS connection, handshake included in its latency (``ab`` without -k)."""
     request = _request(port)
+    reader = writer = None
     try:
         while True:
             sent = time.perf_counter()
             if sent >= end:
                 break
+            if writer is None:
+                reader, writer = await asyncio.open_connection(
+                    "127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+            assert reader is not None
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
             match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
             if match is None:
                 raise RuntimeError(f"reply without content-length: {head[:200]!r}")
             body = await reader.readexactly(int(match.group(1)))
+            if fresh:
+                writer.close()
+                writer = None
             done = time.perf_counter()
+            done_calls[0] += 1
             if not head.startswith(b"HTTP/1.1 200") or not body.startswith(b'{"OK":true'):
                 errors[0] += 1
             elif sent >= start:
                 lat.append(done - sent)
     finally:
-        writer.close()
+        if writer is not None:
+            writer.close()
 
 
 def _worker(port: int, conns: int, warmup: float, duration: float, cert: str, key: str, ca: str,
-            t0: float) -> tuple[list[float], int]:
+            t0: float, fresh: bool = False) -> tuple[list[float], int, int]:
     """One load process: ``conns`` keep-alive connections until t0 + warmup + duration."""
     ctx = ssl.create_default_context(cafile=ca)
     ctx.load_cert_chain(cert, key)
     lat: list[float] = []
     errors = [0]
+    done_calls = [0]
 
     async def main() -> None:
         start = t0 + warmup
         end = start + duration
-        await asyncio.gather(*(_connection(port, ctx, start, end, lat, errors) for _ in range(conns)))
+        await asyncio.gather(*(_connection(port, ctx, start, end, lat, errors, done_calls, fresh)
+                               for _ in range(conns)))
 
     asyncio.run(main())
-    return lat, errors[0]
+    return lat, errors[0], done_calls[0]
 
 
-def measure(port: int, concurrency: int, warmup: float, duration: float, pki: dict[str, str]) -> dict[str, Any]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, concurrency: int, warmup: float, duration: float, pki: dict[str, str],
+            pid: int | None = None, fresh: bool = False) -> dict[str, Any]:
+    """Throughput and latency; with ``pid``, also the server's CPU time per call, which
+    load from elsewhere on the machine hardly changes (unlike calls/s)."""
+    cpu_before = cpu_seconds(pid) if pid else 0.0
     procs = 1 if concurrency == 1 else 2
     shares = [concurrency // procs + (1 if i < concurrency % procs else 0) for i in range(procs)]
     t0 = time.perf_counter() + 0.3
     with multiprocessing.get_context("fork").Pool(procs) as pool:
         results = pool.starmap(
             _worker,
-            [(port, n, warmup, duration, pki["client_cert"], pki["client_key"], pki["ca"], t0) for n in shares],
+            [(port, n, warmup, duration, pki["client_cert"], pki["client_key"], pki["ca"], t0, fresh)
+             for n in shares],
         )
-    lat = sorted(x for part, _ in results for x in part)
-    errors = sum(e for _, e in results)
+    cpu = cpu_seconds(pid) - cpu_before if pid else 0.0
+    lat = sorted(x for part, _, _ in results for x in part)
+    errors = sum(e for _, e, _ in results)
+    total_calls = sum(n for _, _, n in results)
     if not lat:
         raise RuntimeError("no successful calls")
 
@@ -125,6 +155,7 @@ def measure(port: int, concurrency: int, warmup: float, duration: float, pki: di
         "calls_per_s": len(lat) / duration,
         "p50_ms": pct(0.50),
         "p99_ms": pct(0.99),
+        "cpu_us_per_call": cpu / total_calls * 1e6 if pid and total_calls else None,
     }
 
 
@@ -197,53 +228,11 @@ class = ccnet.rpc.service:RPCService
     return proc, port
 
 
-def start_ccnet_site(folder: Path, pki: dict[str, str]) -> tuple[subprocess.Popen[Any], int]:
-    portfile = folder / "ccnet-site.port"
+def start_tornado(folder: Path, pki: dict[str, str], mode: str) -> tuple[subprocess.Popen[Any], int]:
+    """``mode``: ``executor`` (DIRAC's way), ``inline`` or ``minimal`` (inline, no logging)."""
+    portfile = folder / f"tornado-{mode}.port"
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-ccnet-site", json.dumps(pki), str(folder), str(portfile)],
-        env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-    )
-    port = int(_wait_for(portfile, r"(\d+)", proc).group(1))
-    return proc, port
-
-
-def serve_ccnet_site(pki: dict[str, str], folder: Path, portfile: Path) -> None:
-    """The ccnet side without twistd: build() + make_site() + ccnet TLS, logging to a file."""
-
-    from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner, textFileLogObserver
-
-    from ccnet.config import IniFile, TLSConfig
-    from ccnet.rpc import config as rpc_config
-    from ccnet.rpc.server import build
-    from ccnet.runtime import Runtime
-    from ccnet.tls import TLSMaterial
-
-    logfile = open(folder / "ccnet-site.log", "a")  # noqa: SIM115 (lives as long as the process)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(logfile)], redirectStandardIO=False)
-    cfg = rpc_config.parse(
-        IniFile.from_string("[rpc]\nlisten = tcp:0\n[rpc:Bench/Ping]\nclass = ccnet.rpc.service:RPCService\n")
-    )
-    assert cfg is not None
-    tls_cfg = TLSConfig(ca=Path(pki["ca"]), cert=Path(pki["server_cert"]), key=Path(pki["server_key"]),
-                        crl=None, min_version="1.2", allow_proxies=False)
-    material = TLSMaterial(tls_cfg)
-    runtime = Runtime(reactor, None, tls=material, hostname="localhost")  # type: ignore[arg-type]  # no store used
-    part = build(runtime, cfg)
-    resource, services = part.resource, part.services
-    for svc in services:
-        svc.startService()
-    port = reactor.listenTCP(0, material.server(False, "rpc").wrap(resource.make_site()),
-                             interface="127.0.0.1")
-    portfile.write_text(str(port.getHost().port))
-    reactor.run()
-
-
-def start_tornado(folder: Path, pki: dict[str, str], inline: bool) -> tuple[subprocess.Popen[Any], int]:
-    portfile = folder / ("tornado-inline.port" if inline else "tornado.port")
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve-tornado", json.dumps(pki), str(folder), str(portfile),
-         "inline" if inline else "executor"],
+        [sys.executable, __file__, "--serve-tornado", json.dumps(pki), str(folder), str(portfile), mode],
         env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
     )
     port = int(_wait_for(portfile, r"(\d+)", proc).group(1))
@@ -262,7 +251,8 @@ def serve_tornado(pki: dict[str, str], folder: Path, portfile: Path, mode: str) 
 
     from ccnet.rpc.codec import decode, encode
 
-    logging.basicConfig(filename=str(folder / f"tornado-{mode}.log"), level=logging.INFO)
+    if mode != "minimal":
+        logging.basicConfig(filename=str(folder / f"tornado-{mode}.log"), level=logging.INFO)
     executor = ThreadPoolExecutor(max_workers=10)
     started = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
 
@@ -325,9 +315,6 @@ def stop(proc: subprocess.Popen[Any]) -> None:
 
 
 def main() -> int:
-    if len(sys.argv) > 1 and sys.argv[1] == "--serve-ccnet-site":
-        serve_ccnet_site(json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
-        return 0
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-tornado":
         serve_tornado(json.loads(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]), sys.argv[5])
         return 0
@@ -335,8 +322,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per level")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per level")
     parser.add_argument("--levels", default="1,16,64", help="concurrency levels")
-    parser.add_argument("--inline", action="store_true", help="also measure Tornado without executor")
-    parser.add_argument("--no-daemon", action="store_true", help="skip the twistd daemon rows")
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds per level (median)")
+    parser.add_argument("--inline", action="store_true", help="also measure Tornado inline with logging")
+    parser.add_argument("--new-connection", action="store_true",
+                        help="a new mutual-TLS connection per call instead of keep-alive")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     options = parser.parse_args()
     levels = [int(x) for x in options.levels.split(",")]
@@ -353,34 +342,48 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rpc-bench-") as tmp:
         folder = Path(tmp)
         pki = make_pki(folder)
-        servers: list[tuple[str, Any]] = [("ccnet", lambda: start_ccnet_site(folder, pki))]
-        if not options.no_daemon:
-            servers.append(("ccnet-daemon", lambda: start_ccnet(folder, pki)))
+        starters: list[tuple[str, Any]] = [("ccnet", lambda: start_ccnet(folder, pki))]
         if tornado_version:
-            servers.append(("tornado", lambda: start_tornado(folder, pki, inline=False)))
-            if options.inline:
-                servers.append(("tornado-inline", lambda: start_tornado(folder, pki, inline=True)))
-        for name, start in servers:
-            proc, port = start()
-            try:
-                results[name] = [measure(port, c, options.warmup, options.duration, pki) for c in levels]
-            finally:
+            modes = ["executor", *(["inline"] if options.inline else []), "minimal"]
+            for mode in modes:
+                name = "tornado" if mode == "executor" else f"tornado-{mode}"
+                starters.append((name, lambda mode=mode: start_tornado(folder, pki, mode)))
+        running: list[tuple[str, subprocess.Popen[Any], int]] = []
+        try:
+            for name, start in starters:
+                proc, port = start()
+                running.append((name, proc, port))
+            pids = {name: proc.pid for name, proc, _ in running}
+            for concurrency in levels:
+                rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in running}
+                for _ in range(options.rounds):
+                    for name, _, port in running:
+                        rounds[name].append(
+                            measure(port, concurrency, options.warmup, options.duration, pki, pids[name],
+                                    options.new_connection))
+                for name, measured in rounds.items():
+                    measured.sort(key=lambda row: row["calls_per_s"])
+                    results.setdefault(name, []).append(measured[len(measured) // 2])
+        finally:
+            for _, proc, _ in running:
                 stop(proc)
 
     if options.json:
         print(json.dumps({"tornado": tornado_version, "results": results}, indent=2))
         return 0
-    print(f"RPC ping, mutual TLS, keep-alive; {options.duration:g} s per level; tornado {tornado_version or '-'}")
-    print(f"{'server':<16}{'conc':>6}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    mode = "a new connection per call" if options.new_connection else "keep-alive"
+    print(f"RPC ping, mutual TLS, {mode}; {options.duration:g} s per level, median of "
+          f"{options.rounds} interleaved round(s); tornado {tornado_version or '-'}")
+    print(f"{'server':<16}{'conc':>6}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'CPU us/call':>13}")
     for name, rows in results.items():
         for row in rows:
             print(f"{name:<16}{row['concurrency']:>6}{row['calls_per_s']:>11.0f}"
-                  f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['errors']:>8}")
-    pairs = [(a, b) for a in results if a.startswith("ccnet") for b in results if b.startswith("tornado")]
-    for ours, other in pairs:
-        for mine, theirs in zip(results[ours], results[other], strict=True):
-            print(f"{ours} / {other} at concurrency {mine['concurrency']}: "
+                  f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['errors']:>8}{row['cpu_us_per_call']:>13.0f}")
+    for other in (name for name in results if name.startswith("tornado")):
+        for mine, theirs in zip(results["ccnet"], results[other], strict=True):
+            print(f"ccnet / {other} at concurrency {mine['concurrency']}: "
                   f"throughput {mine['calls_per_s'] / theirs['calls_per_s']:.2f}x, "
+                  f"calls per CPU second {theirs['cpu_us_per_call'] / mine['cpu_us_per_call']:.2f}x, "
                   f"p99 {mine['p99_ms']:.2f} vs {theirs['p99_ms']:.2f} ms")
     return 0
 

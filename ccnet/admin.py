@@ -23,30 +23,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from prometheus_client.parser import text_string_to_metric_families
+
 __all__ = ["main", "parse_prometheus", "summarize", "urls_from_config"]
 
 EXIT_OK, EXIT_DOWN, EXIT_USAGE = 0, 1, 2
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})?\s+(\S+)\s*$")
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
 def parse_prometheus(text: str) -> list[tuple[str, dict[str, str], float]]:
-    """(name, labels, value) of every sample line of a text exposition."""
+    """(name, labels, value) of every sample of a text exposition (prometheus-client's
+    parser); what precedes a malformed line is kept."""
     out: list[tuple[str, dict[str, str], float]] = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        m = _SAMPLE.match(line)
-        if m is None:
-            continue
-        labels = {k: v.replace('\\"', '"').replace("\\n", "\n").replace("\\\\", "\\")
-                  for k, v in _LABEL.findall(m.group(3) or "")}
-        try:
-            value = float(m.group(4))
-        except ValueError:
-            continue
-        out.append((m.group(1), labels, value))
+    try:
+        for family in text_string_to_metric_families(text):
+            out += [(sample.name, dict(sample.labels), sample.value) for sample in family.samples]
+    except ValueError:
+        pass
     return out
 
 

@@ -1,28 +1,29 @@
-"""Operations: a small Prometheus text renderer and the plain-HTTP ``[metrics]`` listener.
+"""Operations: the plain-HTTP ``[metrics]`` listener (``/ready``, ``/metrics``) on prometheus-client.
 
-The renderer (``Counter``, ``Gauge``, ``Histogram``, ``render``) is pure: protocol parts keep
-their own instances and register a ``() -> str`` source with ``runtime.register_metrics``.
-We write the text exposition format (version 0.0.4) ourselves: it is a few lines, and
-prometheus-client's process-global registry does not fit a daemon that builds several
-independent service trees in one process (the tests do).
+Every service tree has its own ``prometheus_client.CollectorRegistry`` (``runtime.metrics``),
+never the process-global one, so several daemons (the tests build many) live in one process.
+Parts hand their collectors to ``runtime.register_metrics(name, *collectors)``:
+prometheus-client metric objects for what they count as it happens (RPC calls, store
+latency), small custom collectors (``counter``/``gauge`` families below) for the counters
+their pure cores keep anyway (CC stats, the supervisor's state, the edge). prometheus-client
+writes the exposition: the text format, or OpenMetrics when the scraper asks for it.
 
 The listener serves ``/health`` (added by the service), ``/ready`` and ``/metrics``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import resource as _resource
-import time
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import CollectorRegistry, Gauge, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.resource import EncodingResourceWrapper, Resource
+from twisted.web.server import NOT_DONE_YET, GzipEncoderFactory, Request
 
 from ccnet.edge.shim import request_disconnected
 from ccnet.runtime import Part
@@ -33,16 +34,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LATENCY_BUCKETS",
-    "Counter",
-    "Gauge",
-    "Histogram",
     "MetricsResource",
     "OpsRoot",
+    "PartMetrics",
     "ReadyResource",
     "build",
-    "escape_label",
-    "process_metrics",
-    "render",
+    "counter",
+    "gauge",
 ]
 
 log = Logger()
@@ -52,178 +50,54 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
-
-def escape_label(value: object) -> str:
-    """A label value as the exposition format wants it (backslash, quote, newline escaped)."""
-    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+#: Rows of a family: label values -> value (``{(): n}`` for an unlabelled one).
+Rows = Mapping[tuple[Any, ...], float]
 
 
-def _labels(names: Sequence[str], values: Sequence[object], extra: str = "") -> str:
-    parts = [f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+def _family(family: CounterMetricFamily | GaugeMetricFamily, rows: Rows) -> Any:
+    for labels, value in sorted(rows.items(), key=lambda item: tuple(map(str, item[0]))):
+        family.add_metric([str(v) for v in labels], value)
+    return family
 
 
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if math.isnan(value):
-        return "NaN"
-    return repr(float(value))
+def counter(name: str, documentation: str, labels: Sequence[str] = (), rows: Rows | None = None) -> Metric:
+    """A counter family from counts a part keeps itself (``name`` ends in ``_total``).
+
+    An unlabelled counter without ``rows`` is exposed as 0, so a series exists before its
+    first event (``rate()`` and alerts see it from the first scrape)."""
+    if rows is None:
+        rows = {} if labels else {(): 0}
+    return _family(CounterMetricFamily(name, documentation, labels=list(labels)), rows)
 
 
-class _Family:
-    kind = "untyped"
+def gauge(name: str, documentation: str, labels: Sequence[str] = (), rows: Rows | None = None) -> Metric:
+    """A gauge family from levels read at scrape time."""
+    return _family(GaugeMetricFamily(name, documentation, labels=list(labels)), rows or {})
 
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
+
+class PartMetrics:
+    """One part's collectors under its name in the registry.
+
+    A collector that fails is logged and left out of that scrape; the other parts'
+    series still answer (a bug in one part must not blind the operator to all)."""
+
+    def __init__(self, name: str, collectors: Sequence[Collector]) -> None:
         self.name = name
-        self.help = help_text
-        self.labelnames = tuple(labelnames)
+        self.collectors = tuple(collectors)
 
-    def _key(self, labels: Sequence[object]) -> tuple[str, ...]:
-        if len(labels) != len(self.labelnames):
-            raise ValueError(f"{self.name} takes labels {self.labelnames}, got {tuple(labels)}")
-        return tuple(str(v) for v in labels)
+    def describe(self) -> list[Metric]:
+        # Only the metric objects describe themselves (no collection at registration):
+        # the registry refuses two parts exposing the same name.
+        return [m for c in self.collectors if hasattr(c, "describe") for m in c.describe()]
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
-
-    def render(self) -> str:
-        return "\n".join(self.header() + self.samples()) + "\n"
-
-    def samples(self) -> list[str]:
-        return []
-
-
-class Counter(_Family):
-    """A monotonically increasing count per label combination."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, *labels: object, amount: float = 1) -> None:
-        key = self._key(labels)
-        self.values[key] = self.values.get(key, 0) + amount
-
-    def get(self, *labels: object) -> float:
-        return self.values.get(self._key(labels), 0)
-
-    def samples(self) -> list[str]:
-        if not self.labelnames and not self.values:
-            return [f"{self.name} 0"]
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in sorted(self.values.items())]
-
-
-class Gauge(_Family):
-    """A value that goes up and down; either set, or read from ``source`` at render time."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                 source: Callable[[], Iterable[tuple[Sequence[object], float]]] | None = None) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.values: dict[tuple[str, ...], float] = {}
-        self.source = source
-
-    def set(self, value: float, *labels: object) -> None:
-        self.values[self._key(labels)] = value
-
-    def samples(self) -> list[str]:
-        values = dict(self.values)
-        if self.source is not None:
-            for labels, value in self.source():
-                values[self._key(labels)] = value
-        return [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}" for k, v in sorted(values.items())]
-
-
-class _Buckets:
-    __slots__ = ("counts", "sum", "count")
-
-    def __init__(self, n: int) -> None:
-        self.counts = [0] * (n + 1)
-        self.sum = 0.0
-        self.count = 0
-
-
-class Histogram(_Family):
-    """Cumulative buckets, ``_sum`` and ``_count`` per label combination."""
-
-    kind = "histogram"
-
-    def __init__(self, name: str, help_text: str, labelnames: Sequence[str] = (),
-                 buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        super().__init__(name, help_text, labelnames)
-        self.buckets = tuple(sorted(buckets))
-        self.series: dict[tuple[str, ...], _Buckets] = {}
-
-    def observe(self, value: float, *labels: object) -> None:
-        key = self._key(labels)
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = _Buckets(len(self.buckets))
-        series.counts[bisect_left(self.buckets, value)] += 1
-        series.sum += value
-        series.count += 1
-
-    def count(self, *labels: object) -> int:
-        series = self.series.get(self._key(labels))
-        return series.count if series is not None else 0
-
-    def samples(self) -> list[str]:
-        out: list[str] = []
-        for key, series in sorted(self.series.items()):
-            acc = 0
-            for bound, n in zip((*self.buckets, math.inf), series.counts, strict=True):
-                acc += n
-                le = f'le="{_number(bound)}"'
-                out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {acc}")
-            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(series.sum)}")
-            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {series.count}")
-        return out
-
-
-def render(families: Iterable[_Family]) -> str:
-    """The exposition text of several families."""
-    return "".join(f.render() for f in families)
-
-
-def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/statm") as handle:
-            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return int(_resource.getrusage(_resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def _open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return -1
-
-
-def process_metrics(started: float) -> str:
-    """Resident memory, open file descriptors, CPU seconds and start time of this process."""
-    usage = _resource.getrusage(_resource.RUSAGE_SELF)
-    rows = [
-        ("ccnet_process_resident_memory_bytes", "gauge", "Resident set size.", _rss_bytes()),
-        ("ccnet_process_open_fds", "gauge", "Open file descriptors.", _open_fds()),
-        ("ccnet_process_cpu_seconds_total", "counter", "User and system CPU time.",
-         usage.ru_utime + usage.ru_stime),
-        ("ccnet_process_start_time_seconds", "gauge", "Start time, seconds since the epoch.", started),
-    ]
-    lines: list[str] = []
-    for name, kind, help_text, value in rows:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {_number(value)}"]
-    return "\n".join(lines) + "\n"
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            try:
+                families = list(collector.collect())
+            except Exception:
+                log.failure("metrics of {name} failed", name=self.name)
+                continue
+            yield from families
 
 
 # -- the listener ---------------------------------------------------------------------------
@@ -236,7 +110,7 @@ class ReadyResource(Resource):
 
     The body says what is not ready (``store: false``, ``not_listening: [names]``,
     ``not_ready: [every part that is not, listeners and store included]``), so an operator
-    sees why at a glance.
+    sees why at a glance. ``/metrics`` runs the same check (``ccnet_ready``, ``ccnet_store_up``).
     """
 
     isLeaf = True
@@ -248,20 +122,19 @@ class ReadyResource(Resource):
         self.listeners = listeners if listeners is not None else dict
         self._store_timeout = store_timeout
 
-    def render_GET(self, request: Request) -> Any:  # noqa: N802 (twisted.web API)
+    def check(self) -> defer.Deferred[dict[str, Any]]:
+        """The readiness report: ``ready``, ``store`` and what is not ready."""
         d = defer.maybeDeferred(self._runtime.store.ping)
         # A database that hangs (dead TCP peer) must not hang the probe with it.
         d.addTimeout(self._store_timeout, self._runtime.reactor)
         d.addErrback(lambda _: False)
 
-        def done(ok: Any) -> None:
+        def report(ok: Any) -> dict[str, Any]:
             listeners = self.listeners()
             store = ok is True
             parts = {name: _up(up) for name, up in self._runtime.parts.items()}
-            ready = store and all(listeners.values()) and all(parts.values())
-            if request.finished or request_disconnected(request):
-                return
-            body: dict[str, Any] = {"ready": ready, "store": store}
+            body: dict[str, Any] = {"ready": store and all(listeners.values()) and all(parts.values()),
+                                    "store": store}
             down = sorted(name for name, up in listeners.items() if not up)
             if down:
                 body["not_listening"] = down
@@ -271,10 +144,18 @@ class ReadyResource(Resource):
                                | (set() if store else {"store"}))
             if not_ready:
                 body["not_ready"] = not_ready
-            request.write(json_response(request, 200 if ready else 503, body))
+            return body
+
+        return d.addCallback(report)
+
+    def render_GET(self, request: Request) -> Any:  # noqa: N802 (twisted.web API)
+        def answer(body: dict[str, Any]) -> None:
+            if request.finished or request_disconnected(request):
+                return
+            request.write(json_response(request, 200 if body["ready"] else 503, body))
             request.finish()
 
-        d.addCallback(done)
+        self.check().addCallback(answer)
         return NOT_DONE_YET
 
 
@@ -287,26 +168,49 @@ def _up(check: Callable[[], bool]) -> bool:
 
 
 class MetricsResource(Resource):
-    """``GET /metrics``: Prometheus text exposition from every part that registered."""
+    """``GET /metrics``: the registry's exposition, in the format the scraper accepts.
+
+    Not prometheus-client's own Twisted resource: that one collects in a thread of the
+    global reactor's pool, while our collectors read state the reactor thread changes;
+    here collection runs in the reactor thread, after the readiness check."""
 
     isLeaf = True
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, registry: CollectorRegistry, ready: ReadyResource) -> None:
         super().__init__()
-        self._runtime = runtime
+        self._registry = registry
+        self._ready = ready
+        self._readiness = Gauge("ccnet_ready", "1 while /ready answers 200.", registry=None)
+        self._store_up = Gauge("ccnet_store_up", "1 while the store answers the readiness ping.", registry=None)
 
-    def render_GET(self, request: Request) -> bytes:  # noqa: N802 (twisted.web API)
-        parts = [
-            "# HELP ccnet_info Version of this daemon.\n# TYPE ccnet_info gauge\n"
-            f'ccnet_info{{version="{escape_label(self._runtime.version)}"}} 1\n'
-        ]
-        for name, source in sorted(self._runtime.metrics_sources.items()):
-            try:
-                parts.append(source())
-            except Exception:
-                log.failure("metrics source {name} failed", name=name)
-        request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
-        return "".join(p if p.endswith("\n") else p + "\n" for p in parts).encode("utf-8")
+    def collectors(self) -> list[Collector]:
+        return [self._readiness, self._store_up]
+
+    def render_GET(self, request: Request) -> Any:  # noqa: N802 (twisted.web API)
+        def answer(report: dict[str, Any]) -> None:
+            self._readiness.set(1 if report["ready"] else 0)
+            self._store_up.set(1 if report["store"] else 0)
+            encode, content_type = choose_encoder(_header(request, b"accept"))
+            output = encode(self._registry)
+            if request.finished or request_disconnected(request):
+                return
+            request.setHeader(b"content-type", content_type.encode("ascii"))
+            request.write(output)
+            request.finish()
+
+        def failed(failure: Any) -> None:
+            log.failure("metrics exposition failed", failure)
+            if not (request.finished or request_disconnected(request)):
+                request.setResponseCode(500)
+                request.finish()
+
+        self._ready.check().addCallback(answer).addErrback(failed)
+        return NOT_DONE_YET
+
+
+def _header(request: Request, name: bytes) -> str:
+    value = request.getHeader(name)
+    return value.decode("latin-1") if isinstance(value, bytes) else (value or "")
 
 
 class OpsRoot(Resource):
@@ -315,16 +219,25 @@ class OpsRoot(Resource):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
         self.ready = ReadyResource(runtime)
+        self.metrics = MetricsResource(runtime.metrics, self.ready)
         self.putChild(b"ready", self.ready)  # type: ignore[arg-type]
-        self.putChild(b"metrics", MetricsResource(runtime))  # type: ignore[arg-type]
+        # Prometheus asks for gzip; the text compresses about tenfold.
+        self.putChild(b"metrics", EncodingResourceWrapper(self.metrics, [GzipEncoderFactory()]))  # type: ignore[arg-type]
 
     def watch_listeners(self, listeners: Callable[[], dict[str, bool]]) -> None:
         self.ready.listeners = listeners
 
 
+def process_collectors(version: str) -> Iterable[Collector]:
+    """``ccnet_info{version}`` and prometheus-client's ``ccnet_process_*`` (from /proc/self)."""
+    info = Info("ccnet", "Version of this daemon.", registry=None)
+    info.info({"version": version})
+    return [info, ProcessCollector(namespace="ccnet", registry=None)]
+
+
 def build(runtime: Runtime, cfg: Any) -> Part:
     """Entry point for ``ccnet.service``: the ``[metrics]`` site root (GET only: a body
     worth more than a few bytes is refused)."""
-    started = time.time()
-    runtime.register_metrics("process", lambda: process_metrics(started))
-    return Part(resource=OpsRoot(runtime), max_body=64 * 1024)
+    root = OpsRoot(runtime)
+    runtime.register_metrics("process", *process_collectors(runtime.version), *root.metrics.collectors())
+    return Part(resource=root, max_body=64 * 1024)

@@ -13,6 +13,7 @@ from collections.abc import Callable, MutableMapping
 from typing import Any
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -48,7 +49,7 @@ def _is_coroutine(value: Any) -> bool:
     return inspect.iscoroutine(value)
 
 
-def every(clock: Any, interval: float, job: str, fn: Callable[[], Any], *, now: bool = True,
+def every(clock: IReactorTime, interval: float, job: str, fn: Callable[[], Any], *, now: bool = True,
           failures: MutableMapping[str, int] | None = None) -> task.LoopingCall:
     """Start ``fn`` every ``interval`` seconds on ``clock``; a failed round does not stop it."""
     loop = task.LoopingCall(guarded(job, fn, failures))

@@ -7,11 +7,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.registry import Collector
+
 from ccnet.config import Config
+from ccnet.console.sources import ConsoleSources
 from ccnet.edge.limits import DEFAULT as DEFAULT_LIMITS
 from ccnet.edge.limits import EdgeLimits
 from ccnet.edge.request import DEFAULT_MAX_BODY
 from ccnet.identity import UserMap
+from ccnet.reactors import IReactor
 from ccnet.store import Store
 from ccnet.tls import TLSMaterial
 
@@ -21,7 +26,7 @@ __all__ = ["Part", "Runtime"]
 class Part:
     """What a protocol part's ``build(runtime, cfg)`` gives the daemon.
 
-    Reload hooks, metrics sources and readiness checks go through the :class:`Runtime`
+    Reload hooks, metrics collectors and readiness checks go through the :class:`Runtime`
     the part was given; this is what the daemon composes."""
 
     #: Started and stopped with the daemon.
@@ -49,7 +54,7 @@ class Runtime:
     register a callable with :meth:`on_reload`.
     """
 
-    reactor: Any
+    reactor: IReactor
     store: Store
     tls: TLSMaterial | None = None
     users: UserMap = field(default_factory=UserMap.empty)
@@ -63,14 +68,17 @@ class Runtime:
     #: The daemon's parsed config, for the daemon itself (parts read the fields above).
     config: Config | None = None
     reload_hooks: list[Callable[[], None]] = field(default_factory=list)
-    metrics_sources: dict[str, Callable[[], str]] = field(default_factory=dict)
+    #: This service tree's metrics (never prometheus-client's process-global registry).
+    metrics: CollectorRegistry = field(default_factory=CollectorRegistry)
     #: Failed rounds of periodic jobs by job name (``ccnet.periodic``), for /metrics.
     job_failures: dict[str, int] = field(default_factory=dict)
     #: Parts that must be up for ``/ready`` (beyond listeners and the store): name -> is it up?
     parts: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    #: What the parts show the supervisor's web console (CC routes, RPC calls), if enabled.
+    console: ConsoleSources = field(default_factory=ConsoleSources)
 
     @classmethod
-    def from_config(cls, config: Config, reactor: Any, store: Store, tls: TLSMaterial | None,
+    def from_config(cls, config: Config, reactor: IReactor, store: Store, tls: TLSMaterial | None,
                     users: UserMap, version: str) -> Runtime:
         return cls(reactor=reactor, store=store, tls=tls, users=users, version=version,
                    config_dir=config.path.parent, hostname=config.daemon.hostname,
@@ -96,6 +104,9 @@ class Runtime:
         """Make ``/ready`` answer 503 (naming ``name``) while ``up()`` is False."""
         self.parts[name] = up
 
-    def register_metrics(self, name: str, render: Callable[[], str]) -> None:
-        """Add a part's Prometheus text exposition to ``/metrics`` on the metrics listener."""
-        self.metrics_sources[name] = render
+    def register_metrics(self, name: str, *collectors: Collector) -> None:
+        """Add a part's prometheus-client collectors (metric objects or custom collectors)
+        to ``/metrics`` on the metrics listener; a failing one is logged and skipped."""
+        from ccnet.metrics import PartMetrics  # ccnet.metrics builds on this module
+
+        self.metrics.register(PartMetrics(name, collectors))

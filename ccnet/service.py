@@ -7,6 +7,8 @@ import os
 import signal
 from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Histogram
+from prometheus_client.core import Metric
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -22,12 +24,14 @@ from ccnet.edge.listener import WRITE_STALL, ListenerService
 from ccnet.edge.request import bounded_request
 from ccnet.edge.revocation import revocation_hook
 from ccnet.identity import UserMap
+from ccnet.metrics import LATENCY_BUCKETS, counter, gauge
+from ccnet.reactors import IReactor, default_reactor
 from ccnet.runtime import Part, Runtime
 from ccnet.store import Store
 from ccnet.tls import ServerTLS, TLSMaterial, check_tls_files
 from ccnet.web import HealthResource, access_log_line
 
-__all__ = ["IDLE_TIMEOUT", "WRITE_STALL", "CCNetService", "ListenerService", "daemon_metrics", "make_service"]
+__all__ = ["IDLE_TIMEOUT", "WRITE_STALL", "CCNetService", "ListenerService", "DaemonMetrics", "make_service"]
 
 log = Logger()
 
@@ -57,7 +61,9 @@ class CCNetService(service.MultiService):
         super().startService()
         waits = [svc.listening for svc in self if IListening.providedBy(svc)]
         gathered = defer.gatherResults(waits, consumeErrors=True)
-        gathered.addCallbacks(self._all_listening, self._listen_failed)
+        # Announced only once the reactor runs: twistd starts the services before it installs
+        # its signal handlers, and a SIGTERM sent on "ready" in between would kill us with -15.
+        self.runtime.reactor.callWhenRunning(gathered.addCallbacks, self._all_listening, self._listen_failed)
         self.runtime.reactor.callWhenRunning(self._install_sighup)
         interval = sdnotify.watchdog_interval()
         if interval:
@@ -175,12 +181,9 @@ def _watch_parts(runtime: Runtime, services: Any) -> None:
             runtime.register_part(str(svc.name), _opened(svc))
 
 
-def make_service(config: Config, reactor: Any = None) -> CCNetService:
+def make_service(config: Config, reactor: IReactor | None = None) -> CCNetService:
     """Build the daemon's service tree from a parsed config."""
-    if reactor is None:
-        from twisted.internet import reactor as default_reactor
-
-        reactor = default_reactor
+    reactor = reactor if reactor is not None else default_reactor()
     tls = TLSMaterial(config.tls) if config.tls is not None else None
     users = UserMap.load(config.daemon.users) if config.daemon.users else UserMap.empty()
     store = Store.open(config.store.url, reactor, config.store.timeout)
@@ -239,7 +242,7 @@ def make_service(config: Config, reactor: Any = None) -> CCNetService:
                             config.daemon.shutdown_grace, config.daemon.write_stall, config.limits("metrics"))
         )
         ops.watch_listeners(lambda: listener_states(root))
-        runtime.register_metrics("daemon", daemon_metrics(root, store, creators))
+        runtime.register_metrics("daemon", *DaemonMetrics(root, store, creators).collectors())
     return root
 
 
@@ -257,43 +260,43 @@ def listener_states(root: CCNetService) -> dict[str, bool]:
     return states
 
 
-def daemon_metrics(root: CCNetService, store: Store, creators: dict[str, ServerTLS]) -> Any:
-    """The daemon-wide series: listeners, connections, TLS rejections, store latency and
-    faults, failed periodic rounds."""
-    from ccnet.metrics import Counter, Gauge, Histogram, render
+class DaemonMetrics:
+    """The daemon-wide series: listeners, connections, TLS rejections, store faults,
+    failed periodic rounds (read at scrape time); store latency is a histogram the store
+    feeds as it goes (:meth:`collectors`)."""
 
-    store_latency = Histogram("ccnet_store_seconds", "Store interaction latency.", ["outcome"])
-    store.observer = lambda seconds, ok: store_latency.observe(seconds, "ok" if ok else "error")
-    listening = Gauge(
-        "ccnet_listener_up", "1 while the listener accepts connections.", ["listener"],
-        source=lambda: [((n, ), 1 if up else 0) for n, up in listener_states(root).items()],
-    )
-    connections = Gauge(
-        "ccnet_listener_connections", "Open connections per listener.", ["listener"],
-        source=lambda: [((n, ), len(s.connections.protocols)) for n, s in root.listeners.items()],
-    )
+    def __init__(self, root: CCNetService, store: Store, creators: dict[str, ServerTLS]) -> None:
+        self.root = root
+        self.store = store
+        self.creators = creators
+        self.store_latency = Histogram("ccnet_store_seconds", "Store interaction latency.", ["outcome"],
+                                       buckets=LATENCY_BUCKETS, registry=None)
+        store.observer = lambda seconds, ok: self.store_latency.labels("ok" if ok else "error").observe(seconds)
 
-    def render_all() -> str:
-        rejected = Counter("ccnet_tls_handshake_failures_total",
-                           "Failed TLS handshakes by listener and reason (certificate reasons from "
-                           "the X509 check, others from OpenSSL).", ["listener", "reason"])
-        for name, creator in sorted(creators.items()):
-            for reason, n in sorted(creator.rejections.items()):
-                rejected.inc(name, reason, amount=n)
+    def collectors(self) -> list[Any]:
+        return [self, self.store_latency]
+
+    def collect(self) -> list[Metric]:
+        root, store = self.root, self.store
+        rejected: dict[tuple[object, ...], float] = {}
+        for name, creator in self.creators.items():
             listener = root.listeners.get(name)
-            if listener is not None:
-                for reason, n in sorted(listener.connections.handshake_failures.items()):
-                    rejected.inc(name, reason, amount=n)
-        periodic = Counter("ccnet_periodic_failures_total",
-                           "Failed rounds of periodic jobs (each runs again next period).", ["job"])
-        for job, n in sorted(root.runtime.job_failures.items()):
-            periodic.inc(job, amount=n)
-        timeouts = Counter("ccnet_store_timeouts_total", "Store calls that got no answer within [store] timeout.")
-        timeouts.inc(amount=store.timeouts)
-        reconnects = Counter("ccnet_store_reconnects_total",
-                             "Store calls run again on a fresh connection after a broken one.")
-        reconnects.inc(amount=store.reconnects)
-        edge = edge_metrics({n: s.connections for n, s in root.listeners.items()})
-        return render([listening, connections, rejected, store_latency, periodic, timeouts, reconnects, *edge])
-
-    return render_all
+            failures = listener.connections.handshake_failures if listener is not None else {}
+            for reason, n in (*creator.rejections.items(), *failures.items()):
+                rejected[(name, reason)] = rejected.get((name, reason), 0) + n
+        return [
+            gauge("ccnet_listener_up", "1 while the listener accepts connections.", ["listener"],
+                  {(n,): 1 if up else 0 for n, up in listener_states(root).items()}),
+            gauge("ccnet_listener_connections", "Open connections per listener.", ["listener"],
+                  {(n,): len(s.connections.protocols) for n, s in root.listeners.items()}),
+            counter("ccnet_tls_handshake_failures_total",
+                    "Failed TLS handshakes by listener and reason (certificate reasons from "
+                    "the X509 check, others from OpenSSL).", ["listener", "reason"], rejected),
+            counter("ccnet_periodic_failures_total", "Failed rounds of periodic jobs (each runs again next period).",
+                    ["job"], {(job,): n for job, n in root.runtime.job_failures.items()}),
+            counter("ccnet_store_timeouts_total", "Store calls that got no answer within [store] timeout.",
+                    rows={(): store.timeouts}),
+            counter("ccnet_store_reconnects_total", "Store calls run again on a fresh connection after a broken one.",
+                    rows={(): store.reconnects}),
+            *edge_metrics({n: s.connections for n, s in root.listeners.items()}),
+        ]

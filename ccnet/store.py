@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from ccnet.reactors import IReactor, default_reactor
+
 __all__ = ["DEFAULT_TIMEOUT", "Store", "StoreError", "StoreTimeout", "redact_url"]
 
 log = Logger()
@@ -179,7 +181,7 @@ class _Pool:
     closed and forgotten: that thread's next call opens a new one.
     """
 
-    def __init__(self, connect: Callable[[], Any], reactor: Any, size: int) -> None:
+    def __init__(self, connect: Callable[[], Any], reactor: IReactor, size: int) -> None:
         self._connect = connect
         self._reactor = reactor
         self.size = size
@@ -275,7 +277,7 @@ class _Pool:
 class Store:
     """Asynchronous access to the daemon's database."""
 
-    def __init__(self, pool: _Pool, dialect: str, url: str, reactor: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, pool: _Pool, dialect: str, url: str, reactor: IReactor, timeout: float = DEFAULT_TIMEOUT) -> None:
         self._pool = pool
         self.dialect = dialect
         self.url = url
@@ -293,11 +295,8 @@ class Store:
         self.lock: str | None = None
 
     @classmethod
-    def open(cls, url: str, reactor: Any = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
+    def open(cls, url: str, reactor: IReactor | None = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
+        reactor = reactor if reactor is not None else default_reactor()
         if url.startswith("sqlite:///"):
             path = url[len("sqlite:///") :]
             if path != ":memory:":

@@ -6,20 +6,13 @@ import json
 import time
 from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from ccnet.identity import Identity
-from ccnet.tls import peer_identity
+from ccnet.edge.request import request_identity
 
-__all__ = ["HealthResource", "access_log_line", "json_response", "request_identity"]
-
-
-def request_identity(request: Request) -> Identity | None:
-    """The caller's verified certificate identity; never taken from a header."""
-    channel = getattr(request, "channel", None)
-    transport = getattr(channel, "transport", None) if channel is not None else None
-    return peer_identity(transport) if transport is not None else None
+__all__ = ["HealthResource", "access_log_line", "json_response"]
 
 
 def access_log_line(timestamp: str, request: Request) -> str:
@@ -50,7 +43,7 @@ class HealthResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, version: str, services: list[str], clock: Any = None) -> None:
+    def __init__(self, version: str, services: list[str], clock: IReactorTime | None = None) -> None:
         super().__init__()
         self._version = version
         self._services = services

@@ -145,7 +145,8 @@ def start_service(case: Any, text: str, folder: Path) -> Any:
 
     service = make_service(parse_config(IniFile.from_string(text, folder / "ccnet.ini")), reactor)
     service.startService()
-    case.addCleanup(service.stopService)
+    # A test may stop it itself (a restart): stop it here only if it still runs.
+    case.addCleanup(lambda: service.stopService() if service.running else None)
 
     async def ready() -> Any:
         await service.ready

@@ -11,11 +11,13 @@ import time
 from typing import Any
 
 import zmq
+from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, threads
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from ccnet.cc.handler import CCHandler, CCRequest
+from ccnet.cc.metrics import CCMetrics
 from ccnet.cc.server import CCServer
 from tests.test_cc_server import ServerTestCase, body, deferLater, echo_config
 
@@ -132,7 +134,7 @@ class InFlightTests(ServerTestCase):
         self.assertIn("echo.response", lines[0])
         self.assertIn("peer-queue-full", lines[0])
         self.assertLessEqual(len(lines), 20)  # rate-limited; the counter has them all
-        self.assertIn('ccnet_cc_undelivered_total{reason="peer-queue-full"}', srv.stats.prometheus())
+        self.assertIn('ccnet_cc_undelivered_total{reason="peer-queue-full"}', generate_latest(CCMetrics(srv.stats)).decode())
         # The peer reads at last: every reply was delivered or counted, none vanished.
         got = yield threads.deferToThread(read_all, sock)
         self.assertEqual(got + srv.stats.totals["undelivered"], n)
@@ -302,7 +304,7 @@ class LargeMessageTests(ServerTestCase):
         lines = [formatEvent(e) for e in events if "ZMQ closed a peer connection" in e.get("log_format", "")]
         self.assertEqual(len(lines), 1)
         self.assertIn("zmq_maxmsgsize = 65536 bytes", lines[0])
-        self.assertIn("ccnet_cc_disconnects_total 1", srv.stats.prometheus())
+        self.assertIn("ccnet_cc_disconnects_total 1", generate_latest(CCMetrics(srv.stats)).decode())
         # The DEALER reconnects by itself; the next message is served.
         s.send_multipart([b"", b"echo.request", body("echo.request"), b""])
         ok = yield threads.deferToThread(lambda: s.recv_multipart() if s.poll(5000) else None)

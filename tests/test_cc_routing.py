@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prometheus_client import generate_latest
 from twisted.trial.unittest import TestCase
 
 from ccnet.cc.config import parse
@@ -11,6 +12,7 @@ from ccnet.cc.handler import CCHandler
 from ccnet.cc.handlers import HandlerLookupError, resolve_handler
 from ccnet.cc.handlers.echo import EchoHandler
 from ccnet.cc.handlers.proxy import ProxyHandler
+from ccnet.cc.metrics import CCMetrics
 from ccnet.cc.routing import RouteError, RouteTable, role_error
 from ccnet.cc.stats import CCStats
 from ccnet.config import ConfigError, IniFile
@@ -222,7 +224,7 @@ class StatsTests(TestCase):
         snap = s.snapshot()["counters"]
         self.assertEqual(snap["count.ok.msg.echo.request"], 1)  # type: ignore[index]
         self.assertEqual(snap["bytes"], 15)  # type: ignore[index]
-        text = s.prometheus()
+        text = generate_latest(CCMetrics(s)).decode()
         self.assertIn('ccnet_cc_messages_total{outcome="ok",type="echo.request"} 1', text)
         self.assertIn('ccnet_cc_latency_seconds_count{type="echo.request"} 1', text)
         self.assertEqual(s.take_period()["count"], 2)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from prometheus_client import generate_latest
 from twisted.internet import defer, threads
 
+from ccnet.cc.metrics import CCMetrics
 from tests.test_cc_handlers_common import wait_for
 from tests.test_cc_server import ServerTestCase
 
@@ -151,7 +153,7 @@ class UpstreamPeerTests(ServerTestCase):
         self.assertEqual(totals["count.error.msg.task.reply.gone"], 1)
         self.assertEqual(totals["unanswered.msg.log.info"], 1)
         self.assertEqual(totals["unanswered.msg.task.reply.gone"], 1)
-        self.assertIn('ccnet_cc_unanswered_total{type="log.info"} 1', self.srv.stats.prometheus())
+        self.assertIn('ccnet_cc_unanswered_total{type="log.info"} 1', generate_latest(CCMetrics(self.srv.stats)).decode())
 
     @defer.inlineCallbacks
     def test_upstream_infosender_gets_no_acknowledgements(self) -> Any:

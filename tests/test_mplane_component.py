@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import generate_latest
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
 from ccnet.mplane.client import MPlaneError
-from ccnet.mplane.component import component_metrics
+from ccnet.mplane.component import ComponentMetrics
 from ccnet.mplane.model import Envelope, Statement, When
 from tests.test_mplane_component_support import Component, client_for, wait_until
 from tests.test_mplane_support import Supervisor
@@ -57,7 +58,7 @@ class ComponentWorkflowTests(unittest.TestCase):
         self.assertEqual(count, 2)
         self.assertTrue(0 < mn <= mean <= mx < 1_000_000, row)
         yield wait_until(lambda: len(self.comp.top.outbox) == 0, "the outbox to drain")
-        text = component_metrics(self.comp.top)
+        text = generate_latest(ComponentMetrics(self.comp.top)).decode()
         self.assertIn('ccnet_mplane_component_measurements_total{capability="ping-average-ip4",outcome="result"} 1',
                       text)
         self.assertIn("ccnet_mplane_component_outbox_depth 0", text)
@@ -112,7 +113,9 @@ class ComponentWorkflowTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_results_made_while_the_supervisor_is_down_are_delivered_after_it_restarts(self) -> Any:
         yield wait_until(lambda: len(self.sup.state.capabilities) == 2, "registration")
-        receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 2s / 1s",
+        # Long enough that the supervisor is surely down before the ping ends, even on a
+        # loaded machine (with 2 s the result was sometimes delivered before the stop).
+        receipt = yield defer.ensureDeferred(self.client.run("ping-average-ip4", "now + 4s / 1s",
                                                              {"destination.ip4": "127.0.0.1"}))
         yield wait_until(lambda: any(j.runs for j in self.comp.core.scheduler.jobs.values()), "the ping to start")
         yield self.sup.stop()
@@ -125,7 +128,7 @@ class ComponentWorkflowTests(unittest.TestCase):
         self.client = client_for(self.sup)
         result = yield defer.ensureDeferred(self.client.watch(receipt, timeout=20))
         self.assertEqual(result.kind, "result", result)
-        self.assertEqual(int(result.resultvalues[0][3]), 2)
+        self.assertEqual(int(result.resultvalues[0][3]), 4)
         yield wait_until(lambda: len(self.comp.top.outbox) == 0, "the outbox to drain")
         self.assertGreater(self.comp.link.registrations, registrations)
 

@@ -124,6 +124,21 @@ class ComponentSideTests(SupervisorTestBase):
         self.assertIn("not JSON", msg.message)
 
     @defer.inlineCallbacks
+    def test_a_duration_beyond_python_s_range_is_400_not_500(self) -> Any:
+        yield self.start()
+        yield self.register()
+        for when in ("now + 99999999999999d", "now + 1s / 99999999999999999s"):
+            code, msg, body = yield self.client.message("POST", "register/specification", dict(SPEC, when=when))
+            self.assertEqual(code, 400, body)
+            self.assertIsInstance(msg, ExceptionMessage)
+            self.assertIn("duration", msg.message)
+        # A duration that parses but ends after datetime's last day: open-ended, as "future".
+        code, msg, body = yield self.client.message("POST", "register/specification",
+                                                    dict(SPEC, when="now + 999999999d / 1s"))
+        self.assertEqual(code, 200, body)
+        self.assertEqual(msg.kind, "receipt")
+
+    @defer.inlineCallbacks
     def test_withdrawal_removes_the_capability_for_clients(self) -> Any:
         yield self.start()
         yield self.register()

@@ -127,14 +127,18 @@ class Peer:
         self.identity = dotted(sup.pki, name)
 
     @defer.inlineCallbacks
-    def request(self, method: str, path: str, body: Any = None, content_type: str = CONTENT_TYPE) -> Any:
-        headers = {"Content-Type": [content_type]} if body is not None else {}
+    def request(self, method: str, path: str, body: Any = None, content_type: str = CONTENT_TYPE,
+                headers: dict[str, list[str]] | None = None, **kwargs: Any) -> Any:
+        """(status, content type, body); ``headers`` and treq's ``kwargs`` go as given."""
+        headers = {**({"Content-Type": [content_type]} if body is not None else {}), **(headers or {})}
         data = None
         if body is not None:
             data = body if isinstance(body, bytes) else (
                 to_json(body) if not isinstance(body, dict) else json.dumps(body)).encode()
-        resp = yield treq.request(method, self.sup.url(path), data=data, headers=headers, agent=self.agent)
+        resp = yield treq.request(method, self.sup.url(path), data=data, headers=headers, agent=self.agent,
+                                  **kwargs)
         content = yield resp.content()
+        self.last_headers = resp.headers
         return resp.code, resp.headers.getRawHeaders("content-type", [""])[0], content
 
     @defer.inlineCallbacks

@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from urllib.parse import parse_qs, urlencode
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
 from ccnet.rpc.codec import CodecError, JCodec, decode, encode
+from ccnet.rpc.resource import _parse_form
 
 
 class Point:
@@ -119,3 +121,22 @@ class RoundTripTests(unittest.TestCase):
     @given(st.lists(st.tuples(st.integers(), _naive_dt, st.binary(max_size=8)), max_size=4))
     def test_tuples_come_back_as_lists(self, value: list[tuple[object, ...]]) -> None:
         self.assertEqual(decode(encode(value)), _tuples_to_lists(value))
+
+
+class FormBodyTests(unittest.TestCase):
+    """The RPC site reads form bodies itself; it must read them as the stdlib does."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=80).map(lambda b: b.replace(b";", b",")) | st.lists(
+        st.tuples(st.text(max_size=8), st.text(max_size=12)), max_size=5
+    ).map(lambda pairs: urlencode(pairs).encode("ascii")))
+    def test_form_fields_are_what_parse_qs_reads(self, raw: bytes) -> None:
+        expected = parse_qs(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        self.assertEqual(
+            _parse_form(raw),
+            {k.encode("latin-1"): [v.encode("latin-1") for v in vs] for k, vs in expected.items()},
+        )
+
+    def test_utf8_escapes_stay_bytes(self) -> None:
+        self.assertEqual(_parse_form(b"name=Jos%C3%A9+M&args=%5B%5D"),
+                         {b"name": ["José M".encode()], b"args": [b"[]"]})

@@ -259,6 +259,8 @@ class BuiltinTests(unittest.TestCase):
             self.assertIn(key, value)
         self.assertEqual(value["time"]["__dCls"], "dt")
         self.assertEqual(value["URL"], f"https://localhost:{self.site.port_number}/Test/Service")
+        with open("/proc/uptime") as handle:  # what DIRAC reads; ccnet asks the clock
+            self.assertLess(abs(value["host uptime"] - float(handle.read().split()[0])), 5)
 
     async def test_ping_load_is_loadavg_text_and_URL_the_address_the_client_used(self) -> None:
         # DIRAC: load = the first three fields of /proc/loadavg; URL = Tornado's full_url().

@@ -9,12 +9,15 @@ proxy file.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import subprocess
+import zlib
 from pathlib import Path
 from typing import Any
 
 import requests
+from diraccfg import CFG
 from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
@@ -29,7 +32,7 @@ def _shipped_tree(base: Path) -> Path:
     """conf/ and a dev PKI laid out as in the repository; returns the config text's folder."""
     conf = base / "conf"
     conf.mkdir(parents=True)
-    for name in ("users.conf", "caps.conf"):
+    for name in ("users.conf", "caps.conf", "dirac-cs.cfg"):
         shutil.copy(REPO / "conf" / name, conf / name)
     (base / "docs").mkdir()
     # make-dev-pki.sh calls .venv/bin/ccnet-pki relative to where it runs.
@@ -59,11 +62,12 @@ class ShippedConfigProxyTests(unittest.TestCase):
         self.addCleanup(self.daemon.stop)
         self.pki = self.base / "pki" / "dev"
 
-    def _post(self, cert: Path, method: str = "whoami") -> Any:
-        url = f"https://localhost:{self.port}/Framework/Notebook"
+    def _post(self, cert: Path, method: str = "whoami", service: str = "Framework/Notebook",
+              args: str = "[]") -> Any:
+        url = f"https://localhost:{self.port}/{service}"
 
         def post() -> Any:
-            with requests.post(url, data={"method": method}, cert=str(cert),
+            with requests.post(url, data={"method": method, "args": args}, cert=str(cert),
                                verify=str(self.pki / "ca.crt")) as r:
                 return r.status_code, r.json()
 
@@ -79,6 +83,17 @@ class ShippedConfigProxyTests(unittest.TestCase):
         self.assertEqual(value["username"], "client")
         self.assertIs(value["isProxy"], True)
         self.assertIs(value["isLimitedProxy"], False)
+
+    async def test_the_configuration_server_serves_the_shipped_dirac_cfg(self) -> None:
+        proxy = make_proxy_of(self.pki / "client.crt", self.pki / "private" / "client.key",
+                              Path(self.mktemp()))
+        status, reply = await self._post(proxy, "getCompressedDataIfNewer", "Configuration/Server", '["0"]')
+        self.assertEqual(status, 200, reply)
+        self.assertEqual(reply["Value"]["newestVersion"], "2026-11-28 00:00:00")
+        served = CFG().loadFromBuffer(zlib.decompress(base64.b64decode(reply["Value"]["data"])).decode())
+        shipped = CFG().loadFromFile(str(REPO / "conf" / "dirac-cs.cfg"))
+        self.assertEqual(str(served), str(shipped))
+        self.assertEqual(served.getOption("DIRAC/Configuration/Name"), "ccnet-demo")
 
     async def test_limited_proxies_and_proxies_of_proxies_work_too(self) -> None:
         client = (self.pki / "client.crt", self.pki / "private" / "client.key")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import zmq
 from twisted.application.service import IService, Service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -36,10 +37,12 @@ from ccnet.cc.message import (
     parse,
     wants_replies,
 )
+from ccnet.cc.metrics import CCMetrics
 from ccnet.cc.stats import CCStats
 from ccnet.cc.transport import ZmqSocket, make_factory, router
 from ccnet.edge.lifecycle import IListening
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 
 if TYPE_CHECKING:
@@ -95,10 +98,10 @@ class CCServer:
     def __init__(
         self,
         config: CCConfig,
-        reactor: Any,
+        reactor: IReactor,
         hostname: str | None = None,
         runtime: Runtime | None = None,
-        clock: Any = None,
+        clock: IReactorTime | None = None,
         zmq_factory: Any = None,
     ) -> None:
         self.config = config
@@ -444,7 +447,7 @@ def _with_tls_crl(cms: Any, runtime: Runtime | None) -> Any:
 def build(runtime: Runtime, cc_config: CCConfig) -> Part:
     """Entry point for ccnet.service: the CC proxy (its routes re-read on SIGHUP)."""
     server = CCServer(cc_config, runtime.reactor, hostname=runtime.hostname, runtime=runtime)
-    runtime.register_metrics("cc", server.stats.prometheus)
+    runtime.register_metrics("cc", CCMetrics(server.stats))
 
     def reload_routes() -> None:
         from ccnet.cc.config import parse as parse_cc
@@ -455,6 +458,9 @@ def build(runtime: Runtime, cc_config: CCConfig) -> Part:
             server.reload_routes(new)
 
     runtime.on_reload(reload_routes)
+    from ccnet.cc.console import console_view
+
+    runtime.console.cc = lambda: console_view(server)
     # cast: mypy does not know that @implementer(IService) classes provide IService
     return Part(services=[cast(IService, CCService(server))])
 

@@ -14,6 +14,9 @@ Events that are not a message's outcome are counted apart (``events``):
 ``peer-gone``, ``peer-queue-full``, ``queue-bytes-full``, ``closing``),
 ``disconnected`` (ZMQ closed a peer connection) and ``read-paused`` (the ROUTER
 stopped reading because handlers held ``max-pending-bytes``).
+
+Peers choose the types they send: the first ``MAX_TYPES`` distinct types are counted
+apart, any later new one under ``OTHER_TYPE`` (bounded memory, bounded metric series).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["CCStats", "LATENCY_BUCKETS", "OUTCOMES"]
+__all__ = ["CCStats", "LATENCY_BUCKETS", "MAX_TYPES", "OTHER_TYPE", "OUTCOMES"]
 
 OUTCOMES = ("ok", "dropped", "crashed", "error", "invalid")
 #: Histogram bucket upper bounds, seconds.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Distinct message types counted apart; a peer picks the types it sends, so any type first
+#: seen once this many are known is counted under OTHER_TYPE (bounded memory and series).
+MAX_TYPES = 200
+OTHER_TYPE = "(other)"  # not a valid CC type (valid_type), so it never names a real one
 
 
 @dataclass
@@ -63,8 +70,10 @@ class CCStats:
     names are derived when someone reads them.
     """
 
-    def __init__(self, per_type: bool = True) -> None:
+    def __init__(self, per_type: bool = True, max_types: int = MAX_TYPES) -> None:
         self.per_type = per_type
+        self.max_types = max_types
+        self._types: set[str] = set()
         self._cells: dict[tuple[str, str | None], int] = {}
         self._bytes = 0
         self._last_cells: dict[tuple[str, str | None], int] = {}
@@ -85,16 +94,32 @@ class CCStats:
     def event(self, name: str, n: int = 1) -> None:
         self.events[name] += n
 
+    def _bounded(self, mtype: str) -> str:
+        """``mtype``, or OTHER_TYPE when it is new and MAX_TYPES are known already."""
+        types = self._types
+        if mtype in types:
+            return mtype
+        if len(types) < self.max_types:
+            types.add(mtype)
+            return mtype
+        return OTHER_TYPE
+
     def count_unanswered(self, mtype: str | None) -> None:
-        self.unanswered[mtype or ""] += 1
+        self.unanswered[self._bounded(mtype) if mtype else ""] += 1
 
     def count(self, outcome: str, mtype: str | None = None, nbytes: int = 0) -> None:
-        key = (outcome, mtype)
+        key = (outcome, self._bounded(mtype) if mtype is not None else None)
         cells = self._cells
         cells[key] = cells.get(key, 0) + 1
         self._bytes += nbytes
 
+    @property
+    def cells(self) -> Mapping[tuple[str, str | None], int]:
+        """Messages counted since start by (outcome, type)."""
+        return self._cells
+
     def observe(self, mtype: str, seconds: float) -> None:
+        mtype = self._bounded(mtype)
         lat = self.latency.get(mtype)
         if lat is None:
             lat = self.latency[mtype] = _Latency()
@@ -150,49 +175,3 @@ class CCStats:
             for t, v in self.latency.items()
         }
         return {"counters": dict(self.totals), "seconds": self.seconds, "latency": lat, "queues": dict(self.queue_depth)}
-
-    def prometheus(self, prefix: str = "ccnet_cc") -> str:
-        """Prometheus text exposition of the totals and latency histograms."""
-        lines = [f"# TYPE {prefix}_messages_total counter"]
-        totals = self.totals
-        for k, v in sorted(totals.items()):
-            parts = k.split(".")
-            if parts[0] != "count" or len(parts) == 1:
-                continue
-            outcome = parts[1]
-            mtype = ".".join(parts[3:]) if len(parts) > 3 else None
-            if mtype is None and self.per_type:
-                continue  # per-type series sum to the totals
-            label = f'outcome="{outcome}"' + (f',type="{mtype}"' if mtype else "")
-            lines.append(f"{prefix}_messages_total{{{label}}} {v}")
-        lines.append(f"# TYPE {prefix}_unanswered_total counter")
-        for mtype, n in sorted(self.unanswered.items()):
-            lines.append(f'{prefix}_unanswered_total{{type="{mtype}"}} {n}')
-        lines.append(f"# TYPE {prefix}_undelivered_total counter")
-        for name, n in sorted(self.events.items()):
-            if name.startswith("undelivered."):
-                lines.append(f'{prefix}_undelivered_total{{reason="{name[len("undelivered."):]}"}} {n}')
-        lines.append(f"# TYPE {prefix}_disconnects_total counter")
-        lines.append(f"{prefix}_disconnects_total {self.events.get('disconnected', 0)}")
-        lines.append(f"# TYPE {prefix}_read_pauses_total counter")
-        lines.append(f"{prefix}_read_pauses_total {self.events.get('read-paused', 0)}")
-        if self.gauges is not None:
-            for name, value in sorted(self.gauges().items()):
-                lines.append(f"# TYPE {prefix}_{name} gauge")
-                lines.append(f"{prefix}_{name} {value}")
-        lines.append(f"# TYPE {prefix}_bytes_total counter")
-        lines.append(f"{prefix}_bytes_total {totals.get('bytes', 0)}")
-        lines.append(f"# TYPE {prefix}_latency_seconds histogram")
-        for t, h in sorted(self.latency.items()):
-            acc = 0
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), h.buckets, strict=True):
-                acc += n
-                le = "+Inf" if bound == float("inf") else repr(bound)
-                lines.append(f'{prefix}_latency_seconds_bucket{{type="{t}",le="{le}"}} {acc}')
-            lines.append(f'{prefix}_latency_seconds_sum{{type="{t}"}} {h.total}')
-            lines.append(f'{prefix}_latency_seconds_count{{type="{t}"}} {h.count}')
-        if self.queue_depth:
-            lines.append(f"# TYPE {prefix}_queue_depth gauge")
-            for name, depth in sorted(self.queue_depth.items()):
-                lines.append(f'{prefix}_queue_depth{{handler="{name}"}} {depth}')
-        return "\n".join(lines) + "\n"

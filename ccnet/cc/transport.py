@@ -21,6 +21,7 @@ from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
 
 from ccnet.cc.config import ZmqOptions
 from ccnet.cc.sendqueue import FULL, GONE, SENT, SendQueue
+from ccnet.reactors import IReactor
 
 __all__ = ["make_factory", "ZmqSocket", "router", "dealer", "SENT", "FULL", "GONE"]
 
@@ -40,6 +41,9 @@ SEND_RETRY = 0.02
 #: How often the socket looks for input the reactor was not told about (see
 #: :meth:`ZmqSocket._look_for_input`).
 EDGE_WATCH = 1.0
+#: A peer that is down is reconnected to with libzmq's own back-off (doubling from its
+#: 100 ms with random jitter) up to this many milliseconds, not every 100 ms for ever.
+RECONNECT_IVL_MAX_MS = 5000
 
 #: Drop callback: (frames, reason).
 OnDropped = Callable[[list[bytes], str], None]
@@ -48,14 +52,14 @@ OnDropped = Callable[[list[bytes], str], None]
 class _Factory(ZmqFactory):
     # txzmq keeps reactor/ioThreads/lingerPeriod as class attributes (the global
     # reactor); ccnet passes them per instance.
-    def __init__(self, reactor: Any, opts: ZmqOptions) -> None:
+    def __init__(self, reactor: IReactor, opts: ZmqOptions) -> None:
         self.reactor = reactor
         self.ioThreads = opts.nthreads
         self.lingerPeriod = opts.linger
         super().__init__()
 
 
-def make_factory(reactor: Any, opts: ZmqOptions) -> ZmqFactory:
+def make_factory(reactor: IReactor, opts: ZmqOptions) -> ZmqFactory:
     """The one ZmqFactory (ZMQ context) of a CC server and everything it runs."""
     return _Factory(reactor, opts)
 
@@ -102,6 +106,7 @@ class ZmqSocket(ZmqConnection):
             s.set(zmq.TCP_KEEPALIVE_IDLE, opts.tcp_keepalive_idle)
             s.set(zmq.TCP_KEEPALIVE_CNT, opts.tcp_keepalive_cnt)
         s.set(zmq.LINGER, opts.linger)
+        s.set(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         if immediate:
             # Queue only on live connections, so "remote down" shows as EAGAIN
             # and our own bounded queue decides what to drop.

@@ -17,6 +17,8 @@ from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IAgent, IPolicyForHTTPS
 from zope.interface import implementer
 
+from ccnet.reactors import IReactor
+
 __all__ = ["ClientCredentials", "ClientPolicy", "https_agent"]
 
 
@@ -50,7 +52,7 @@ class _Recording:
         return self.inner.clientConnectionForTLS(tls_protocol)
 
 
-def https_agent(reactor: Any, credentials: ClientCredentials, pool: Any = None) -> IAgent:
+def https_agent(reactor: IReactor, credentials: ClientCredentials, pool: Any = None) -> IAgent:
     """A twisted.web ``Agent`` speaking HTTPS through :class:`ClientPolicy`."""
     from twisted.web.client import Agent, HTTPConnectionPool
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -36,6 +36,7 @@ from zope.interface import implementer
 
 from ccnet.edge import shim
 from ccnet.edge.limits import DEFAULT, EdgeLimits
+from ccnet.reactors import default_reactor
 
 __all__ = ["EdgeFactory", "EdgeProtocol", "GatedTLSFactory", "edge_metrics", "edge_request", "tls_failure_reason"]
 
@@ -173,8 +174,7 @@ class EdgeProtocol(policies.ProtocolWrapper):
         self._write_blocked = blocked
         self._update_reading()
         if not blocked and self.held is not None:
-            self.factory.now()  # makes sure the factory has its clock
-            self.factory.clock.callLater(0, self._release)
+            self.factory.timers.callLater(0, self._release)
 
     def hold(self, request: Any) -> bool:
         """Should ``request``'s finish wait? Yes while the peer is not taking the reply
@@ -186,8 +186,7 @@ class EdgeProtocol(policies.ProtocolWrapper):
             return False
         self.held = request
         if not self._write_blocked:
-            self.factory.now()
-            self.factory.clock.callLater(0, self._release)
+            self.factory.timers.callLater(0, self._release)
         return True
 
     def _release(self) -> None:
@@ -235,7 +234,7 @@ class EdgeFactory(policies.WrappingFactory):
     noisy = False
 
     def __init__(self, wrapped: Any, name: str = "listener", limits: EdgeLimits = DEFAULT,
-                 clock: Any = None) -> None:
+                 clock: IReactorTime | None = None) -> None:
         super().__init__(wrapped)
         self.name = name
         self.limits = limits
@@ -254,12 +253,15 @@ class EdgeFactory(policies.WrappingFactory):
         if isinstance(factory_class, type) and issubclass(factory_class, Request):
             wrapped.requestFactory = edge_request(factory_class)
 
-    def now(self) -> float:
+    @property
+    def timers(self) -> IReactorTime:
+        """The clock given, else the global reactor (looked up late: tests pass a Clock)."""
         if self.clock is None:
-            from twisted.internet import reactor
+            self.clock = default_reactor()
+        return self.clock
 
-            self.clock = reactor
-        return float(self.clock.seconds())
+    def now(self) -> float:
+        return float(self.timers.seconds())
 
     # -- caps ---------------------------------------------------------------------------
     def admits(self, addr: Any) -> bool:
@@ -434,17 +436,15 @@ def edge_request(request_class: type[Request]) -> type[Request]:
 
 def edge_metrics(factories: dict[str, EdgeFactory]) -> list[Any]:
     """Prometheus families: connections refused at accept and closed by the edge, per listener."""
-    from ccnet.metrics import Counter
+    from ccnet.metrics import counter
 
-    refused = Counter("ccnet_listener_refused_total",
-                      "Connections refused at accept (max-connections, max-connections-per-peer).",
-                      ["listener", "reason"])
-    closed = Counter("ccnet_listener_closed_total",
-                     "Connections the listener closed (head-timeout, slow-body, write-stall, revoked).",
-                     ["listener", "reason"])
-    for name, factory in sorted(factories.items()):
-        for reason, n in sorted(factory.refused.items()):
-            refused.inc(name, reason, amount=n)
-        for reason, n in sorted(factory.closed.items()):
-            closed.inc(name, reason, amount=n)
-    return [refused, closed]
+    refused = {(name, reason): n for name, f in factories.items() for reason, n in f.refused.items()}
+    closed = {(name, reason): n for name, f in factories.items() for reason, n in f.closed.items()}
+    return [
+        counter("ccnet_listener_refused_total",
+                "Connections refused at accept (max-connections, max-connections-per-peer).",
+                ["listener", "reason"], refused),
+        counter("ccnet_listener_closed_total",
+                "Connections the listener closed (head-timeout, slow-body, write-stall, revoked).",
+                ["listener", "reason"], closed),
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet import defer
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute
 
 __all__ = ["IListening", "IStopsFirst", "stop_first"]
 
@@ -24,7 +24,7 @@ class IListening(IService):
     listening = Attribute("Deferred: fires once listening, fails (after one log line) when it cannot")
 
 
-class IStopsFirst(Interface):
+class IStopsFirst(IService):
     """Marks a service to stop before the listeners drain (see the module docstring)."""
 
 

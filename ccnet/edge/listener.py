@@ -22,6 +22,7 @@ from ccnet.edge import shim
 from ccnet.edge.connections import EdgeFactory, GatedTLSFactory
 from ccnet.edge.lifecycle import IListening
 from ccnet.edge.limits import DEFAULT, EdgeLimits
+from ccnet.reactors import IReactor
 
 __all__ = ["WRITE_STALL", "ListenerService"]
 
@@ -62,7 +63,7 @@ class ListenerService(StreamServerEndpointService):
     up to ``grace`` seconds before cutting what is left.
     """
 
-    def __init__(self, reactor: Any, name: str, spec: ListenSpec, factory: Any, tls: Any,
+    def __init__(self, reactor: IReactor, name: str, spec: ListenSpec, factory: Any, tls: Any,
                  grace: float = 10.0, write_stall: float | None = None,
                  limits: EdgeLimits = DEFAULT) -> None:
         self.connections = EdgeFactory(factory, name, limits, reactor)

@@ -18,7 +18,10 @@ from typing import Any, ClassVar
 
 from twisted.web.server import Request
 
-__all__ = ["BoundedRequest", "DEFAULT_MAX_BODY", "bounded_request"]
+from ccnet.identity import Identity
+from ccnet.tls import peer_identity
+
+__all__ = ["BoundedRequest", "DEFAULT_MAX_BODY", "bounded_request", "request_identity"]
 
 #: Body limit of sites whose protocol sets none.
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
@@ -93,6 +96,13 @@ class BoundedRequest(Request):
             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(_TOO_LARGE), _TOO_LARGE)
         )
         transport.loseConnection()
+
+
+def request_identity(request: Request) -> Identity | None:
+    """The caller's verified certificate identity (cached per TLS connection); never
+    taken from a header. None without TLS or without a client certificate."""
+    transport = getattr(request.channel, "transport", None)
+    return peer_identity(transport) if transport is not None else None
 
 
 def bounded_request(max_body: int, base: type[BoundedRequest] = BoundedRequest) -> type[BoundedRequest]:

@@ -12,6 +12,8 @@ import struct
 import termios
 from typing import Any
 
+from ccnet.reactors import IReactor
+
 __all__ = [
     "clear_exit_signal",
     "exit_signal",
@@ -32,12 +34,12 @@ def request_disconnected(request: Any) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
-def exit_signal(reactor: Any) -> int | None:
+def exit_signal(reactor: IReactor) -> int | None:
     """The signal that stopped the reactor (``ReactorBase._exitSignal``), if any."""
     return getattr(reactor, "_exitSignal", None)
 
 
-def clear_exit_signal(reactor: Any) -> None:
+def clear_exit_signal(reactor: IReactor) -> None:
     """Forget it: twistd re-raises that signal after a clean shutdown (exit status -15
     for SIGTERM); a daemon that drained and stopped as asked should exit 0."""
     if hasattr(reactor, "_exitSignal"):

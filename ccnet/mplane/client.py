@@ -49,9 +49,10 @@ from ccnet.mplane.model import (
     parse_json,
     to_json,
 )
+from ccnet.reactors import IReactor
 from ccnet.tls import TLSMaterial
 
-__all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS", "SUPERVISOR_PATHS"]
+__all__ = ["MPlaneClient", "MPlaneError", "RI_PATHS", "SDK_PATHS", "SUPERVISOR_PATHS", "specification_of"]
 
 RI_PATHS = {"capability": "show/capability", "specification": "register/specification", "result": "show/result",
             "status": "api/status"}
@@ -68,6 +69,34 @@ class MPlaneError(Exception):
         self.code = code
 
 
+def specification_of(cap: Statement, when: str, params: Mapping[str, str] | None, registries: RegistryStore,
+                     label: str | None = None) -> Statement:
+    """A specification of ``cap`` for ``when`` with ``params``: single-valued constraints
+    filled in, every value checked against ``cap`` (:class:`MPlaneError` saying what is
+    wrong). The one check of the shell's ``runcap`` and the web console's run form."""
+    values: dict[str, str] = {}
+    reg = registries.get(cap.registry) if registries.known(cap.registry) else None
+    for name, constraint in cap.parameters.items():
+        if params and name in params:
+            values[name] = str(params[name])
+        elif constraint != "*" and "," not in constraint and " ... " not in constraint:
+            values[name] = constraint
+        else:
+            raise MPlaneError(f"parameter {name} needs a value (constraint: {constraint})")
+    extra = [k for k in (params or {}) if k not in cap.parameters]
+    if extra:
+        raise MPlaneError(f"{cap.label} has no parameter {extra[0]} (it takes: "
+                          f"{', '.join(sorted(cap.parameters)) or 'none'})")
+    try:
+        spec = cap.derive("specification", when=When.parse(when), parameters=values, token=None,
+                          label=label or cap.label, link=None)
+        if reg is not None:
+            match_specification(spec, cap, registries)
+    except ModelError as exc:
+        raise MPlaneError(str(exc)) from None
+    return spec.with_token(registries)
+
+
 def _final(msg: Message) -> bool:
     """A result, an exception, or a repeated measurement's envelope whose scope is over."""
     if isinstance(msg, ExceptionMessage):
@@ -82,7 +111,7 @@ def _final(msg: Message) -> bool:
 class MPlaneClient:
     """Capabilities, specifications, receipts and results of one supervisor (or listener)."""
 
-    def __init__(self, reactor: Any, url: str, material: TLSMaterial, paths: Mapping[str, str] | None = None,
+    def __init__(self, reactor: IReactor, url: str, material: TLSMaterial, paths: Mapping[str, str] | None = None,
                  timeout: float = 60.0) -> None:
         self.reactor = reactor
         self.urls = [u.rstrip("/") for u in url.replace(",", " ").split()] or [url.rstrip("/")]
@@ -186,27 +215,7 @@ class MPlaneClient:
                       label: str | None = None) -> Statement:
         """A specification of ``cap``: single-valued constraints filled in, checked locally
         (so a wrong value is reported before anything is sent)."""
-        values: dict[str, str] = {}
-        reg = self.registries.get(cap.registry) if self.registries.known(cap.registry) else None
-        for name, constraint in cap.parameters.items():
-            if params and name in params:
-                values[name] = str(params[name])
-            elif constraint != "*" and "," not in constraint and " ... " not in constraint:
-                values[name] = constraint
-            else:
-                raise MPlaneError(f"parameter {name} needs a value (constraint: {constraint})")
-        extra = [k for k in (params or {}) if k not in cap.parameters]
-        if extra:
-            raise MPlaneError(f"{cap.label} has no parameter {extra[0]} (it takes: "
-                              f"{', '.join(sorted(cap.parameters)) or 'none'})")
-        try:
-            spec = cap.derive("specification", when=When.parse(when), parameters=values, token=None,
-                              label=label or cap.label, link=None)
-            if reg is not None:
-                match_specification(spec, cap, self.registries)
-        except ModelError as exc:
-            raise MPlaneError(str(exc)) from None
-        return spec.with_token(self.registries)
+        return specification_of(cap, when, params, self.registries, label)
 
     async def submit(self, spec: Statement, cap: Statement | None = None) -> Statement:
         """Send ``spec``; the receipt (or, if it finished at once, the result)."""

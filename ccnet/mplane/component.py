@@ -6,7 +6,7 @@ with the supervisor, long-poll it for specifications, run them under the
 Every message for the supervisor goes through an on-disk outbox (``runtime.store``)
 first, so results made while the supervisor is down — or while this daemon restarts —
 are delivered once it answers again, in order, none lost. Connection failures back off
-exponentially (``retry-min`` … ``retry-max``) and the component re-registers whenever
+exponentially with jitter (``ccnet.backoff``, ``retry-min`` … ``retry-max``) and the component re-registers whenever
 it reconnects or the supervisor answers 428.
 
 Client-initiated workflow (``listen =``): serve ``GET /capability`` and ``POST /``
@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import treq
+from prometheus_client.core import Metric
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -38,9 +39,12 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 from zope.interface import implementer
 
+from ccnet.backoff import Backoff
 from ccnet.config import SetupError, parse_listen
 from ccnet.edge.client import ClientPolicy
 from ccnet.edge.lifecycle import IStopsFirst
+from ccnet.edge.request import request_identity
+from ccnet.metrics import counter, gauge
 from ccnet.mplane.authz import IdentityClaims, Policy
 from ccnet.mplane.component_config import ComponentConfig
 from ccnet.mplane.dialect import CORE_MEANS, Dialect, express, for_client
@@ -61,14 +65,14 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.probes import IUsesTLS
 from ccnet.mplane.scheduler import Job, Scheduler
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 from ccnet.tls import peer_identity
-from ccnet.web import request_identity
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
 
-__all__ = ["ComponentCore", "ComponentService", "Outbox", "SupervisorLink", "build", "MIGRATIONS"]
+__all__ = ["ComponentCore", "ComponentMetrics", "ComponentService", "Outbox", "SupervisorLink", "build", "MIGRATIONS"]
 
 log = Logger()
 
@@ -103,7 +107,7 @@ class _Offer:
 class ComponentCore:
     """Capabilities, authorization and the scheduler: message in, reply out."""
 
-    def __init__(self, reactor: Any, probes: list[Any], policy: Policy | None,
+    def __init__(self, reactor: IReactor, probes: list[Any], policy: Policy | None,
                  users: Callable[[], Any] | None = None) -> None:
         self.reactor = reactor
         self.registries = RegistryStore()
@@ -306,7 +310,7 @@ class Outbox:
 class SupervisorLink(service.Service):
     """Registers with the supervisor, long-polls it, and delivers the outbox."""
 
-    def __init__(self, core: ComponentCore, cfg: ComponentConfig, outbox: Outbox, reactor: Any,
+    def __init__(self, core: ComponentCore, cfg: ComponentConfig, outbox: Outbox, reactor: IReactor,
                  material: Any) -> None:
         self.setName("mplane-component-link")
         self.core = core
@@ -471,7 +475,7 @@ class SupervisorLink(service.Service):
         return msg
 
     async def _poll_forever(self) -> None:
-        backoff = self.cfg.retry_min
+        backoff = Backoff(self.cfg.retry_min, self.cfg.retry_max)
         while self.running:
             try:
                 was_registered = self.registered
@@ -492,7 +496,7 @@ class SupervisorLink(service.Service):
                 work = [self._inbound(m) for m in work if not (isinstance(m, Statement) and m.label == "callback")]
                 for item in work:
                     await self._handle(item)
-                backoff = self.cfg.retry_min
+                backoff.reset()
                 self._outage = False
                 if not work and was_registered and self.reactor.seconds() - t0 < min(1.0, wait or 1.0):
                     # An empty answer at once (long-poll off here or at the supervisor): poll every second.
@@ -509,8 +513,7 @@ class SupervisorLink(service.Service):
                 self._outage = True
                 self.registered = False
                 self._next_supervisor()
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
 
     async def _handle(self, msg: Message) -> None:
         roles = self._supervisor_roles() or frozenset()
@@ -550,7 +553,7 @@ class SupervisorLink(service.Service):
         return to_json(msg).encode()
 
     async def _send_forever(self) -> None:
-        backoff = self.cfg.retry_min
+        backoff = Backoff(self.cfg.retry_min, self.cfg.retry_max)
         while self.running:
             item = self.outbox.first()
             if item is None:
@@ -568,8 +571,7 @@ class SupervisorLink(service.Service):
                 if not self.running:
                     return
                 log.debug("mPlane result delivery failed: {error}", error=str(exc))
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
                 continue
             if code == 200 or (400 <= code < 500 and code not in (408, 425, 428, 429)):
                 if code != 200:
@@ -580,15 +582,13 @@ class SupervisorLink(service.Service):
                 except Exception as exc:
                     # Delivered but not yet forgotten: keep the loop alive and try again.
                     log.warn("mPlane component cannot drop a delivered message: {error}", error=str(exc))
-                    await self._sleep(backoff)
-                    backoff = min(backoff * 2, self.cfg.retry_max)
+                    await self._sleep(backoff.next_delay())
                     continue
                 self.delivered += 1
-                backoff = self.cfg.retry_min
+                backoff.reset()
             else:
                 log.warn("mPlane supervisor answered {code} to a delivery; retrying", code=code)
-                await self._sleep(backoff)
-                backoff = min(backoff * 2, self.cfg.retry_max)
+                await self._sleep(backoff.next_delay())
 
 
 def _outcome(body: bytes) -> dict[str, dict[str, Any]] | None:
@@ -768,35 +768,40 @@ def build(runtime: Runtime, cfg: ComponentConfig) -> Part:
         part.listeners.append(ListenerService(reactor, "component", spec, site,
                                               runtime.tls.server(False, "component"),
                                               limits=runtime.limits("component")))
-    runtime.register_metrics("mplane-component", lambda: component_metrics(top))
+    runtime.register_metrics("mplane-component", ComponentMetrics(top))
     log.info("mPlane component: {n} capabilities from probes {probes}", n=len(core.offers),
              probes=", ".join(p.name for p in probes))
     return part
 
 
-def component_metrics(top: ComponentService) -> str:
-    """Prometheus text: measurements by capability and outcome, jobs, outbox, link state."""
-    from ccnet.metrics import Counter, Gauge, render
+class ComponentMetrics:
+    """The component's series for ``/metrics``: measurements by capability and outcome,
+    jobs, and (with a supervisor) its outbox and link state."""
 
-    core = top.core
-    runs = Counter("ccnet_mplane_component_measurements_total",
-                   "Finished measurements by capability and outcome (result, envelope, exception).",
-                   ["capability", "outcome"])
-    for (label, kind), n in sorted(core.outcomes.items()):
-        runs.inc(label, kind, amount=n)
-    jobs = Gauge("ccnet_mplane_component_jobs", "Measurements held by the scheduler, by state.", ["state"])
-    for state in ("scheduled", "running", "done", "failed"):
-        jobs.set(sum(1 for j in core.scheduler.jobs.values() if j.state == state), state)
-    families: list[Any] = [runs, jobs]
-    link = next((s for s in top if isinstance(s, SupervisorLink)), None)
-    if link is not None and top.outbox is not None:
-        depth = Gauge("ccnet_mplane_component_outbox_depth", "Messages on disk waiting for the supervisor.")
-        depth.set(len(top.outbox))
-        up = Gauge("ccnet_mplane_component_registered", "1 while registered with the supervisor.")
-        up.set(1 if link.registered else 0)
-        sent = Counter("ccnet_mplane_component_delivered_total", "Messages the supervisor accepted.")
-        sent.inc(amount=link.delivered)
-        regs = Counter("ccnet_mplane_component_registrations_total", "Capability registrations sent.")
-        regs.inc(amount=link.registrations)
-        families += [depth, up, sent, regs]
-    return render(families)
+    def __init__(self, top: ComponentService) -> None:
+        self.top = top
+
+    def collect(self) -> list[Metric]:
+        core, top = self.top.core, self.top
+        jobs = core.scheduler.jobs.values()
+        families = [
+            counter("ccnet_mplane_component_measurements_total",
+                    "Finished measurements by capability and outcome (result, envelope, exception).",
+                    ["capability", "outcome"], core.outcomes),
+            gauge("ccnet_mplane_component_jobs", "Measurements held by the scheduler, by state.", ["state"],
+                  {(state,): sum(1 for j in jobs if j.state == state)
+                   for state in ("scheduled", "running", "done", "failed")}),
+        ]
+        link = next((s for s in top if isinstance(s, SupervisorLink)), None)
+        if link is not None and top.outbox is not None:
+            families += [
+                gauge("ccnet_mplane_component_outbox_depth", "Messages on disk waiting for the supervisor.",
+                      rows={(): len(top.outbox)}),
+                gauge("ccnet_mplane_component_registered", "1 while registered with the supervisor.",
+                      rows={(): 1 if link.registered else 0}),
+                counter("ccnet_mplane_component_delivered_total", "Messages the supervisor accepted.",
+                        rows={(): link.delivered}),
+                counter("ccnet_mplane_component_registrations_total", "Capability registrations sent.",
+                        rows={(): link.registrations}),
+            ]
+        return families

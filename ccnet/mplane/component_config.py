@@ -18,7 +18,8 @@
     # wire dialect of the supervisor: auto (found out from its answers), sdk (mplane-sdk
     # 0.9's mpsup, ccnet) or ri (the RI fork's supervisor)
     dialect = auto
-    # reconnect back-off, seconds: first wait and upper bound (doubles in between)
+    # reconnect back-off, seconds: first step and upper bound (doubles in between; each
+    # wait is drawn in the upper half of its step, so components do not retry in step)
     retry-min = 0.5
     retry-max = 30
     registration-path = register/capability

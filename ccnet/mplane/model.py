@@ -118,7 +118,10 @@ def parse_duration(text: str) -> timedelta:
     if not text or not m:
         raise ModelError(f"{text!r} is not an mPlane duration (expected e.g. 5s, 1m30s, 2h, 1d)")
     d, h, mi, s = (int(g or 0) for g in m.groups())
-    return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    try:
+        return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+    except OverflowError:  # beyond timedelta's 999999999 days: an error of the message
+        raise ModelError(f"{text!r} is not an mPlane duration (too long)") from None
 
 
 def render_duration(value: timedelta) -> str:
@@ -275,7 +278,12 @@ class When:
         elif self.b == FUTURE:
             end = None
         elif self.b is None:
-            end = start if self.duration is None or start is None else start + self.duration
+            end = start
+            if self.duration is not None and start is not None:
+                try:
+                    end = start + self.duration
+                except OverflowError:  # after datetime's last day: unbounded, as "future"
+                    end = None
         else:
             end = self.b  # type: ignore[assignment]
         return start, end

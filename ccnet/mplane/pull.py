@@ -36,6 +36,7 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.state import Peer, SupervisorState
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.tls import TLSMaterial, peer_identity
 
 __all__ = ["ComponentPuller"]
@@ -48,7 +49,7 @@ _HREF = re.compile(r"""href=['"]([^'"]+)['"]""")
 
 
 class _Remote:
-    def __init__(self, url: str, reactor: Any, material: TLSMaterial) -> None:
+    def __init__(self, url: str, reactor: IReactor, material: TLSMaterial) -> None:
         self.url = url.rstrip("/") + "/"
         self.policy = ClientPolicy(material)
         from twisted.web.client import Agent
@@ -62,7 +63,7 @@ class _Remote:
 class ComponentPuller(service.Service):
     """Drives components that wait for the supervisor to call them."""
 
-    def __init__(self, state: SupervisorState, urls: list[str], reactor: Any, material: TLSMaterial | None,
+    def __init__(self, state: SupervisorState, urls: list[str], reactor: IReactor, material: TLSMaterial | None,
                  refresh: float = 60.0, redeem_every: float = 1.0) -> None:
         self.setName("mplane-component-puller")
         self.state = state

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from ccnet.mplane.model import Envelope, ExceptionMessage, Message, Statement, When
 from ccnet.mplane.probes import IProbe, ProbeError, ProbeRun
+from ccnet.reactors import IReactor
 
 __all__ = ["Job", "Scheduler", "SCHEDULED", "RUNNING", "DONE", "FAILED"]
 
@@ -69,7 +70,7 @@ class Job:
 class Scheduler:
     """Owns the jobs of one component; ``on_reply(job, message, final)`` reports results."""
 
-    def __init__(self, reactor: Any, on_reply: ReplyHook | None = None) -> None:
+    def __init__(self, reactor: IReactor, on_reply: ReplyHook | None = None) -> None:
         self.reactor = reactor
         self.on_reply = on_reply
         self.jobs: dict[str, Job] = {}

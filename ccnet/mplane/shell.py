@@ -51,6 +51,7 @@ from ccnet.mplane.model import (
     When,
     render_duration,
 )
+from ccnet.reactors import default_reactor
 
 __all__ = ["ClientShell", "format_table", "main"]
 
@@ -289,13 +290,13 @@ class ClientShell(cmd.Cmd):
         if given:
             return given
         if not ask:
-            return self.default_when or _first_period(cap)
+            return self.default_when or first_period(cap)
         if self.default_when and scope_problem(cap, self.default_when, datetime.now(UTC)) is None:
             return self.default_when
         answer = self._ask_until("|when| = ", "when",
                                  lambda a: scope_problem(cap, a, datetime.now(UTC)) if a else None)
         if not answer:
-            return _first_period(cap)
+            return first_period(cap)
         self.default_when = answer
         return answer
 
@@ -590,7 +591,7 @@ class ClientShell(cmd.Cmd):
     complete_unset = complete_set
 
 
-def _first_period(cap: Statement) -> str:
+def first_period(cap: Statement) -> str:
     """The default scope: one sample — ``now + P / P`` for periodic capabilities, else ``now``."""
     if cap.when.period is not None:
         p = render_duration(cap.when.period)
@@ -643,13 +644,12 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _options(argv)
     from twisted.internet import defer
-    from twisted.internet import reactor as _reactor
     from twisted.internet.threads import blockingCallFromThread
 
     from ccnet.config import TLSConfig
     from ccnet.tls import TLSMaterial
 
-    reactor: Any = _reactor
+    reactor = default_reactor()
     try:
         material = TLSMaterial(TLSConfig(ca=Path(args.ca), cert=Path(args.cert), key=Path(args.key), crl=None,
                                          min_version="1.2", allow_proxies=False))

@@ -18,11 +18,13 @@ import html
 import json
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qs
 
+from prometheus_client.core import Metric
 from twisted.application import service
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -30,7 +32,9 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
 from ccnet.config import SetupError
+from ccnet.edge.request import request_identity
 from ccnet.edge.shim import request_disconnected
+from ccnet.metrics import counter, gauge
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
 from ccnet.mplane.cluster import CHANNEL, ClusterSync, Listener
 from ccnet.mplane.config import SupervisorConfig
@@ -56,14 +60,14 @@ from ccnet.mplane.model import (
 )
 from ccnet.mplane.state import MIGRATIONS, Peer, SupervisorState, callback_spec
 from ccnet.periodic import every
+from ccnet.reactors import IReactor
 from ccnet.runtime import Part
 from ccnet.store import StoreError
-from ccnet.web import request_identity
 
 if TYPE_CHECKING:
     from ccnet.runtime import Runtime
 
-__all__ = ["build", "SupervisorResource", "SupervisorService"]
+__all__ = ["build", "SupervisorMetrics", "SupervisorResource", "SupervisorService"]
 
 log = Logger()
 
@@ -82,7 +86,7 @@ class HTTPError(Exception):
 class SupervisorService(service.Service):
     """Opens the state (schema migration, reload after restart) and expires old results."""
 
-    def __init__(self, state: SupervisorState, store: Any, clock: Any, expiry_interval: float,
+    def __init__(self, state: SupervisorState, store: Any, clock: IReactorTime, expiry_interval: float,
                  preload: Callable[[], Coroutine[Any, Any, None]] | None = None,
                  failures: dict[str, int] | None = None) -> None:
         self.setName("mplane-supervisor")
@@ -146,7 +150,7 @@ class SupervisorResource(Resource):
     """Root of the supervisor site. ``/health`` and other children may be added with putChild."""
 
     def __init__(self, state: SupervisorState, cfg: SupervisorConfig, ready: defer.Deferred[None],
-                 reactor: Any, users: Callable[[], Any], version: str = "") -> None:
+                 reactor: IReactor, users: Callable[[], Any], version: str = "") -> None:
         super().__init__()
         self.state = state
         self.cfg = cfg
@@ -525,11 +529,12 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def _registry_fetcher(reactor: Any) -> Callable[[str], Coroutine[Any, Any, bytes]]:
+def _registry_fetcher(reactor: IReactor) -> Callable[[str], Coroutine[Any, Any, bytes]]:
     async def fetch(url: str) -> bytes:
         import treq
 
-        resp = await treq.get(url, reactor=reactor, timeout=30)
+        # treq names the reactor it needs with a private interface of its own.
+        resp = await treq.get(url, reactor=cast(Any, reactor), timeout=30)
         if resp.code != 200:
             raise ModelError(f"registry {url}: HTTP {resp.code}")
         return bytes(await resp.content())
@@ -583,8 +588,11 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
         log.info("mPlane authorization reloaded: {summary}", summary=dict(state.policy.summary()))
 
     runtime.on_reload(reload_policy)
-    runtime.register_metrics("mplane", lambda: supervisor_metrics(state))
+    runtime.register_metrics("mplane", SupervisorMetrics(state))
     resource = SupervisorResource(state, cfg, svc.ready, reactor, lambda: runtime.users, runtime.version)
+    from ccnet.console.resource import ConsoleResource  # it builds on this module's resource
+
+    resource.putChild(b"console", cast(IResource, ConsoleResource(resource, runtime.console)))
     services: list[Any] = [svc]
     if shared:
         # Active/active: other daemons on this PostgreSQL tell us what they changed.
@@ -614,35 +622,42 @@ def default_node_name(hostname: str | None, listen: str) -> str:
     return f"{host}:{port}" if port and port != "0" else f"{host}:pid-{os.getpid()}"
 
 
-def supervisor_metrics(state: SupervisorState) -> str:
-    """Prometheus text for the supervisor: events by capability, queues, sizes."""
-    from ccnet.metrics import Counter, Gauge, render
+class SupervisorMetrics:
+    """The supervisor's series for ``/metrics``, read from its state at scrape time:
+    events by capability, queues, sizes, when each component was last heard from."""
 
-    events = Counter("ccnet_mplane_events_total",
-                     "Registrations, specifications, results and exceptions by capability.",
-                     ["event", "capability"])
-    for (event, label), n in sorted(state.by_capability.items()):
-        events.inc(event, label, amount=n)
-    denied = Counter("ccnet_mplane_denied_total", "Specifications refused (no capability visible).")
-    denied.inc(amount=state.counters.get("denied", 0))
-    queued = Gauge("ccnet_mplane_queue_depth", "Specifications not yet handed to the component.",
-                   ["component"], source=lambda: [((c,), n) for c, n in state.queue_depths().items()])
-    sizes = Gauge("ccnet_mplane_objects", "Components, capabilities and measurements held.", ["kind"])
-    sizes.set(len(state.components), "components")
-    sizes.set(len(state.capabilities), "capabilities")
-    sizes.set(len(state.measurements), "measurements")
-    holders: dict[str, int] = {}
-    for comp in state.components.values():
-        holders[comp.holder or "-"] = holders.get(comp.holder or "-", 0) + 1
-    held = Gauge("ccnet_mplane_components_by_holder",
-                 "Components by the supervisor daemon (node name) their poll came to last.", ["node"])
-    for node, n in sorted(holders.items()):
-        held.set(n, node)
-    waiting = Gauge("ccnet_mplane_polls_held", "Component long-polls this daemon holds open now.")
-    waiting.set(state.polls_held())
-    sync = Counter("ccnet_mplane_cluster_events_total",
-                   "Other supervisor daemons' notifications applied, and full resyncs (PostgreSQL store).",
-                   ["event"])
-    for event, n in sorted(state.cluster_events.items()):
-        sync.inc(event, amount=n)
-    return render([events, denied, queued, sizes, held, waiting, sync])
+    def __init__(self, state: SupervisorState) -> None:
+        self.state = state
+
+    def collect(self) -> list[Metric]:
+        state = self.state
+        return [
+            counter("ccnet_mplane_events_total",
+                    "Registrations, specifications, results and exceptions by capability.",
+                    ["event", "capability"], state.by_capability),
+            counter("ccnet_mplane_denied_total", "Specifications refused (no capability visible).",
+                    rows={(): state.counters.get("denied", 0)}),
+            gauge("ccnet_mplane_queue_depth", "Specifications not yet handed to the component.",
+                  ["component"], {(c,): n for c, n in state.queue_depths().items()}),
+            gauge("ccnet_mplane_objects", "Components, capabilities and measurements held.", ["kind"],
+                  {("components",): len(state.components), ("capabilities",): len(state.capabilities),
+                   ("measurements",): len(state.measurements)}),
+            gauge("ccnet_mplane_component_last_seen_timestamp_seconds",
+                  "When each component last registered or polled (seconds since the epoch).",
+                  ["component"], {(c.identity,): c.last_seen for c in state.components.values()}),
+            gauge("ccnet_mplane_components_by_holder",
+                  "Components by the supervisor daemon (node name) their poll came to last.", ["node"],
+                  self._holders()),
+            gauge("ccnet_mplane_polls_held", "Component long-polls this daemon holds open now.",
+                  rows={(): state.polls_held()}),
+            counter("ccnet_mplane_cluster_events_total",
+                    "Other supervisor daemons' notifications applied, and full resyncs (PostgreSQL store).",
+                    ["event"], {(event,): n for event, n in state.cluster_events.items()}),
+        ]
+
+    def _holders(self) -> dict[tuple[str, ...], int]:
+        holders: dict[tuple[str, ...], int] = {}
+        for comp in self.state.components.values():
+            key = (comp.holder or "-",)
+            holders[key] = holders.get(key, 0) + 1
+        return holders

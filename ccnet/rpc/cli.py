@@ -7,6 +7,14 @@
 
 Each argument after the method is JSON (``'"text"'``, ``42``, ``'[1, 2]'``); an argument
 that is not valid JSON is passed as a plain string.  Exit status 0 for S_OK, 1 otherwise.
+
+Two commands manage a DIRAC Configuration/Server without a DIRAC install::
+
+    ccnet-rpc https://host:8443/Configuration/Server cs-dump -o current.cfg   # getCompressedData, decoded
+    ccnet-rpc https://host:8443/Configuration/Server cs-commit current.cfg    # commitNewData
+
+Edit the dumped file and commit it: it carries the version it was dumped at, so a commit
+made after someone else's is refused (dump again and redo the edit).
 """
 
 from __future__ import annotations
@@ -22,6 +30,9 @@ from ccnet.rpc.clientcore import DEFAULT_TIMEOUT
 from ccnet.rpc.codec import encode
 
 __all__ = ["main"]
+
+CS_DUMP = "cs-dump"
+CS_COMMIT = "cs-commit"
 
 
 def _argument(text: str) -> Any:
@@ -47,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="CA bundle file or folder (default $X509_CERT_DIR)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds to wait for the reply")
     p.add_argument("--vo", help="clientVO to send")
-    p.add_argument("--output", "-o", help="with streamToClient: save the streamed file here")
+    p.add_argument("--output", "-o", help="with streamToClient: save the streamed file here; "
+                   "with cs-dump: write the configuration here")
     return p
 
 
@@ -63,15 +75,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"ccnet-rpc: {exc}", file=sys.stderr)
         return 2
+    if options.method in (CS_DUMP, CS_COMMIT):
+        with client:
+            return _configuration(client, options)
     args = [_argument(a) for a in options.args]
     if options.output and options.method != "streamToClient":
-        print("ccnet-rpc: --output goes with the streamToClient method", file=sys.stderr)
+        print("ccnet-rpc: --output goes with the streamToClient and cs-dump methods", file=sys.stderr)
         return 2
     with client:
         if options.output:
             result = client.receiveFile(options.output, *args)
         else:
             result = client.executeRPC(options.method, *args)
+    print(json.dumps(json.loads(encode(result)), indent=2, sort_keys=True))
+    return 0 if result.get("OK") else 1
+
+
+def _configuration(client: Any, options: argparse.Namespace) -> int:
+    """cs-dump / cs-commit against a Configuration/Server."""
+    from ccnet.rpc.cs import core
+
+    if options.method == CS_DUMP:
+        if options.args:
+            print("ccnet-rpc: cs-dump takes no argument", file=sys.stderr)
+            return 2
+        result = client.executeRPC("getCompressedData")
+        if result.get("OK"):
+            try:
+                text = core.decode_commit(result["Value"])
+            except core.CfgError as exc:
+                print(f"ccnet-rpc: the server sent {exc}", file=sys.stderr)
+                return 1
+            if options.output:
+                with open(options.output, "w", encoding="utf-8") as handle:
+                    handle.write(text)
+            else:
+                sys.stdout.write(text)
+            return 0
+    else:
+        if len(options.args) != 1:
+            print("ccnet-rpc: cs-commit takes one argument, the cfg file to commit", file=sys.stderr)
+            return 2
+        try:
+            with open(options.args[0], encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"ccnet-rpc: {exc}", file=sys.stderr)
+            return 2
+        result = client.executeRPC("commitNewData", core.encode_commit(text))
     print(json.dumps(json.loads(encode(result)), indent=2, sort_keys=True))
     return 0 if result.get("OK") else 1
 

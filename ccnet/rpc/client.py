@@ -30,7 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseNeverReceived
 
+from ccnet.edge.client import ClientCredentials as TLSCredentials
 from ccnet.edge.client import ClientPolicy
+from ccnet.reactors import IReactor, default_reactor
 from ccnet.rpc.clientcore import (
     DEFAULT_TIMEOUT,
     RETRY_STATUSES,
@@ -133,21 +135,21 @@ class RPCClient(RPCClientBase):
         clientVO: str | None = None,  # noqa: N803 (DIRAC keyword)
         extraCredentials: Any = None,  # noqa: N803 (DIRAC keyword)
         codec: JCodec | None = None,
-        reactor: Any = None,
+        reactor: IReactor | None = None,
         persistent: bool = True,
+        credentials: TLSCredentials | None = None,
     ) -> None:
-        if reactor is None:
-            from twisted.internet import reactor as default_reactor
-
-            reactor = default_reactor
-        super().__init__(url_or_urls, ca=ca, timeout=timeout, clientVO=clientVO,
+        """``credentials`` (the daemon's own ``TLSMaterial``) replaces cert/key/ca: a part
+        of the daemon calling another server with the daemon's certificate."""
+        reactor = reactor if reactor is not None else default_reactor()
+        super().__init__(url_or_urls, ca=ca if credentials is None else credentials, timeout=timeout, clientVO=clientVO,
                          extraCredentials=extraCredentials, codec=codec)
         self._reactor = reactor
         self._pool = HTTPConnectionPool(reactor, persistent=persistent)
         self._pool.maxPersistentPerHost = 16
         self._agent = Agent(
             reactor,
-            contextFactory=ClientPolicy(ClientCredentials(cert, key, ca)),  # type: ignore[arg-type]  # checked by the base
+            contextFactory=ClientPolicy(credentials or ClientCredentials(cert, key, ca)),  # type: ignore[arg-type]  # checked by the base
             connectTimeout=connect_timeout,
             pool=self._pool,
         )

@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Mapping
 from typing import IO, Any
-from urllib.parse import parse_qs, unquote, unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -37,7 +37,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
-from ccnet.edge.request import BoundedRequest, bounded_request
+from ccnet.edge.request import BoundedRequest, bounded_request, request_identity
 from ccnet.identity import Identity, UserMap
 from ccnet.rpc.codec import CodecError, encode
 from ccnet.rpc.credentials import TRUSTED_HOST
@@ -51,7 +51,6 @@ from ccnet.rpc.result import (
 )
 from ccnet.rpc.service import MountedService, RequestContext, ServiceInitError
 from ccnet.store import StoreError
-from ccnet.web import request_identity
 
 __all__ = ["RPCRequest", "RPCResource", "RPCSite", "request_factory"]
 
@@ -103,13 +102,25 @@ class RPCRequest(BoundedRequest):
 
 
 def _parse_form(raw: bytes) -> dict[bytes, list[bytes]]:
-    """``parse_qs`` for bytes that survives any %-escaped byte.
+    """``parse_qs(raw, keep_blank_values=True)`` on bytes, for any %-escaped byte.
 
     ``parse_qs(bytes)`` re-encodes each value as ASCII and raises on ``%C3%AD`` (UTF-8
-    text), which dropped the connection without a reply; latin-1 maps bytes 1:1 both ways.
+    text), which dropped the connection without a reply; bytes are kept as bytes here
+    (and this is several times faster than a round trip through text for a small call).
     """
-    form = parse_qs(raw.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-    return {k.encode("latin-1"): [v.encode("latin-1") for v in vs] for k, vs in form.items()}
+    form: dict[bytes, list[bytes]] = {}
+    for field in raw.split(b"&"):
+        if not field:
+            continue
+        name, _, value = field.partition(b"=")
+        form.setdefault(_unquote_plus(name), []).append(_unquote_plus(value))
+    return form
+
+
+def _unquote_plus(text: bytes) -> bytes:
+    if b"+" in text:
+        text = text.replace(b"+", b" ")
+    return unquote_to_bytes(text) if b"%" in text else text
 
 
 class RPCSite(server.Site):
@@ -167,6 +178,14 @@ class RPCResource(Resource):
 
     def render(self, request: server.Request) -> bytes | int:
         return self._leaf.render(request)
+
+    def counted_names(self, service: str, method: str) -> tuple[str, str]:
+        """(service, method) as metrics and the console count them: ``-`` for names the
+        services do not export, so a client cannot grow a label set without bound."""
+        mounted = self.services.get(service)
+        if mounted is None:
+            return "-", "-"
+        return service, method if mounted.table.get(method) is not None else "-"
 
     # -- helpers used by the leaf ----------------------------------------------------
     def identity(self, request: server.Request) -> Identity | None:

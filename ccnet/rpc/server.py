@@ -3,25 +3,29 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from prometheus_client import Counter, Gauge, Histogram
 from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from ccnet.metrics import LATENCY_BUCKETS
 from ccnet.rpc.config import RPCConfig
 from ccnet.rpc.resource import RPCResource
 from ccnet.rpc.service import MountedService
 from ccnet.runtime import Part
 
 if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
+
     from ccnet.runtime import Runtime
 
-__all__ = ["ThreadPoolService", "build", "build_resource"]
+__all__ = ["HandlerLifecycle", "ThreadPoolService", "build", "build_resource"]
 
 log = Logger(namespace="ccnet.rpc")
 
@@ -46,33 +50,47 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
-def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> Callable[[], str]:
-    """Count calls by service/method/status and time them; the source for ``/metrics``.
+class HandlerLifecycle(Service):
+    """Runs ``initializeHandler`` at start for the services that ask for it
+    (``initialize_at_start``), and every mounted service's ``stopHandler`` at stop."""
 
-    Methods are counted under the name the client sent only when the service exports
-    it, so a client cannot grow the label set without bound.
+    def __init__(self, resource: RPCResource) -> None:
+        self.resource = resource
+        self.setName("rpc-services")
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        for mounted in self.resource.services.values():
+            if mounted.cls.initialize_at_start:
+                # A failure is logged by MountedService and retried at the first call.
+                mounted.ensure_initialized().addErrback(lambda _: None)
+
+    def stopService(self) -> Deferred[Any]:  # noqa: N802 (Twisted API)
+        super().stopService()
+        return DeferredList([m.stop() for m in self.resource.services.values()])
+
+
+def rpc_metrics(resource: RPCResource, pool: ThreadPool) -> list[Collector]:
+    """Count calls by service/method/status and time them; the collectors for ``/metrics``.
+
+    Names are counted as :meth:`RPCResource.counted_names` gives them.
     """
-    from ccnet.metrics import Counter, Gauge, Histogram, render
-
     calls = Counter("ccnet_rpc_calls_total", "RPC calls by service, method and HTTP status.",
-                    ["service", "method", "status"])
-    latency = Histogram("ccnet_rpc_call_seconds", "RPC call latency.", ["service", "method"])
-    queued = Gauge("ccnet_rpc_threadpool_queue_depth", "Blocking calls waiting for a thread.",
-                   source=lambda: [((), pool.q.qsize())])
-    busy = Gauge("ccnet_rpc_threadpool_busy", "Threads running blocking calls.",
-                 source=lambda: [((), len(pool.working))])
+                    ["service", "method", "status"], registry=None)
+    latency = Histogram("ccnet_rpc_call_seconds", "RPC call latency.", ["service", "method"],
+                        buckets=LATENCY_BUCKETS, registry=None)
+    queued = Gauge("ccnet_rpc_threadpool_queue_depth", "Blocking calls waiting for a thread.", registry=None)
+    queued.set_function(pool.q.qsize)
+    busy = Gauge("ccnet_rpc_threadpool_busy", "Threads running blocking calls.", registry=None)
+    busy.set_function(lambda: len(pool.working))
 
     def on_call(service: str, method: str, status: int, seconds: float) -> None:
-        mounted = resource.services.get(service)
-        if mounted is None:
-            service, method = "-", "-"
-        elif mounted.table.get(method) is None:
-            method = "-"
-        calls.inc(service, method, status)
-        latency.observe(seconds, service, method)
+        service, method = resource.counted_names(service, method)
+        calls.labels(service, method, str(status)).inc()
+        latency.labels(service, method).observe(seconds)
 
     resource.on_call = on_call
-    return lambda: render([calls, latency, queued, busy])
+    return [calls, latency, queued, busy]
 
 
 def build_resource(
@@ -128,6 +146,9 @@ def build(runtime: Runtime, cfg: RPCConfig) -> Part:
     """Entry point for ``ccnet.service``: (site root resource, services to start)."""
     pool = ThreadPool(minthreads=0, maxthreads=cfg.threads, name="ccnet-rpc")
     resource = build_resource(runtime, cfg, pool)
-    runtime.register_metrics("rpc", rpc_metrics(resource, pool))
-    services: list[IService] = [ThreadPoolService(pool)]  # type: ignore[list-item]
+    runtime.register_metrics("rpc", *rpc_metrics(resource, pool))
+    services: list[IService] = [ThreadPoolService(pool), HandlerLifecycle(resource)]  # type: ignore[list-item]
+    from ccnet.rpc.console import console_view
+
+    runtime.console.rpc = console_view(resource, runtime.reactor.seconds)  # after the metrics' on_call
     return Part(services=list(services), resource=resource, max_body=cfg.max_body, site=resource.make_site())

@@ -35,6 +35,7 @@ from __future__ import annotations
 import datetime
 import inspect
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 import ccnet
+from ccnet.reactors import IReactor
 from ccnet.rpc.codec import JCodec
 from ccnet.rpc.credentials import Credentials
 from ccnet.rpc.dispatch import CallPlan, MethodTable, blocking, in_reactor, is_blocking
@@ -124,6 +126,9 @@ class RPCService:
     """
 
     blocking: ClassVar[bool] = False
+    #: Run ``initializeHandler`` when the daemon starts, not at the first call (a service
+    #: with work of its own to do, such as following another server).
+    initialize_at_start: ClassVar[bool] = False
     codec_classes: ClassVar[Sequence[type]] = ()
 
     auth_ping: ClassVar[list[str]] = ["all"]
@@ -150,6 +155,12 @@ class RPCService:
     @classmethod
     def initializeHandler(cls, serviceInfo: dict[str, Any]) -> Any:  # noqa: N802, N803 (DIRAC API)
         """Called once before the first request; may return a Deferred."""
+        return None
+
+    @classmethod
+    def stopHandler(cls) -> Any:  # noqa: N802 (named like initializeHandler)
+        """Called once when the daemon stops, if ``initializeHandler`` ran: stop what it
+        started (periodic jobs, clients); may return a Deferred."""
         return None
 
     def initializeRequest(self) -> Any:  # noqa: N802 (DIRAC API)
@@ -225,18 +236,11 @@ class RPCService:
         """DIRAC's ping: version, times, uptimes, load, name, URL, cpu times."""
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         info: dict[str, Any] = {"version": ccnet.__version__, "time": now}
-        try:
-            with open("/proc/uptime") as handle:  # procfs: served from memory
-                info["host uptime"] = int(float(handle.readline().split()[0]))
-        except (OSError, ValueError, IndexError):
-            pass
+        # The same figures as /proc/uptime and /proc/loadavg, without opening a file per call.
+        info["host uptime"] = int(time.clock_gettime(time.CLOCK_BOOTTIME))
         info["service start time"] = self._startTime
         info["service uptime"] = int((now - self._startTime).total_seconds())
-        try:
-            with open("/proc/loadavg") as handle:  # DIRAC sends the first three fields as text
-                info["load"] = " ".join(handle.read().split()[:3])
-        except OSError:
-            pass
+        info["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())  # DIRAC: the first three fields, as text
         info["name"] = self.srv_getServiceName()
         times = os.times()
         info["cpu times"] = {
@@ -278,7 +282,7 @@ class MountedService:
         name: str,
         service_class: type[RPCService],
         *,
-        reactor: Any,
+        reactor: IReactor,
         pool: ThreadPool,
         options: Mapping[str, str] | None = None,
         config_rules: Mapping[str, Sequence[str]] | None = None,
@@ -346,6 +350,20 @@ class MountedService:
         log.failure("initializeHandler of RPC service {service} failed", failure, service=self.name)
         for waiter in waiters:
             waiter.errback(ServiceInitError(f"{self.name} failed to initialize"))
+
+    def stop(self) -> Deferred[None]:
+        """Run ``stopHandler`` if ``initializeHandler`` ran (waiting for one still running,
+        so that it does not outlive the store); errors are logged, not raised."""
+        if self._waiters is not None:
+            pending = self.ensure_initialized()
+            pending.addErrback(lambda _: None)  # already logged by _initialize_failed
+            return pending.addCallback(lambda _: self.stop())
+        if not self._initialized:
+            return succeed(None)
+        self._initialized = False
+        d = maybeDeferred(self.cls.stopHandler)
+        d.addErrback(lambda f: log.failure("stopHandler of RPC service {service} failed", f, service=self.name))
+        return d.addCallback(lambda _: None)
 
     # -- calls ------------------------------------------------------------------
     def call(self, plan: CallPlan, context: RequestContext) -> Deferred[Any]:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger, LogLevel, formatEvent, globalLogPublisher
 
 from ccnet import periodic
@@ -39,6 +40,7 @@ from ccnet.cc.crypto import CMSCodec, CryptoError
 from ccnet.cc.message import ACK_FIELD, BodyError, CCMessage, Invalid, make_body, parse
 from ccnet.cc.transport import ZmqSocket, dealer, make_factory
 from ccnet.config import ConfigError, IniFile, SectionReader
+from ccnet.reactors import IReactor, default_reactor
 
 __all__ = [
     "JobConfig",
@@ -163,7 +165,7 @@ class CCJob:
     """Base class of the daemons; subclasses override :meth:`startJob`,
     :meth:`stopJob` and :meth:`messageReceived`."""
 
-    def __init__(self, config: JobConfig, options: Any, reactor: Any, clock: Any = None) -> None:
+    def __init__(self, config: JobConfig, options: Any, reactor: IReactor, clock: IReactorTime | None = None) -> None:
         self.config = config
         self.options = options
         self.reactor = reactor
@@ -367,7 +369,6 @@ def run_daemon(
     argv: Sequence[str] | None = None,
 ) -> int:
     """``python -m ccnet.cc.daemons.X <ini> <section> [-v] [-q] [-d]``."""
-    from twisted.internet import reactor as _reactor
     from twisted.logger import (
         FilteringLogObserver,
         LogLevel,
@@ -393,7 +394,7 @@ def run_daemon(
     predicate = LogLevelFilterPredicate(defaultLogLevel=level)
     observer: Any = FilteringLogObserver(cast(ILogObserver, textFileLogObserver(sys.stdout)), [cast(Any, predicate)])
     globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
-    reactor: Any = _reactor
+    reactor = default_reactor()
     job = job_class(cfg, options, reactor)
     reactor.callWhenRunning(job.start)
     reactor.addSystemEventTrigger("before", "shutdown", job.stop)

@@ -13,13 +13,15 @@ from typing import Any, TypeVar
 from twisted.internet import defer, threads
 from twisted.python.threadpool import ThreadPool
 
+from ccnet.reactors import IReactor
+
 __all__ = ["WorkerPool"]
 
 T = TypeVar("T")
 
 
 class WorkerPool:
-    def __init__(self, reactor: Any, name: str, size: int) -> None:
+    def __init__(self, reactor: IReactor, name: str, size: int) -> None:
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=max(1, size), name=name)
         self._tails: dict[Hashable, defer.Deferred[Any]] = {}

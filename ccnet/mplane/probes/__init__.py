@@ -21,6 +21,7 @@ from twisted.internet import defer, threads
 from zope.interface import Attribute, Interface
 
 from ccnet.mplane.model import Statement, When
+from ccnet.reactors import IReactor
 
 __all__ = ["IProbe", "IProbeFactory", "IUsesTLS", "ProbeError", "ProbeRun", "in_thread", "make_result"]
 
@@ -52,7 +53,7 @@ class IProbeFactory(Interface):
         """Validate the ``[probe:NAME]`` section (a ccnet.config.SectionReader) into options;
         raise ``section.error(key, expected, got)`` for mistakes. Every key must be read."""
 
-    def build(reactor: Any, name: str, options: Any) -> IProbe:  # type: ignore[empty-body]
+    def build(reactor: IReactor, name: str, options: Any) -> IProbe:  # type: ignore[empty-body]
         """The probe, ready to run."""
 
 
@@ -68,7 +69,7 @@ class IUsesTLS(Interface):
 class ProbeRun:
     """One scheduled run of a probe: its window and the interruption signal."""
 
-    reactor: Any
+    reactor: IReactor
     start: datetime
     end: datetime | None  # when the scheduler will interrupt it (None: not before an interrupt)
     period: float | None  # seconds between samples, from the spec's "/ P"
@@ -89,7 +90,7 @@ class ProbeRun:
         return datetime.fromtimestamp(self.reactor.seconds(), UTC)
 
 
-def in_thread(reactor: Any, fn: Any, *args: Any) -> defer.Deferred[Any]:
+def in_thread(reactor: IReactor, fn: Any, *args: Any) -> defer.Deferred[Any]:
     """``fn(*args)`` in the reactor's thread pool: blocking work (files, /proc) of a probe."""
     return threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn, *args)
 

@@ -28,11 +28,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet import defer, error, protocol
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from ccnet.mplane.model import ModelError, RegistryStore, Statement, When, parse_constraint
 from ccnet.mplane.probes import IProbe, IProbeFactory, ProbeError, ProbeRun, make_result
+from ccnet.reactors import IReactor
 
 __all__ = ["PingOptions", "PingProbe", "parse_ping_line", "probe_factory"]
 
@@ -104,7 +106,7 @@ class _Factory:
             raise section.error("ip4addr", "ip4addr and/or ip6addr (the source address to ping from)")
         return PingOptions(**values)
 
-    def build(self, reactor: Any, name: str, options: PingOptions) -> PingProbe:
+    def build(self, reactor: IReactor, name: str, options: PingOptions) -> PingProbe:
         return PingProbe(reactor, name, options)
 
 
@@ -112,12 +114,12 @@ probe_factory = _Factory()
 
 
 class _PingProcess(protocol.ProcessProtocol):
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.buffer = b""
         self.pings: list[tuple[datetime, int]] = []
         self.errors = b""
         self.ended: defer.Deferred[None] = defer.Deferred()
-        self.clock: Any = None
+        self.clock = clock
 
     def outReceived(self, data: bytes) -> None:  # noqa: N802 (Twisted API)
         self.buffer += data
@@ -143,7 +145,7 @@ class _PingProcess(protocol.ProcessProtocol):
 
 @implementer(IProbe)
 class PingProbe:
-    def __init__(self, reactor: Any, name: str, options: PingOptions) -> None:
+    def __init__(self, reactor: IReactor, name: str, options: PingOptions) -> None:
         self.reactor = reactor
         self.name = name
         self.options = options
@@ -178,8 +180,7 @@ class PingProbe:
         argv = self.argv(spec, run)
         if not os.path.isfile(self._binary):
             raise ProbeError(f"ping binary {self.options.ping!r} not found")
-        proc = _PingProcess()
-        proc.clock = self.reactor
+        proc = _PingProcess(self.reactor)
         started = run.now()
         log.debug("ping probe running {argv}", argv=" ".join(argv))
         self.reactor.spawnProcess(proc, self._binary, argv, env=dict(os.environ))

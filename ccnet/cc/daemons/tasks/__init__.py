@@ -18,6 +18,8 @@ from typing import Any
 
 from zope.interface import Attribute, Interface
 
+from ccnet.reactors import IReactor
+
 __all__ = ["ITask", "ITaskFactory", "TaskContext", "TaskFailed", "resolve_task", "TASKS"]
 
 TASKS = {"shell": "ccnet.cc.daemons.tasks.shell"}
@@ -37,7 +39,7 @@ class TaskContext:
     """What a task gets: its id, the reactor and a way to report progress."""
 
     task_id: str
-    reactor: Any
+    reactor: IReactor
     #: feedback(dict) sends status "feedback" with that dict to the requester.
     feedback: Callable[[dict[str, Any]], None]
     #: The taskrunner's options (allowlists, timeouts).

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IReactorTime
+
+from ccnet.reactors import IReactor
 
 __all__ = ["SUDO", "OUTPUT_LIMIT", "task_command", "task_stdin", "launch"]
 
@@ -44,7 +47,7 @@ def task_stdin(task: Mapping[str, Any], signature: bytes) -> bytes:
 
 
 class _Launch(protocol.ProcessProtocol):
-    def __init__(self, stdin: bytes, clock: Any) -> None:
+    def __init__(self, stdin: bytes, clock: IReactorTime) -> None:
         self.stdin = stdin
         self.clock = clock
         self.out = bytearray()
@@ -87,7 +90,7 @@ def _exit_code(reason: Any) -> int:
     return int(code)
 
 
-def launch(reactor: Any, argv: list[str], stdin: bytes, env: Mapping[str, str] | None = None,
+def launch(reactor: IReactor, argv: list[str], stdin: bytes, env: Mapping[str, str] | None = None,
            path: str | None = None) -> defer.Deferred[tuple[int, bytes]]:
     """Run the launcher without blocking the reactor; fires with (exit status, output)."""
     proto = _Launch(stdin, reactor)

@@ -63,6 +63,7 @@ from ccnet.mplane.probes.tstat.logs import (
     rows_for,
     set_runtime_flags,
 )
+from ccnet.reactors import IReactor
 
 __all__ = ["LOG_LABELS", "TCP_SETS", "TstatOptions", "TstatProbe", "capabilities", "find_logs", "parse_log",
            "probe_factory", "rows_for", "sample_dir", "set_runtime_flags"]
@@ -181,7 +182,7 @@ class _Factory:
                             section.get_readable_file("log-exporter-config", None),
                             section.get_float("rrd-export-interval", 300.0, minimum=1))
 
-    def build(self, reactor: Any, name: str, options: TstatOptions) -> TstatProbe:
+    def build(self, reactor: IReactor, name: str, options: TstatOptions) -> TstatProbe:
         return TstatProbe(reactor, name, options)
 
 
@@ -190,7 +191,7 @@ probe_factory = _Factory()
 
 @implementer(IProbe, IUsesTLS)
 class TstatProbe:
-    def __init__(self, reactor: Any, name: str, options: TstatOptions) -> None:
+    def __init__(self, reactor: IReactor, name: str, options: TstatOptions) -> None:
         self.reactor = reactor
         self.name = name
         self.options = options

@@ -32,7 +32,9 @@ from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.logger import Logger
 
+from ccnet.backoff import Backoff
 from ccnet.mplane.probes import ProbeError, ProbeRun, in_thread
+from ccnet.reactors import IReactor
 
 from . import rrd
 
@@ -119,14 +121,16 @@ def _read_from(path: Path, offset: int, limit: int) -> tuple[bytes, int]:
 class LogStreamer:
     """Streams one tstat log type to a repository until the measurement ends."""
 
-    reactor: Any
+    reactor: IReactor
     folder: Path
     log_type: str
     address: RepositoryAddress
     tls_options: Callable[[str], Any] | None = None
     poll: float = 1.0
     chunk: int = 1 << 20
+    #: Reconnect back-off (``ccnet.backoff``): first step and upper bound, seconds.
     retry: float = 2.0
+    retry_max: float = 30.0
     sent_lines: int = 0
     _sink: Any = field(default=None, repr=False)
     _path: Path | None = field(default=None, repr=False)
@@ -214,12 +218,15 @@ class LogStreamer:
             raise ProbeError(f"no {self.log_type} in a <time>.out folder of {self.folder}")
         header = await in_thread(self.reactor, self._start_file, first)
         sleeper = _Sleeper(self.reactor, interrupted)
+        reconnect = Backoff(self.retry, self.retry_max)
         try:
             while not interrupted.called:
                 header = await self._step(header)
                 if interrupted.called:
                     break
-                await sleeper.sleep(self.poll if self._sink is not None else self.retry)
+                if self._sink is not None:
+                    reconnect.reset()
+                await sleeper.sleep(self.poll if self._sink is not None else reconnect.next_delay())
             if self._sink is not None:
                 await self._step(header)  # what was logged up to the end of the window
         finally:
@@ -241,7 +248,7 @@ class _Sleeper:
     """Waits between rounds that end early when the measurement is interrupted; one hook
     on ``interrupted`` for the whole run, however many rounds it has."""
 
-    def __init__(self, reactor: Any, interrupted: defer.Deferred[None]) -> None:
+    def __init__(self, reactor: IReactor, interrupted: defer.Deferred[None]) -> None:
         self.reactor = reactor
         self.interrupted = interrupted
         self._waiting: defer.Deferred[None] | None = None
@@ -263,7 +270,13 @@ class _Sleeper:
             return waiting
         self._waiting = waiting
         call = self.reactor.callLater(seconds, self._wake)
-        waiting.addBoth(lambda r: (call.cancel() if call.active() else None, r)[1])
+
+        def stop_timer(result: Any) -> Any:
+            if call.active():
+                call.cancel()
+            return result
+
+        waiting.addBoth(stop_timer)
         return waiting
 
 
@@ -275,7 +288,7 @@ class _Sleeper:
 class RrdExporter:
     """Delivers RRD samples to a repository round by round, each sample once."""
 
-    reactor: Any
+    reactor: IReactor
     rrdtool: str
     folder: Path
     post: Callable[[str, bytes], defer.Deferred[int]]  # (url, body) -> HTTP status
@@ -350,7 +363,7 @@ class _Exporter(protocol.ProcessProtocol):
         self.ended.callback(code if code is not None else -(sig or 1))
 
 
-async def run_log_exporter(reactor: Any, program: Path, config: Path | None, repository: str,
+async def run_log_exporter(reactor: IReactor, program: Path, config: Path | None, repository: str,
                            start_time: str, run: ProbeRun, grace: float = 3.0) -> int:
     """Run ``program --config CONFIG --repoUrl REPOSITORY --startTime START`` (the RI's
     math_probe call) in its own folder until it ends or the measurement does; returns

@@ -13,9 +13,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from twisted.internet import defer, utils
+
+from ccnet.reactors import IReactor
 
 __all__ = ["GROUPS", "RrdError", "RrdSample", "fetch", "group_of", "last_update", "list_rrds",
            "parse_fetch", "summarize"]
@@ -107,7 +108,7 @@ def list_rrds(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*.rrd") if p.is_file())
 
 
-async def _run(rrdtool: str, args: list[str], reactor: Any) -> str:
+async def _run(rrdtool: str, args: list[str], reactor: IReactor) -> str:
     try:
         out, err, code = await utils.getProcessOutputAndValue(rrdtool, args, env={"LC_ALL": "C", "TZ": "UTC"},
                                                               reactor=reactor)
@@ -118,7 +119,7 @@ async def _run(rrdtool: str, args: list[str], reactor: Any) -> str:
     return str(out.decode("utf-8", "replace"))
 
 
-def fetch(reactor: Any, rrdtool: str, path: Path, start: float, end: float,
+def fetch(reactor: IReactor, rrdtool: str, path: Path, start: float, end: float,
           resolution: int | None = None) -> defer.Deferred[list[RrdSample]]:
     """AVERAGE samples of ``path`` between ``start`` and ``end`` (epoch seconds)."""
     args = ["fetch", str(path), "AVERAGE", "-s", str(int(start)), "-e", str(int(end))]
@@ -130,7 +131,7 @@ def fetch(reactor: Any, rrdtool: str, path: Path, start: float, end: float,
     return defer.ensureDeferred(go())
 
 
-def last_update(reactor: Any, rrdtool: str, path: Path) -> defer.Deferred[float]:
+def last_update(reactor: IReactor, rrdtool: str, path: Path) -> defer.Deferred[float]:
     """When ``path`` was last updated (``rrdtool last``)."""
     async def go() -> float:
         text = (await _run(rrdtool, ["last", str(path)], reactor)).strip()
