@@ -118,7 +118,7 @@ def summarize(report: dict[str, Any]) -> str:
                 future = runs.get("future", [])
                 lines.append(f"         {c.get('identity', '').ljust(width)}  {c.get('capabilities', 0):>4}  "
                              f"{(c.get('last_seen') or '-').ljust(19)}  {str(c.get('holder') or '-').ljust(held)}  "
-                             f"{len(runs.get('past', [])):>4}/{len(runs.get('current', []))}/{len(future)}"
+                             f"{len(runs.get('past', [])):>4}/{len(runs.get('running', []))}/{len(future)}"
                              f"{'':9}{min((r['start'] for r in future if r.get('start')), default='-')}")
     metrics = report.get("metrics")
     if metrics is not None:

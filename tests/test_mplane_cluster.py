@@ -85,13 +85,15 @@ class RuleTests(unittest.TestCase):
 
     def test_schedule_splits_runs_into_past_current_and_future_per_component(self) -> None:
         ms = [measurement(DONE, mid="a"), measurement(RUNNING, mid="b"),
-              measurement(QUEUED, when="2030-01-01 00:00:00 + 1s", mid="c"),
-              measurement(QUEUED, component="c2", mid="d")]
+              measurement(SENT, when="2030-01-01 00:00:00 + 1s", mid="c"),
+              measurement(QUEUED, component="c2", mid="d"), measurement(SENT, component="c2", mid="e")]
         plan = schedule(ms, now=200.0)
         self.assertEqual({k: [r["token"] for r in v] for k, v in plan["c1"].items()},
-                         {"past": ["tok-a"], "current": ["tok-b"], "future": ["tok-c"]})
+                         {"past": ["tok-a"], "running": ["tok-b"], "future": ["tok-c"]})
         self.assertEqual(plan["c1"]["future"][0]["start"], "2030-01-01 00:00:00")
-        self.assertEqual([r["token"] for r in plan["c2"]["current"]], ["tok-d"])
+        # waiting for the component's poll is future; handed over with its scope begun, running
+        self.assertEqual({k: [r["token"] for r in v] for k, v in plan["c2"].items()},
+                         {"past": [], "running": ["tok-e"], "future": ["tok-d"]})
 
     def test_notification_payloads(self) -> None:
         self.assertEqual(parse_notice("abc m 123"), ("abc", "m", "123"))
@@ -444,7 +446,7 @@ class OperatorViewTests(unittest.TestCase):
         status = {"identity": "admin", "node": "A", "pending": [], "results": [], "capabilities": [],
                   "components": [{"identity": "IT.x.probe1", "capabilities": 2, "last_seen": "2026-11-28 10:00:00",
                                   "holder": "B"}],
-                  "schedule": {"IT.x.probe1": {"past": [{"token": "t1"}], "current": [],
+                  "schedule": {"IT.x.probe1": {"past": [{"token": "t1"}], "running": [],
                                                "future": [{"token": "t2", "start": "2030-01-01 00:00:00"}]}}}
         text = summarize({"supervisor": status, "supervisor_url": "https://a"})
         self.assertIn("answered by node A", text)

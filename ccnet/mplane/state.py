@@ -980,30 +980,40 @@ class SupervisorState:
         }
 
 
+#: The phases of a measurement in the operator view's schedule.
+PHASES = ("future", "running", "past")
+
+
+def run_phase(m: Measurement, now: float) -> tuple[str, datetime | None, datetime | None]:
+    """``(phase, start, end)`` of ``m`` at ``now``: ``past`` once finished (result or
+    exception), ``future`` while it waits for the component's poll or its scope starts
+    later, else ``running``; start and end resolved from its temporal scope (None:
+    unbounded, or beyond datetime's range)."""
+    try:
+        start, end = m.spec.when.datetimes(datetime.fromtimestamp(m.created, UTC))
+    except (ValueError, OverflowError):
+        start = end = None
+    if m.state in FINAL:
+        return "past", start, end
+    if m.state == QUEUED or (start is not None and start.timestamp() > now):
+        return "future", start, end
+    return "running", start, end
+
+
 def schedule(measurements: Iterable[Measurement], now: float, recent: int = 50) -> dict[str, dict[str, list[Any]]]:
-    """Per component: its ``past`` runs (finished, the ``recent`` newest), ``current`` ones
-    (started, not finished) and ``future`` ones (their temporal scope starts later), each
-    ``{token, label, client, state, start, end}`` with times as ISO text (None: unbounded).
-    Pure: ``now`` is given, so the operator view and its tests agree on what "now" is."""
+    """Per component, its runs by :func:`run_phase` (``past`` keeps the ``recent`` newest),
+    each ``{token, label, client, state, start, end}`` with times as ISO text (None:
+    unbounded). Pure: ``now`` is given."""
     out: dict[str, dict[str, list[Any]]] = {}
 
     def iso(t: datetime | None) -> str | None:
         return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if t is not None else None
 
     for m in sorted(measurements, key=lambda m: m.created):
-        try:
-            start, end = m.spec.when.datetimes(datetime.fromtimestamp(m.created, UTC))
-        except (ValueError, OverflowError):
-            start = end = None
-        if m.state in FINAL:
-            when = "past"
-        elif start is not None and start.timestamp() > now:
-            when = "future"
-        else:
-            when = "current"
+        phase, start, end = run_phase(m, now)
         entry = {"token": m.client_token, "label": m.client_label, "client": m.client, "state": m.state,
                  "start": iso(start), "end": iso(end)}
-        out.setdefault(m.component, {"past": [], "current": [], "future": []})[when].append(entry)
+        out.setdefault(m.component, {p: [] for p in PHASES})[phase].append(entry)
     for runs in out.values():
         runs["past"] = runs["past"][-recent:]
     return out
