@@ -280,6 +280,20 @@ class TwoDaemonTests(DaemonPair):
                          [("measure", handed["token"])])
 
     @defer.inlineCallbacks
+    def test_a_queued_specification_interrupted_at_the_other_daemon_is_never_handed_over(self) -> Any:
+        yield self.register_at("A")
+        code, receipt = yield deferToThread(self.http("A", "client").call, "POST", "register/specification",
+                                            spec(4))
+        self.assertEqual(receipt.get("receipt"), "measure", receipt)
+        code, reply = yield deferToThread(self.http("B", "client").call, "POST", "register/specification",
+                                          {"interrupt": "measure", "version": 1, "token": spec(4)["token"],
+                                           "registry": "http://ict-mplane.eu/registry/core"})
+        self.assertEqual(reply.get("message"), "Interrupted before it started", reply)
+        for name in ("A", "B"):
+            code, work = yield deferToThread(self.http(name, "component").call, "GET", "show/specification?wait=0")
+            self.assertEqual((code, specs_of(work)), (200, []))
+
+    @defer.inlineCallbacks
     def test_a_withdrawal_at_one_daemon_is_seen_at_the_other(self) -> Any:
         yield self.register_at("B")
         client_a = self.http("A", "client")

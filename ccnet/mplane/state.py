@@ -906,14 +906,38 @@ class SupervisorState:
             return ExceptionMessage(msg.token, f"no measurement {msg.token or msg.label} for {peer.identity}")
         change: dict[str, Any] = {"updated": self.clock()}
         if m.state == QUEUED:
-            # Never reached the component: drop it here.
-            change.update(state=FAILED, reply=ExceptionMessage(m.id, "Interrupted before it started"))
-        elif m.state not in FINAL:
+            # Never reached the component: drop it here, unless another daemon hands it
+            # over this very moment (then it is interrupted at the component).
+            dropped = ExceptionMessage(m.id, "Interrupted before it started")
+            if await self._drop_queued(m, dropped, change["updated"]):
+                return m.to_client(dropped, self.registries)
+        if m.state not in FINAL:
             change["interrupt"] = True
         await self._update(m, **change)
         if change.get("interrupt"):
             self._wake(m.component)
         return m.to_client(m.reply, self.registries) if m.reply is not None else m.receipt()
+
+    async def _drop_queued(self, m: Measurement, reply: ExceptionMessage, now: float) -> bool:
+        """Fail ``m`` with ``reply`` if it is still queued in the store (a conditional
+        UPDATE, as the claim: one of the two wins); else re-read it. True if dropped."""
+        sql, notice = self.store.sql, self._notice("m", m.id)
+
+        def drop(cursor: Any) -> bool:
+            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ? "
+                               f"WHERE id = ? AND state = '{QUEUED}' RETURNING id"), (_dumps(reply), now, m.id))
+            if not cursor.fetchall():
+                return False
+            for statement, params in notice:
+                cursor.execute(sql(statement), params)
+            return True
+
+        if await self.store.run_interaction(drop):
+            self._changed_here(f"m:{m.id}")
+            m.state, m.reply, m.updated = FAILED, reply, now
+            return True
+        await self.refresh(measurements=[m.id])
+        return False
 
     def client_results(self, peer: Peer) -> list[Message]:
         """Replies (results/exceptions) of the peer's measurements, newest last."""
