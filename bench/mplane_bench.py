@@ -79,6 +79,33 @@ RI_WHEN = "now + 1s"
 RI_DURATION = 1.0  # the measurement's own duration, RI_WHEN
 
 
+#: What each simulated component registers: one envelope of two capabilities.
+TWO_CAPS = json.dumps(envelope(PING_CAP, dict(PING_CAP, label="ping-detail-ip4",
+                                              results=["time", "delay.twoway.icmp.us"]))).encode()
+
+
+@defer.inlineCallbacks
+def register_all(targets: list[tuple[Any, int]], path: str = "register/capability") -> Any:
+    """Every (agent, port) posts :data:`TWO_CAPS` over its own connection, 32 in flight."""
+    sem = defer.DeferredSemaphore(32)
+    failures = []
+
+    @defer.inlineCallbacks
+    def one(agent: Any, port: int) -> Any:
+        resp = yield treq.post(f"https://localhost:{port}/{path}", data=TWO_CAPS,
+                               headers={"Content-Type": [CT]}, agent=agent)
+        yield resp.content()
+        if resp.code != 200:
+            failures.append(resp.code)
+
+    t0 = time.perf_counter()
+    yield defer.gatherResults([sem.run(one, a, p) for a, p in targets], consumeErrors=True)
+    elapsed = time.perf_counter() - t0
+    return {"components": len(targets), "seconds": round(elapsed, 3),
+            "registrations_per_s": round(2 * len(targets) / elapsed, 1),
+            "components_per_s": round(len(targets) / elapsed, 1), "failures": len(failures)}
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -110,26 +137,8 @@ class Bench:
 
     @defer.inlineCallbacks
     def register_many(self, reactor: Any, port: int, mats: list[TLSMaterial], path: str) -> Any:
-        body = json.dumps(envelope(PING_CAP, dict(PING_CAP, label="ping-detail-ip4",
-                                                 results=["time", "delay.twoway.icmp.us"]))).encode()
-        sem = defer.DeferredSemaphore(32)
         self.agents = [https_agent(reactor, m, HTTPConnectionPool(reactor, persistent=True)) for m in mats]
-        failures = []
-
-        @defer.inlineCallbacks
-        def one(agent: Any) -> Any:
-            resp = yield treq.post(f"https://localhost:{port}/{path}", data=body,
-                                   headers={"Content-Type": [CT]}, agent=agent)
-            yield resp.content()
-            if resp.code != 200:
-                failures.append(resp.code)
-
-        t0 = time.perf_counter()
-        yield defer.gatherResults([sem.run(one, a) for a in self.agents], consumeErrors=True)
-        elapsed = time.perf_counter() - t0
-        return {"components": len(mats), "seconds": round(elapsed, 3),
-                "registrations_per_s": round(2 * len(mats) / elapsed, 1),
-                "components_per_s": round(len(mats) / elapsed, 1), "failures": len(failures)}
+        return (yield register_all([(a, port) for a in self.agents], path))
 
     @defer.inlineCallbacks
     def hold_polls(self, reactor: Any, port: int, pid: int) -> Any:

@@ -105,12 +105,21 @@ def summarize(report: dict[str, Any]) -> str:
                 lines.append("         measurements: " + ", ".join(f"{k} {v}" for k, v in sorted(states.items())))
             if counters:
                 lines.append("         counters: " + ", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
+            if status.get("node"):
+                lines.append(f"         answered by node {status['node']}")
             width = max([len(c.get("identity", "")) for c in comps] + [9])
+            held = max([len(str(c.get("holder") or "-")) for c in comps] + [7])
+            plan = status.get("schedule", {})
             if comps:
-                lines.append(f"         {'component'.ljust(width)}  caps  last seen")
+                lines.append(f"         {'component'.ljust(width)}  caps  last seen            "
+                             f"{'held by'.ljust(held)}  runs past/now/next  next start")
             for c in comps:
+                runs = plan.get(c.get("identity", ""), {})
+                future = runs.get("future", [])
                 lines.append(f"         {c.get('identity', '').ljust(width)}  {c.get('capabilities', 0):>4}  "
-                             f"{c.get('last_seen') or '-'}")
+                             f"{(c.get('last_seen') or '-').ljust(19)}  {str(c.get('holder') or '-').ljust(held)}  "
+                             f"{len(runs.get('past', [])):>4}/{len(runs.get('running', []))}/{len(future)}"
+                             f"{'':9}{min((r['start'] for r in future if r.get('start')), default='-')}")
     metrics = report.get("metrics")
     if metrics is not None:
         if isinstance(metrics, dict) and "error" in metrics:

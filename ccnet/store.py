@@ -65,6 +65,56 @@ class StoreTimeout(StoreError):
     """The database did not answer within the store timeout; nothing was committed."""
 
 
+class _OneDaemonLock:
+    """``<database>.lock``, locked (``flock``) by the one daemon that may use a SQLite file.
+
+    SQLite is the embedded store of a single daemon: a second daemon on the same file
+    would run a second supervisor whose memory the first never sees. The kernel drops
+    the lock when the holder exits, even by ``kill -9``, so no stale lock needs cleaning.
+    Stores of one process share it (a daemon's parts, tests restarting in-process).
+    """
+
+    _held: dict[str, tuple[int, int]] = {}  # path -> (fd, users)
+    _guard = threading.Lock()
+
+    @classmethod
+    def acquire(cls, path: str) -> str:
+        import fcntl
+
+        lock = str(Path(path).resolve()) + ".lock"
+        with cls._guard:
+            if lock in cls._held:
+                fd, users = cls._held[lock]
+                cls._held[lock] = (fd, users + 1)
+                return lock
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:
+                raise StoreError(f"cannot create {lock}: {exc.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                holder = os.pread(fd, 100, 0).decode("utf-8", "replace").strip() or "unknown"
+                os.close(fd)
+                raise StoreError(f"sqlite:///{path} is in use by another ccnet daemon ({holder}); a SQLite "
+                                 "store serves one daemon: give each daemon its own file, or share "
+                                 "[store] url = postgresql://...") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            cls._held[lock] = (fd, 1)
+            return lock
+
+    @classmethod
+    def release(cls, lock: str) -> None:
+        with cls._guard:
+            fd, users = cls._held.get(lock, (-1, 0))
+            if users > 1:
+                cls._held[lock] = (fd, users - 1)
+            elif users == 1:
+                del cls._held[lock]
+                os.close(fd)
+
+
 def _sqlite_connect(path: str, timeout: float = 30.0) -> sqlite3.Connection:
     conn = sqlite3.connect(path, check_same_thread=False, timeout=timeout, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -241,6 +291,8 @@ class Store:
         self.reconnects = 0
         #: Calls not answered yet: their Deferred and timeout timer (answered at close).
         self._in_flight: dict[_Call, tuple[defer.Deferred[Any], Any]] = {}
+        #: The one-daemon lock of a SQLite file (released at close).
+        self.lock: str | None = None
 
     @classmethod
     def open(cls, url: str, reactor: IReactor | None = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
@@ -252,9 +304,12 @@ class Store:
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
                     raise StoreError(f"cannot create the folder for {path}: {exc.strerror}") from None
+            lock = _OneDaemonLock.acquire(path) if path != ":memory:" else None
             # One connection: SQLite serialises writers anyway, and :memory: must be shared.
             pool = _Pool(lambda: _sqlite_connect(path, timeout), reactor, 1)
-            return cls(pool, "sqlite", url, reactor, timeout)
+            store = cls(pool, "sqlite", url, reactor, timeout)
+            store.lock = lock
+            return store
         if url.startswith(("postgresql://", "postgres://")):
             import psycopg
 
@@ -401,6 +456,8 @@ class Store:
         if not self.closed:
             self.closed = True
             self._pool.close()
+            if self.lock is not None:
+                _OneDaemonLock.release(self.lock)
             # Calls still in flight get their answer now, not at their timeout: nothing
             # will come back from a closed pool.
             for d, timer in list(self._in_flight.values()):

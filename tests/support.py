@@ -373,3 +373,19 @@ def drop_database(dsn: str) -> None:
     name = urlsplit(dsn).path.lstrip("/")
     with psycopg.connect(PG_DSN, autocommit=True, connect_timeout=5) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def proxied_database(case: Any) -> tuple[str, str, TCPProxy]:
+    """For ``case``: a fresh database and a :class:`TCPProxy` to its server, both gone at
+    cleanup; ``(direct DSN, DSN through the proxy, proxy)``. Skips without PostgreSQL."""
+    from twisted.trial.unittest import SkipTest
+
+    why = pg_reachable()
+    if why is not None:
+        raise SkipTest(why)
+    dsn = create_database()
+    case.addCleanup(drop_database, dsn)
+    proxy = TCPProxy(pg_port(PG_DSN))
+    proxy.start()
+    case.addCleanup(proxy.stop)
+    return dsn, pg_url(dsn, port=proxy.number), proxy

@@ -16,15 +16,7 @@ from ccnet.mplane.model import Envelope, ExceptionMessage, RegistryStore
 from ccnet.mplane.state import DONE, Measurement, SupervisorState, callback_spec
 from ccnet.mplane.supervisor import SupervisorService
 from ccnet.store import Store
-from tests.support import (
-    PG_DSN,
-    TCPProxy,
-    create_database,
-    drop_database,
-    pg_port,
-    pg_reachable,
-    pg_url,
-)
+from tests.support import proxied_database
 from tests.test_mplane_supervisor import CAPS, SPEC, USERS
 from tests.test_mplane_support import PING_CAP, Peer, Supervisor, envelope
 
@@ -44,16 +36,9 @@ class SupervisorDatabaseOutageTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        why = pg_reachable()
-        if why is not None:
-            raise unittest.SkipTest(why)
-        dsn = create_database()
-        self.addCleanup(drop_database, dsn)
-        self.proxy = TCPProxy(pg_port(PG_DSN))
-        self.proxy.start()
-        self.addCleanup(self.proxy.stop)
+        _, proxied, self.proxy = proxied_database(self)
         self.sup = Supervisor(Path(self.mktemp()), users=USERS, caps=CAPS,
-                              store_url=pg_url(dsn, port=self.proxy.number), store_timeout=STORE_TIMEOUT)
+                              store_url=proxied, store_timeout=STORE_TIMEOUT)
         yield self.sup.start()
         self.addCleanup(self.sup.stop)
         self.client, self.component = Peer(self.sup, "client"), Peer(self.sup, "component")

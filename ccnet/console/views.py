@@ -17,13 +17,12 @@ from urllib.parse import urlencode
 
 from ccnet.console.sources import CCView, RPCView
 from ccnet.mplane.model import ExceptionMessage
-from ccnet.mplane.state import FINAL, QUEUED, Capability, Component, Measurement
+from ccnet.mplane.state import PHASES, Capability, Component, Measurement, run_phase
 
 __all__ = ["PAGE_SIZE", "Html", "Page", "ScheduleEntry", "cell", "paged", "schedule"]
 
 T = TypeVar("T")
 PAGE_SIZE = 100
-PHASES = ("future", "running", "past")
 
 STYLE = (
     "body{font-family:sans-serif;margin:0;color:#222}"
@@ -171,23 +170,9 @@ class ScheduleEntry:
 
 
 def schedule(measurements: Iterable[Measurement], now: float) -> list[ScheduleEntry]:
-    """Every measurement with its phase and resolved temporal scope, latest start first.
-
-    Past: finished (result or exception). Future: its scope starts later, or it still
-    waits for the component's poll. Running: the rest (handed over, its scope has begun)."""
-    out = []
-    for m in measurements:
-        try:
-            start, end = m.spec.when.datetimes(datetime.fromtimestamp(m.created, UTC))
-        except (ValueError, OverflowError):  # a scope beyond datetime's range
-            start = end = None
-        if m.state in FINAL:
-            phase = "past"
-        elif m.state == QUEUED or (start is not None and start.timestamp() > now):
-            phase = "future"
-        else:
-            phase = "running"
-        out.append(ScheduleEntry(m, phase, start, end))
+    """Every measurement with its phase and resolved temporal scope (the rule is
+    :func:`ccnet.mplane.state.run_phase`, as in ``/api/status``), latest start first."""
+    out = [ScheduleEntry(m, *run_phase(m, now)) for m in measurements]
     out.sort(key=lambda x: (x.start.timestamp() if x.start else x.measurement.created), reverse=True)
     return out
 

@@ -12,6 +12,12 @@ with ``paths=RI_PATHS`` against the RI fork's own supervisor (its listing is
 ``{"<component>": [capabilities]}``), and with ``paths=SDK_PATHS`` against an SDK-style
 listener (``capability`` and ``/``). Exceptions from the other side raise
 :class:`MPlaneError` carrying the mPlane exception message.
+
+``url`` may name several daemons of one active/active supervisor (space or comma
+separated): a request whose connection cannot be made goes to the next one, as does a
+read (capabilities, redemptions, results, status) whose answer never came. A submission
+whose answer never came is not sent again (it may have been accepted): the caller sees
+the error and can redeem or submit again.
 """
 
 from __future__ import annotations
@@ -22,8 +28,8 @@ from typing import Any
 from urllib.parse import quote
 
 import treq
-from twisted.internet import defer, task
-from twisted.web.client import HTTPConnectionPool
+from twisted.internet import defer, error, task
+from twisted.web.client import HTTPConnectionPool, ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
 from ccnet.edge.client import https_agent
@@ -108,13 +114,19 @@ class MPlaneClient:
     def __init__(self, reactor: IReactor, url: str, material: TLSMaterial, paths: Mapping[str, str] | None = None,
                  timeout: float = 60.0) -> None:
         self.reactor = reactor
-        self.url = url.rstrip("/")
+        self.urls = [u.rstrip("/") for u in url.replace(",", " ").split()] or [url.rstrip("/")]
+        self._current = 0
         self.paths = dict(paths or SUPERVISOR_PATHS)
         self.timeout = timeout
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.agent = https_agent(reactor, material, self.pool)
         self.registries = RegistryStore()
         self._caps: dict[str, Statement] = {}
+
+    @property
+    def url(self) -> str:
+        """The supervisor URL in use (the next one after a connection failure)."""
+        return self.urls[self._current]
 
     def close(self) -> defer.Deferred[Any]:
         return self.pool.closeCachedConnections()
@@ -129,10 +141,27 @@ class MPlaneClient:
         data = to_json(msg).encode() if msg is not None else None
         return self._decode(url, *(await self._http(method, url, data)))
 
-    async def _http(self, method: str, url: str, data: bytes | None) -> tuple[int, str, bytes]:
+    async def _request(self, method: str, url: str, data: bytes | None,
+                       idempotent: bool = True) -> tuple[Any, bytes]:
+        """The response and body from the first daemon that answers (see the module doc)."""
         headers = Headers({b"Content-Type": [CONTENT_TYPE.encode()]}) if data is not None else None
-        resp = await treq.request(method, url, data=data, headers=headers, agent=self.agent, timeout=self.timeout)
-        body = await resp.content()
+        for attempt in range(len(self.urls)):
+            base = self.url
+            try:
+                resp = await treq.request(method, url, data=data, headers=headers, agent=self.agent,
+                                          timeout=self.timeout)
+                return resp, await resp.content()
+            except (error.ConnectError, error.DNSLookupError, ResponseNeverReceived, ResponseFailed) as exc:
+                unsent = isinstance(exc, error.ConnectError | error.DNSLookupError)
+                if attempt + 1 == len(self.urls) or not (unsent or idempotent) or not url.startswith(base):
+                    raise
+                self._current = (self._current + 1) % len(self.urls)
+                url = self.url + url[len(base):]
+        raise AssertionError("unreachable")
+
+    async def _http(self, method: str, url: str, data: bytes | None) -> tuple[int, str, bytes]:
+        # Only a submission is not idempotent: redemptions and interrupts may be repeated.
+        resp, body = await self._request(method, url, data, idempotent=b'"specification"' not in (data or b""))
         ctype = resp.headers.getRawHeaders("content-type", [""])[0]
         if not ctype.startswith(CONTENT_TYPE):
             raise MPlaneError(f"{url}: HTTP {resp.code}: {body[:200].decode('utf-8', 'replace').strip()}",
@@ -191,6 +220,10 @@ class MPlaneClient:
     async def submit(self, spec: Statement, cap: Statement | None = None) -> Statement:
         """Send ``spec``; the receipt (or, if it finished at once, the result)."""
         url = cap.link if cap is not None and cap.link else self._url("specification")
+        for base in self.urls:
+            if url.startswith(base + "/"):
+                url = self.url + url[len(base):]  # a link given by another daemon of the same supervisor
+                break
         reply = await self._call("POST", url, spec)
         if not isinstance(reply, Statement) or reply.kind not in ("receipt", "result"):
             raise MPlaneError(f"expected a receipt, got a {reply.kind}")
@@ -246,8 +279,7 @@ class MPlaneClient:
 
     async def status(self) -> dict[str, Any]:
         """The supervisor's operator view (components, capabilities, measurements, who submitted)."""
-        resp = await treq.get(self._url("status"), agent=self.agent, timeout=self.timeout)
-        body = await resp.content()
+        resp, body = await self._request("GET", self._url("status"), None)
         if resp.code != 200:
             raise MPlaneError(f"status: HTTP {resp.code}: {body[:200].decode('utf-8', 'replace')}", code=resp.code)
         return json.loads(body)  # type: ignore[no-any-return]

@@ -330,6 +330,8 @@ class SupervisorLink(service.Service):
         # label -> the registry our capability was registered under (RI: "core" for ours).
         self._wire_registry: dict[str, str] = {}
         self.supervisor_identity: str | None = None
+        # Which of the configured supervisor URLs is in use; the next one after a failure.
+        self._current = 0
         self.registrations = 0
         self.delivered = 0
         self._loops: list[defer.Deferred[None]] = []
@@ -358,10 +360,22 @@ class SupervisorLink(service.Service):
 
     # -- HTTP ----------------------------------------------------------------
 
+    @property
+    def url(self) -> str:
+        """The supervisor URL in use."""
+        return self.cfg.supervisors[self._current]
+
+    def _next_supervisor(self) -> None:
+        """After a failure: the next configured URL (daemons of one supervisor share their
+        store, so the outbox's results are delivered there as well)."""
+        if len(self.cfg.supervisors) > 1:
+            self._current = (self._current + 1) % len(self.cfg.supervisors)
+            log.info("mPlane component: trying supervisor {url} next", url=self.url)
+
     async def _request(self, agent: Any, method: str, path: str, body: bytes | None = None,
                        timeout: float = 60) -> tuple[int, bytes]:
         headers = Headers({b"Content-Type": [CONTENT_TYPE.encode()]}) if body is not None else None
-        resp = await treq.request(method, self.cfg.url(path), data=body, headers=headers, agent=agent,
+        resp = await treq.request(method, f"{self.url}/{path}", data=body, headers=headers, agent=agent,
                                   timeout=timeout)
         content = await resp.content()
         return resp.code, content
@@ -472,7 +486,7 @@ class SupervisorLink(service.Service):
                 if code == 428 or not self.registered:
                     if code == 428:
                         log.info("mPlane supervisor {url} asks this component to register again",
-                                 url=self.cfg.supervisor)
+                                 url=self.url)
                     await self.register()
                     if code == 428:
                         continue
@@ -494,10 +508,11 @@ class SupervisorLink(service.Service):
                     return
                 # Once per outage at warning level; the retries themselves at debug.
                 emit = log.debug if self._outage else log.warn
-                emit("mPlane supervisor {url}: {error}; retrying with back-off", url=self.cfg.supervisor,
+                emit("mPlane supervisor {url}: {error}; retrying with back-off", url=self.url,
                      error=str(exc) or type(exc).__name__)
                 self._outage = True
                 self.registered = False
+                self._next_supervisor()
                 await self._sleep(backoff.next_delay())
 
     async def _handle(self, msg: Message) -> None:

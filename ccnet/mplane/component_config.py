@@ -3,7 +3,9 @@
 ::
 
     [component]
-    # component-initiated workflow: register with, and poll, this supervisor
+    # component-initiated workflow: register with, and poll, this supervisor; several
+    # URLs (space or comma separated) name daemons of one active/active supervisor:
+    # the component uses the first that answers and moves to the next when it fails
     supervisor = https://sup.example.org:8888
     # client-initiated workflow: listen for specifications (SDK clients, supervisors with components =)
     listen = ssl:1228
@@ -62,7 +64,7 @@ class ProbeConfig:
 @dataclass(frozen=True)
 class ComponentConfig:
     probes: tuple[ProbeConfig, ...]
-    supervisor: str | None = None
+    supervisors: tuple[str, ...] = ()
     listen: str | None = None
     users: Path | None = None
     caps: Path | None = None
@@ -74,9 +76,10 @@ class ComponentConfig:
     specification_path: str = "show/specification"
     result_path: str = "register/result"
 
-    def url(self, path: str) -> str:
-        assert self.supervisor is not None
-        return f"{self.supervisor}/{path}"
+    @property
+    def supervisor(self) -> str | None:
+        """The first supervisor URL (None: client-initiated workflow only)."""
+        return self.supervisors[0] if self.supervisors else None
 
 
 def _probe(ini: IniFile, section_name: str) -> ProbeConfig:
@@ -103,12 +106,13 @@ def parse(ini: IniFile) -> ComponentConfig | None:
         return None
     sect = ini.section("component")
     kwargs: dict[str, Any] = {}
-    sup = sect.get_str("supervisor", "").strip().rstrip("/")
-    if sup and not sup.startswith("https://"):
-        raise sect.error("supervisor", "an https:// URL of the supervisor", sup)
-    kwargs["supervisor"] = sup or None
+    sups = tuple(url.rstrip("/") for url in sect.get_str("supervisor", "").replace(",", " ").split())
+    for sup in sups:
+        if not sup.startswith("https://"):
+            raise sect.error("supervisor", "https:// URLs of the supervisor (space or comma separated)", sup)
+    kwargs["supervisors"] = sups
     kwargs["listen"] = sect.get_endpoint("listen", None)
-    if kwargs["supervisor"] is None and kwargs["listen"] is None:
+    if not sups and kwargs["listen"] is None:
         raise sect.error("supervisor", "supervisor = https://... (component-initiated) and/or "
                                        "listen = ssl:PORT (client-initiated)")
     kwargs["dialect"] = sect.get_choice("dialect", ("auto", "sdk", "ri"), "auto")

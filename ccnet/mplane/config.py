@@ -26,6 +26,9 @@
     components =
     component-refresh = 60
     redeem-interval = 1
+    # this daemon's name in the operator view when several supervisor daemons share one
+    # PostgreSQL store (default: hostname:port of listen, hostname:pid-N for port 0)
+    node-name =
     # paths, defaults equal to the mPlane SDK's
     registration-path = register/capability
     specification-path = show/specification
@@ -79,6 +82,7 @@ class SupervisorConfig:
     client_specification_path: str = "register/specification"
     client_result_path: str = "show/result"
     sdk_capability_path: str = "capability"
+    node_name: str | None = None
 
     def paths(self) -> dict[str, str]:
         return {attr: getattr(self, attr) for attr in PATH_KEYS}
@@ -120,6 +124,7 @@ def parse(ini: IniFile) -> SupervisorConfig | None:
         "registries": tuple(sect.get_list("registries", [])),
         "url": (sect.get_str("url", "").strip().rstrip("/") or None),
         "components": tuple(sect.get_list("components", [])),
+        "node_name": sect.get_str("node-name", "").strip() or None,
     }
     for url in kwargs["components"]:  # type: ignore[attr-defined]
         if not str(url).startswith("https://"):

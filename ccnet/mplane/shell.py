@@ -606,7 +606,8 @@ def first_period(cap: Statement) -> str:
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ccnet-client", description="mPlane client shell (ccnet)")
     p.add_argument("--config", help="INI file with [tls] ca/cert/key and [client] url (and paths = ccnet|ri|sdk)")
-    p.add_argument("--url", help="supervisor (or listening component) URL, e.g. https://localhost:8888")
+    p.add_argument("--url", help="supervisor (or listening component) URL, e.g. https://localhost:8888; "
+                                 "several (comma separated) for daemons of one supervisor: the next when one fails")
     p.add_argument("--cert", help="client certificate (PEM)")
     p.add_argument("--key", help="client private key (PEM)")
     p.add_argument("--ca", help="CA bundle that signed the server (PEM)")

@@ -77,7 +77,18 @@ MIGRATIONS = [
     "ALTER TABLE mplane_component ADD COLUMN url TEXT",
     "ALTER TABLE mplane_component ADD COLUMN dialect TEXT",
     "ALTER TABLE mplane_measurement ADD COLUMN client_registry TEXT",
+    # Active/active (several daemons on one PostgreSQL): who holds the component's poll,
+    # and indexes for the per-component reads a notification triggers.
+    "ALTER TABLE mplane_component ADD COLUMN holder TEXT",
+    "ALTER TABLE mplane_component ADD COLUMN held_since DOUBLE PRECISION",
+    "CREATE INDEX mplane_measurement_component ON mplane_measurement (component, state)",
+    "CREATE INDEX mplane_capability_component ON mplane_capability (component)",
 ]
+
+COMPONENT_COLUMNS = "identity, dn, callback, registered, last_seen, url, dialect, holder, held_since"
+CAPABILITY_COLUMNS = "cap_key, component, label, body, registered"
+MEASUREMENT_COLUMNS = ("id, client, client_token, client_label, cap_key, component, spec, state, reply, "
+                       "interrupt, created, updated, client_registry")
 
 # Measurement states.
 QUEUED = "queued"  # waiting for the component's next poll
@@ -160,6 +171,8 @@ class Component:
     last_seen: float
     url: str | None = None  # set for components the supervisor calls (client-initiated workflow)
     dialect: Dialect = Dialect.SDK  # how it registered: its polls are answered the same way
+    holder: str | None = None  # the daemon (node name) its poll came to last
+    held_since: float | None = None
 
 
 @dataclass
@@ -205,6 +218,58 @@ class Measurement:
                                 registry=wire_registry(self.client_registry or self.spec.registry))
 
 
+def send_due(m: Measurement, now: float, redeliver_after: float) -> bool:
+    """Is ``m`` to be handed to its component's poll now? (:data:`CLAIM_SQL` says the same
+    in SQL, so that exactly one daemon of several hands it out.) A spec handed over without
+    any receipt for a while may have been lost with its connection: it is handed over
+    again (components answer a known token with the same receipt)."""
+    return m.state == QUEUED or (m.state == SENT and now - m.updated > redeliver_after)
+
+
+def interrupt_due(m: Measurement) -> bool:
+    """Is an interrupt for ``m`` to be handed to its component? (as :data:`CLAIM_INTERRUPT_SQL`)"""
+    return m.interrupt and m.state not in FINAL and m.state != QUEUED
+
+
+#: Claims what :func:`send_due` says is due, for one component, atomically: of two
+#: daemons racing for the same row, the second finds it no longer due.
+CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ? "
+             f"WHERE component = ? AND (state = '{QUEUED}' OR (state = '{SENT}' AND updated < ?)) "
+             f"RETURNING {MEASUREMENT_COLUMNS}")
+CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0 "
+                       f"WHERE component = ? AND interrupt = 1 AND state IN ('{SENT}', '{RUNNING}') "
+                       f"RETURNING {MEASUREMENT_COLUMNS}")
+
+
+def final_is_final(state: str, change: dict[str, Any]) -> dict[str, Any]:
+    """``change`` as it may apply to a measurement in ``state``: a finished measurement keeps
+    its outcome (a result posted twice, or through two daemons, is stored once)."""
+    if state not in FINAL:
+        return change
+    return {k: v for k, v in change.items() if k not in ("state", "reply", "interrupt")}
+
+
+def component_from_row(row: tuple[Any, ...]) -> Component:
+    ident, dn, cb, reg, seen, url, dialect, holder, held = row
+    return Component(ident, dn, bool(cb), float(reg), float(seen), url, Dialect(dialect or Dialect.SDK.value),
+                     holder, float(held) if held is not None else None)
+
+
+def capability_from_row(row: tuple[Any, ...]) -> Capability:
+    key, comp, label, body, reg = row
+    msg = _loads(body)
+    assert isinstance(msg, Statement)
+    return Capability(key, comp, label, msg, float(reg))
+
+
+def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
+    (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg) = row
+    smsg = _loads(spec)
+    assert isinstance(smsg, Statement)
+    return Measurement(mid, client, ctok, clabel, key, comp, smsg, st,
+                       _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
+
+
 def capability_key(component: str, cap: Statement) -> str:
     """Stable per component and label: a re-registration replaces, it does not duplicate."""
     name = cap.label if cap.label is not None else f"token:{cap.get_token()}"
@@ -224,8 +289,20 @@ class SupervisorState:
 
     def __init__(self, store: StoreLike, registries: RegistryStore, policy: Policy,
                  clock: Callable[[], float], result_expiry: float = 0.0,
-                 component_role: str | None = None) -> None:
+                 component_role: str | None = None, node: str = "", channel: str | None = None) -> None:
         self.store = store
+        #: This daemon's name in the operator view (``[supervisor] node-name``).
+        self.node = node
+        #: The PostgreSQL notification channel shared by every daemon on the store; None
+        #: (SQLite, one daemon) when this daemon's memory is the whole truth.
+        self.channel = channel
+        #: Tells this daemon's own notifications from others' (a node name may be reused).
+        self.instance = uuid.uuid4().hex[:12]
+        # What this daemon changed while a read from the store was in flight: that read's
+        # (older) rows must not overwrite it. Keys "c:<component>", "m:<measurement>".
+        self._gen = 0
+        self._local: dict[str, int] = {}
+        self._reads = 0
         self.registries = registries
         self.policy = policy
         self.clock = clock
@@ -246,43 +323,165 @@ class SupervisorState:
         #: capabilities only, so clients cannot grow the label set.
         self.by_capability: dict[tuple[str, str], int] = {}
         self._hidden_noted: set[tuple[Dialect, str]] = set()
+        #: Other daemons' notifications applied and full resyncs (see ccnet.mplane.cluster).
+        self.cluster_events: dict[str, int] = {"notifications": 0, "resyncs": 0}
 
     # ------------------------------------------------------------------ persistence
 
+    @property
+    def shared(self) -> bool:
+        """Do other daemons write to the same store? (then the store, not memory, decides)"""
+        return self.channel is not None
+
     async def load(self) -> None:
-        """Read everything back after a restart."""
-        for ident, dn, cb, reg, seen, url, dialect in await self.store.run(
-                "SELECT identity, dn, callback, registered, last_seen, url, dialect FROM mplane_component"):
-            self.components[ident] = Component(ident, dn, bool(cb), float(reg), float(seen), url,
-                                               Dialect(dialect or Dialect.SDK.value))
-        for key, comp, label, body, reg in await self.store.run(
-                "SELECT cap_key, component, label, body, registered FROM mplane_capability"):
-            msg = _loads(body)
-            assert isinstance(msg, Statement)
-            self.capabilities[key] = Capability(key, comp, label, msg, float(reg))
-        rows = await self.store.run(
-            "SELECT id, client, client_token, client_label, cap_key, component, spec, state, reply, "
-            "interrupt, created, updated, client_registry FROM mplane_measurement")
-        for (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg) in rows:
-            smsg = _loads(spec)
-            assert isinstance(smsg, Statement)
-            m = Measurement(mid, client, ctok, clabel, key, comp, smsg, st,
-                            _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
-            self.measurements[mid] = m
-            self._by_client[(client, ctok)] = mid
+        """Read everything back (after a restart, or a lost notification connection)."""
+        since = self._begin_read()
+        try:
+            comps = await self.store.run(f"SELECT {COMPONENT_COLUMNS} FROM mplane_component")
+            caps = await self.store.run(f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability")
+            rows = await self.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
+            self._apply_components({row[0] for row in comps}, comps, caps, since, every=True)
+            self._apply_measurements({row[0] for row in rows} | set(self.measurements), rows, since)
+        finally:
+            self._end_read()
+
+    async def resync(self) -> None:
+        """Everything again from the store, then wake every component with work due:
+        notifications sent while we did not listen are lost."""
+        await self.load()
+        now = self.clock()
+        for comp in {m.component for m in self.measurements.values()
+                     if send_due(m, now, self.redeliver_after) or interrupt_due(m)}:
+            self._wake(comp)
+
+    async def refresh(self, components: Iterable[str] = (), measurements: Iterable[str] = ()) -> None:
+        """Re-read what another daemon changed (named by its notifications); wake the
+        components that now have work."""
+        comps, mids = sorted(set(components)), sorted(set(measurements))
+        since = self._begin_read()
+        try:
+            for chunk in _chunks(comps):
+                marks = ", ".join("?" * len(chunk))
+                rows = await self.store.run(
+                    f"SELECT {COMPONENT_COLUMNS} FROM mplane_component WHERE identity IN ({marks})", chunk)
+                caps = await self.store.run(
+                    f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability WHERE component IN ({marks})", chunk)
+                self._apply_components(set(chunk), rows, caps, since)
+            for chunk in _chunks(mids):
+                marks = ", ".join("?" * len(chunk))
+                rows = await self.store.run(
+                    f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id IN ({marks})", chunk)
+                self._apply_measurements(set(chunk), rows, since)
+        finally:
+            self._end_read()
+        now = self.clock()
+        for comp in {m.component for mid in mids if (m := self.measurements.get(mid)) is not None
+                     and (send_due(m, now, self.redeliver_after) or interrupt_due(m))}:
+            self._wake(comp)
+
+    def _begin_read(self) -> int:
+        self._reads += 1
+        return self._gen
+
+    def _end_read(self) -> None:
+        self._reads -= 1
+        if not self._reads:
+            self._local.clear()
+
+    def _changed_here(self, key: str) -> None:
+        """Note a change this daemon committed (see ``_local``)."""
+        if self._reads:
+            self._gen += 1
+            self._local[key] = self._gen
+
+    def _apply_components(self, asked: set[str], rows: list[tuple[Any, ...]], caps: list[tuple[Any, ...]],
+                          since: int, every: bool = False) -> None:
+        """Components ``asked`` (``every``: all) and their capabilities as read, except
+        those this daemon changed after the read began."""
+        def stale(comp: str) -> bool:
+            return self._local.get(f"c:{comp}", 0) > since
+
+        for row in rows:
+            if not stale(row[0]):
+                self._merge_component(component_from_row(row))
+        for key in [k for k, c in self.capabilities.items()
+                    if (every or c.component in asked) and not stale(c.component)]:
+            del self.capabilities[key]
+        for cap in map(capability_from_row, caps):
+            if not stale(cap.component):
+                self.capabilities[cap.key] = cap
+
+    def _apply_measurements(self, asked: set[str], rows: list[tuple[Any, ...]], since: int) -> None:
+        """Measurements ``asked`` as read (absent: deleted), except those this daemon
+        changed after the read began."""
+        found = set()
+        for row in rows:
+            found.add(row[0])
+            if self._local.get(f"m:{row[0]}", 0) <= since:
+                self._merge_measurement(measurement_from_row(row))
+        for mid in asked - found:
+            if self._local.get(f"m:{mid}", 0) <= since:
+                self._drop_measurement(mid)  # expired (here or by another daemon)
+
+    def _merge_component(self, c: Component) -> Component:
+        known = self.components.get(c.identity)
+        if known is None:
+            self.components[c.identity] = c
+            return c
+        known.__dict__.update(c.__dict__)  # in place: requests in flight hold the object
+        return known
+
+    def _merge_measurement(self, m: Measurement) -> Measurement:
+        known = self.measurements.get(m.id)
+        if known is None:
+            self.measurements[m.id] = m
+            known = m
+        else:
+            known.__dict__.update(m.__dict__)
+        self._by_client[(known.client, known.client_token)] = known.id
+        return known
+
+    def _drop_measurement(self, mid: str) -> None:
+        m = self.measurements.pop(mid, None)
+        if m is not None and self._by_client.get((m.client, m.client_token)) == mid:
+            del self._by_client[(m.client, m.client_token)]
+
+    def _notice(self, kind: str, ident: str) -> list[Op]:
+        """The statement telling the other daemons, when this transaction commits, that
+        ``kind`` (``c``: a component and its capabilities, ``m``: a measurement) changed.
+        Ids only: they read the rows themselves."""
+        if self.channel is None:
+            return []
+        return [("SELECT pg_notify(?, ?)", (self.channel, f"{self.instance} {kind} {ident}"))]
+
+    async def ensure_component(self, identity: str) -> bool:
+        """Is ``identity`` a registered component? With other daemons on the store, one
+        that registered there a moment ago counts even before its notification arrives."""
+        if identity not in self.components and self.shared:
+            await self.refresh(components=[identity])
+        return identity in self.components
+
+    async def ensure_measurement(self, mid: str, fresh: bool = False) -> Measurement | None:
+        """The measurement ``mid``; with other daemons on the store, read again when it is
+        not known here yet, or (``fresh``) not finished: another daemon may have changed it."""
+        m = self.measurements.get(mid)
+        if self.shared and (m is None or (fresh and m.state not in FINAL)):
+            await self.refresh(measurements=[mid])
+            m = self.measurements.get(mid)
+        return m
 
     @staticmethod
     def _component_op(c: Component) -> Op:
         return (
-            "INSERT INTO mplane_component (identity, dn, callback, registered, last_seen, url, dialect) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO mplane_component ({COMPONENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (identity) DO UPDATE SET dn = excluded.dn, callback = excluded.callback, "
             "registered = excluded.registered, last_seen = excluded.last_seen, url = excluded.url, "
-            "dialect = excluded.dialect",
-            (c.identity, c.dn, int(c.callback), c.registered, c.last_seen, c.url, c.dialect.value))
+            "dialect = excluded.dialect, holder = excluded.holder, held_since = excluded.held_since",
+            (c.identity, c.dn, int(c.callback), c.registered, c.last_seen, c.url, c.dialect.value,
+             c.holder, c.held_since))
 
     async def _save_component(self, c: Component) -> None:
-        await self.batcher.write([self._component_op(c)])
+        await self.batcher.write([self._component_op(c), *self._notice("c", c.identity)])
 
     @staticmethod
     def _capability_op(c: Capability) -> Op:
@@ -295,17 +494,31 @@ class SupervisorState:
     @staticmethod
     def _measurement_op(m: Measurement) -> Op:
         return (
-            "INSERT INTO mplane_measurement (id, client, client_token, client_label, cap_key, component, spec, "
-            "state, reply, interrupt, created, updated, client_registry) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET state = excluded.state, reply = excluded.reply, "
-            "interrupt = excluded.interrupt, updated = excluded.updated",
+            f"INSERT INTO mplane_measurement ({MEASUREMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.id, m.client, m.client_token, m.client_label, m.cap_key, m.component, _dumps(m.spec),
              m.state, _dumps(m.reply) if m.reply is not None else None, int(m.interrupt), m.created, m.updated,
              m.client_registry))
 
     async def _save_measurement(self, m: Measurement) -> None:
-        await self.batcher.write([self._measurement_op(m)])
+        await self.batcher.write([self._measurement_op(m), *self._notice("m", m.id)])
+
+    @staticmethod
+    def _change_op(mid: str, change: dict[str, Any]) -> Op:
+        """Only the columns that change, and never a finished measurement's outcome (as
+        :func:`final_is_final`): another daemon may have written the other columns."""
+        cols, params = [], []
+        guarded = {"state", "reply", "interrupt"}
+        for name, value in change.items():
+            if name == "reply":
+                value = _dumps(value) if value is not None else None
+            elif name == "interrupt":
+                value = int(value)
+            if name in guarded:
+                cols.append(f"{name} = CASE WHEN state IN ('{DONE}', '{FAILED}') THEN {name} ELSE ? END")
+            else:
+                cols.append(f"{name} = ?")
+            params.append(value)
+        return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ?", (*params, mid))
 
     # ------------------------------------------------------------------ listeners (long-poll)
 
@@ -320,6 +533,10 @@ class SupervisorState:
             if not fns:
                 self._listeners.pop(component, None)
         return cancel
+
+    def polls_held(self) -> int:
+        """Components whose long-poll this daemon holds open right now."""
+        return len(self._listeners)
 
     def _wake(self, component: str) -> None:
         for fn in self._listeners.pop(component, []):
@@ -345,7 +562,7 @@ class SupervisorState:
         return self.component_role is None or self.component_role in peer.roles
 
     async def register(self, peer: Peer, items: list[tuple[str, Message | ModelError]],
-                       dialect: Dialect = Dialect.SDK) -> dict[str, dict[str, str]]:
+                       dialect: Dialect = Dialect.SDK, holder: str | None = None) -> dict[str, dict[str, str]]:
         """Register capabilities (each named by its label, decoded or refused already);
         the per-label outcome map both dialects expect. Each capability is accepted or
         refused on its own."""
@@ -355,6 +572,8 @@ class SupervisorState:
         # Changed on a copy: memory follows once the write committed.
         comp = (replace(known, last_seen=now, dialect=dialect) if known is not None
                 else Component(peer.identity, peer.dn, False, now, now, dialect=dialect))
+        if holder is not None and comp.holder != holder:
+            comp.holder, comp.held_since = holder, now
         changed: list[Capability] = []
         for name, item in items:
             if isinstance(item, ModelError):
@@ -381,11 +600,10 @@ class SupervisorState:
             record = Capability(key, peer.identity, cap.label, cap, now)
             changed.append(record)
             outcome[name] = {"registered": "ok"}
-        await self.batcher.write([self._component_op(comp)] + [self._capability_op(r) for r in changed])
-        if known is None:
-            self.components[peer.identity] = comp
-        else:
-            known.last_seen, known.callback, known.dialect = comp.last_seen, comp.callback, comp.dialect
+        await self.batcher.write([self._component_op(comp)] + [self._capability_op(r) for r in changed]
+                                 + self._notice("c", peer.identity))
+        self._changed_here(f"c:{peer.identity}")
+        self._merge_component(comp)
         for r in changed:
             self.capabilities[r.key] = r
         self.counters["registrations"] += len(changed)
@@ -400,13 +618,24 @@ class SupervisorState:
                 and ((msg.token is not None and c.statement.token == msg.token)
                      or (msg.label is not None and c.label == msg.label))]
         if gone:
-            await self.batcher.write([("DELETE FROM mplane_capability WHERE cap_key = ?", (k,)) for k in gone])
+            await self.batcher.write([("DELETE FROM mplane_capability WHERE cap_key = ?", (k,)) for k in gone]
+                                     + self._notice("c", peer.identity))
+        self._changed_here(f"c:{peer.identity}")
         for k in gone:
             self.capabilities.pop(k, None)
         return len(gone)
 
     def known_component(self, identity: str) -> bool:
         return identity in self.components
+
+    async def hold(self, identity: str, holder: str) -> None:
+        """Note that ``holder`` (a daemon) now serves ``identity``'s polls (operator view)."""
+        comp = self.components.get(identity)
+        if comp is None or comp.holder == holder:
+            return
+        await self._save_component(replace(comp, holder=holder, held_since=self.clock()))
+        self._changed_here(f"c:{identity}")
+        comp.holder, comp.held_since = holder, self.clock()
 
     def _pending(self, identity: str) -> Iterable[Measurement]:
         return (m for m in self.measurements.values() if m.component == identity and m.state not in FINAL)
@@ -417,36 +646,47 @@ class SupervisorState:
         return comp is not None and comp.callback
 
     async def take_work(self, identity: str, result_link: str | None) -> list[Message]:
-        """Specifications and interrupts for the component's poll; marks them sent."""
+        """Specifications and interrupts for the component's poll; marks them sent.
+
+        What is due is claimed in the store with a conditional UPDATE (:data:`CLAIM_SQL`):
+        when daemons race for one specification (a component polling two of them during
+        a failover), exactly one hands it out."""
         now = self.clock()
-        out: list[Message] = []
-        touched: list[tuple[Measurement, Measurement]] = []  # (held, as written)
         comp = self.components.get(identity)
         if comp is not None:
             comp.last_seen = now
-        for m in self._pending(identity):
-            new = m
-            # A spec handed over without any receipt for a while may have been lost with
-            # its connection: hand it over again (components answer a known token with
-            # the same receipt).
-            if m.state == QUEUED or (m.state == SENT and now - m.updated > self.redeliver_after):
-                out.append(replace(m.spec, link=result_link))
-                new = replace(new, state=SENT, updated=now)
-            if new.interrupt and new.state not in FINAL and new.state != QUEUED:
-                out.append(m.spec.derive("interrupt", link=None))
-                new = replace(new, interrupt=False)
-            if new is not m:
-                touched.append((m, new))
-        if touched:
-            await self.batcher.write([self._measurement_op(new) for _, new in touched])
-        for m, new in touched:
-            m.state, m.updated, m.interrupt = new.state, new.updated, new.interrupt
+        mine = list(self._pending(identity))
+        if not any(send_due(m, now, self.redeliver_after) or interrupt_due(m) for m in mine):
+            return []  # (memory is kept current by the notifications: no query per empty poll)
+        sql = self.store.sql
+        notice = self._notice
+
+        def claim(cursor: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            cursor.execute(sql(CLAIM_SQL), (now, identity, now - self.redeliver_after))
+            sent = list(cursor.fetchall())
+            cursor.execute(sql(CLAIM_INTERRUPT_SQL), (identity,))
+            interrupted = list(cursor.fetchall())
+            for row in sent + interrupted:
+                for statement, params in notice("m", row[0]):
+                    cursor.execute(sql(statement), params)
+            return sent, interrupted
+
+        sent, interrupted = await self.store.run_interaction(claim)
+        out: list[Message] = []
+        for row in sent + interrupted:
+            self._changed_here(f"m:{row[0]}")
+        for row in sent:
+            m = self._merge_measurement(measurement_from_row(row))
+            out.append(replace(m.spec, link=result_link))
+        for row in interrupted:
+            m = self._merge_measurement(measurement_from_row(row))
+            out.append(m.spec.derive("interrupt", link=None))
         return out
 
     async def accept(self, peer: Peer, msg: Message) -> str | None:
         """A receipt, result or exception from a component; None if accepted, else why not."""
         if isinstance(msg, Envelope):
-            m = self.measurements.get(msg.token or "")
+            m = await self.ensure_measurement(msg.token or "", fresh=True)
             if m is not None and m.component == peer.identity:
                 # Results of a repeated specification (SDK multi-job): the envelope is the
                 # reply; final once its temporal scope has ended.
@@ -461,7 +701,7 @@ class SupervisorState:
             problems = [p for p in [await self.accept(peer, m) for m in msg.contents] if p]
             return problems[0] if problems else None
         token = getattr(msg, "token", None)
-        m = self.measurements.get(token or "")
+        m = await self.ensure_measurement(token or "", fresh=True)
         if m is None or m.component != peer.identity:
             return f"no measurement {token} was sent to {peer.identity}"
         now = self.clock()
@@ -484,7 +724,9 @@ class SupervisorState:
 
     async def _update(self, m: Measurement, **change: Any) -> None:
         """Write ``m`` with ``change`` applied; only once that committed, apply it to ``m``."""
-        await self._save_measurement(replace(m, **change))
+        change = final_is_final(m.state, change)
+        await self.batcher.write([self._change_op(m.id, change), *self._notice("m", m.id)])
+        self._changed_here(f"m:{m.id}")
         for name, value in change.items():
             setattr(m, name, value)
 
@@ -538,7 +780,7 @@ class SupervisorState:
         specification has a label: another capability's receipt for a label that does
         not exist would be a lie."""
         if cap_key is not None:
-            c = self.capabilities.get(cap_key)
+            c = self.capabilities.get(cap_key)  # (submit() read it from the store if it is new)
             return [c] if c is not None and self.policy.allows(peer.roles, c.label, c.component) else []
         offered = [(c, shown) for c, shown in self.offered(peer, None)
                    if component is None or c.component == component]
@@ -568,6 +810,10 @@ class SupervisorState:
         scopes (``now + 1s``) are resolved on arrival, so the same text sent twice is two
         measurements, each with its own token.
         """
+        if cap_key is not None and cap_key not in self.capabilities and self.shared:
+            # Registered at another daemon a moment ago: its notification may be on its way.
+            rows = await self.store.run("SELECT component FROM mplane_capability WHERE cap_key = ?", (cap_key,))
+            await self.refresh(components=[row[0] for row in rows])
         now = self.clock()
         tzero = tzero or datetime.fromtimestamp(now, UTC)
         token = spec.get_token(self.registries)
@@ -605,6 +851,7 @@ class SupervisorState:
         m = Measurement(mid, peer.identity, token, spec.label, chosen.key, chosen.component, forwarded,
                         QUEUED, None, False, now, now, spec.registry)
         await self._save_measurement(m)  # a specification whose write failed is not queued
+        self._changed_here(f"m:{mid}")
         self.measurements[mid] = m
         self._by_client[(peer.identity, token)] = mid
         self.counters["specifications"] += 1
@@ -612,9 +859,24 @@ class SupervisorState:
         self._wake(chosen.component)
         return m.receipt()
 
-    def _own(self, peer: Peer, token_or_label: str | None) -> Measurement | None:
+    async def _own(self, peer: Peer, token_or_label: str | None) -> Measurement | None:
+        """The peer's measurement by its token (else its newest by label; admins: any by
+        id). With other daemons on the store, what is not finished here is read again:
+        the result may have been posted at another daemon a moment ago."""
         if token_or_label is None:
             return None
+        m = self._own_cached(peer, token_or_label)
+        if self.shared and (m is None or m.state not in FINAL):
+            admin = self.policy.is_admin(peer.roles)
+            rows = await self.store.run(
+                "SELECT id FROM mplane_measurement WHERE (client = ? AND (client_token = ? OR client_label = ?))"
+                + (" OR id = ?" if admin else ""),
+                (peer.identity, token_or_label, token_or_label) + ((token_or_label,) if admin else ()))
+            await self.refresh(measurements=[row[0] for row in rows])
+            m = self._own_cached(peer, token_or_label)
+        return m
+
+    def _own_cached(self, peer: Peer, token_or_label: str) -> Measurement | None:
         mid = self._by_client.get((peer.identity, token_or_label))
         if mid is not None:
             return self.measurements.get(mid)
@@ -628,10 +890,10 @@ class SupervisorState:
                 return m
         return None
 
-    def redeem(self, peer: Peer, msg: Statement | str) -> Message:
+    async def redeem(self, peer: Peer, msg: Statement | str) -> Message:
         """The result if ready, the exception if failed, else the receipt again."""
         key = msg if isinstance(msg, str) else (msg.token or msg.label)
-        m = self._own(peer, key)
+        m = await self._own(peer, key)
         if m is None:
             return ExceptionMessage(key, f"no measurement {key} for {peer.identity}")
         if m.reply is not None:
@@ -639,19 +901,43 @@ class SupervisorState:
         return m.receipt()
 
     async def interrupt(self, peer: Peer, msg: Statement) -> Message:
-        m = self._own(peer, msg.token or msg.label)
+        m = await self._own(peer, msg.token or msg.label)
         if m is None:
             return ExceptionMessage(msg.token, f"no measurement {msg.token or msg.label} for {peer.identity}")
         change: dict[str, Any] = {"updated": self.clock()}
         if m.state == QUEUED:
-            # Never reached the component: drop it here.
-            change.update(state=FAILED, reply=ExceptionMessage(m.id, "Interrupted before it started"))
-        elif m.state not in FINAL:
+            # Never reached the component: drop it here, unless another daemon hands it
+            # over this very moment (then it is interrupted at the component).
+            dropped = ExceptionMessage(m.id, "Interrupted before it started")
+            if await self._drop_queued(m, dropped, change["updated"]):
+                return m.to_client(dropped, self.registries)
+        if m.state not in FINAL:
             change["interrupt"] = True
         await self._update(m, **change)
         if change.get("interrupt"):
             self._wake(m.component)
         return m.to_client(m.reply, self.registries) if m.reply is not None else m.receipt()
+
+    async def _drop_queued(self, m: Measurement, reply: ExceptionMessage, now: float) -> bool:
+        """Fail ``m`` with ``reply`` if it is still queued in the store (a conditional
+        UPDATE, as the claim: one of the two wins); else re-read it. True if dropped."""
+        sql, notice = self.store.sql, self._notice("m", m.id)
+
+        def drop(cursor: Any) -> bool:
+            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ? "
+                               f"WHERE id = ? AND state = '{QUEUED}' RETURNING id"), (_dumps(reply), now, m.id))
+            if not cursor.fetchall():
+                return False
+            for statement, params in notice:
+                cursor.execute(sql(statement), params)
+            return True
+
+        if await self.store.run_interaction(drop):
+            self._changed_here(f"m:{m.id}")
+            m.state, m.reply, m.updated = FAILED, reply, now
+            return True
+        await self.refresh(measurements=[m.id])
+        return False
 
     def client_results(self, peer: Peer) -> list[Message]:
         """Replies (results/exceptions) of the peer's measurements, newest last."""
@@ -669,10 +955,12 @@ class SupervisorState:
         cutoff = self.clock() - self.result_expiry
         old = [m for m in self.measurements.values() if m.state in FINAL and m.updated < cutoff]
         if old:
-            await self.batcher.write([("DELETE FROM mplane_measurement WHERE id = ?", (m.id,)) for m in old])
+            await self.batcher.write([op for m in old for op in
+                                      [("DELETE FROM mplane_measurement WHERE id = ?", (m.id,)),
+                                       *self._notice("m", m.id)]])
         for m in old:
-            self.measurements.pop(m.id, None)
-            self._by_client.pop((m.client, m.client_token), None)
+            self._changed_here(f"m:{m.id}")
+            self._drop_measurement(m.id)
         return len(old)
 
     def status(self, peer: Peer, recent: int = 50) -> dict[str, Any]:
@@ -687,11 +975,18 @@ class SupervisorState:
         return {
             "identity": peer.identity,
             "roles": sorted(peer.roles),
+            "node": self.node,
+            "polls_held": self.polls_held(),  # at this daemon, now
             "components": [
                 {"identity": c, "capabilities": sum(1 for x in caps if x.component == c),
                  "last_seen": iso(self.components[c].last_seen) if c in self.components else None,
-                 "callback": self.components[c].callback if c in self.components else False}
+                 "callback": self.components[c].callback if c in self.components else False,
+                 # which daemon its poll came to last (several daemons on one store)
+                 "holder": self.components[c].holder if c in self.components else None,
+                 "held_since": (iso(held) if c in self.components and (held := self.components[c].held_since)
+                                is not None else None)}
                 for c in comps],
+            "schedule": schedule(ms, self.clock(), recent),
             "capabilities": [
                 {"label": c.label, "component": c.component, "verb": c.statement.verb,
                  "when": str(c.statement.when).strip(), "parameters": c.statement.parameters,
@@ -707,6 +1002,51 @@ class SupervisorState:
                 for m in ms if m.state in FINAL][-recent:],
             "counters": dict(self.counters),
         }
+
+
+#: The phases of a measurement in the operator view's schedule.
+PHASES = ("future", "running", "past")
+
+
+def run_phase(m: Measurement, now: float) -> tuple[str, datetime | None, datetime | None]:
+    """``(phase, start, end)`` of ``m`` at ``now``: ``past`` once finished (result or
+    exception), ``future`` while it waits for the component's poll or its scope starts
+    later, else ``running``; start and end resolved from its temporal scope (None:
+    unbounded, or beyond datetime's range)."""
+    try:
+        start, end = m.spec.when.datetimes(datetime.fromtimestamp(m.created, UTC))
+    except (ValueError, OverflowError):
+        start = end = None
+    if m.state in FINAL:
+        return "past", start, end
+    if m.state == QUEUED or (start is not None and start.timestamp() > now):
+        return "future", start, end
+    return "running", start, end
+
+
+def schedule(measurements: Iterable[Measurement], now: float, recent: int = 50) -> dict[str, dict[str, list[Any]]]:
+    """Per component, its runs by :func:`run_phase` (``past`` keeps the ``recent`` newest),
+    each ``{token, label, client, state, start, end}`` with times as ISO text (None:
+    unbounded). Pure: ``now`` is given."""
+    out: dict[str, dict[str, list[Any]]] = {}
+
+    def iso(t: datetime | None) -> str | None:
+        return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if t is not None else None
+
+    for m in sorted(measurements, key=lambda m: m.created):
+        phase, start, end = run_phase(m, now)
+        entry = {"token": m.client_token, "label": m.client_label, "client": m.client, "state": m.state,
+                 "start": iso(start), "end": iso(end)}
+        out.setdefault(m.component, {p: [] for p in PHASES})[phase].append(entry)
+    for runs in out.values():
+        runs["past"] = runs["past"][-recent:]
+    return out
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterable[list[str]]:
+    """``items`` in slices short enough for one ``IN (...)`` list."""
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def callback_spec(when: str = "now + 0s") -> Statement:

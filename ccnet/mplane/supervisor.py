@@ -36,6 +36,7 @@ from ccnet.edge.request import request_identity
 from ccnet.edge.shim import request_disconnected
 from ccnet.metrics import counter, gauge
 from ccnet.mplane.authz import AuthzError, IdentityClaims, Policy
+from ccnet.mplane.cluster import CHANNEL, ClusterSync, Listener
 from ccnet.mplane.config import SupervisorConfig
 from ccnet.mplane.dialect import (
     Dialect,
@@ -99,6 +100,10 @@ class SupervisorService(service.Service):
         self._started = False
         #: Failed periodic rounds by job (the daemon's ccnet_periodic_failures_total).
         self.failures = failures if failures is not None else {}
+        #: Other daemons' notifications (PostgreSQL store only), started before the first
+        #: load so that nothing written in between is missed.
+        self.listener: Listener | None = None
+        self.sync: ClusterSync | None = None
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
@@ -110,6 +115,8 @@ class SupervisorService(service.Service):
 
     async def _open(self) -> None:
         await self.store.migrate("mplane", MIGRATIONS)
+        if self.listener is not None:
+            self.listener.startService()
         await self.state.load()
         if self._preload is not None:
             await self._preload()
@@ -128,10 +135,15 @@ class SupervisorService(service.Service):
         log.failure("mPlane supervisor cannot open its state", failure)
         self.ready.errback(failure)
 
-    def stopService(self) -> None:  # noqa: N802 (Twisted API)
+    def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 (Twisted API)
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self.sync is not None:
+            self.sync.stop()
+        if self.listener is not None and self.listener.running:
+            return self.listener.stopService()
+        return None
 
 
 class SupervisorResource(Resource):
@@ -341,15 +353,16 @@ class _Dispatch(Resource):
         if not state.may_register(peer):
             raise HTTPError(403, f"{peer.identity} may not register capabilities")
         dialect, items = self.decode(parse_registration, self.read_json(request))
-        outcome = await state.register(peer, items, dialect)
+        outcome = await state.register(peer, items, dialect, holder=state.node)
         log.info("mPlane registration from {component} ({dialect}): {outcome}", component=peer.identity,
                  dialect=dialect.value, outcome={k: v["registered"] for k, v in outcome.items()})
         return self.reply(request, outcome)
 
     async def poll(self, request: Request, peer: Peer) -> bytes:
         state = self.root.state
-        if not state.known_component(peer.identity):
+        if not await state.ensure_component(peer.identity):
             raise HTTPError(428, "Register your capabilities first", plain=True)
+        await state.hold(peer.identity, state.node)
         dialect = state.components[peer.identity].dialect
         link = f"{self.root.base_url(request)}/{self.root.cfg.result_path}"
         work = await state.take_work(peer.identity, link)
@@ -399,7 +412,7 @@ class _Dispatch(Resource):
 
     async def component_result(self, request: Request, peer: Peer) -> bytes:
         state = self.root.state
-        if not state.known_component(peer.identity):
+        if not await state.ensure_component(peer.identity):
             raise HTTPError(403, f"{peer.identity} has not registered as a component")
         dialect = state.components[peer.identity].dialect
         msg = from_wire(self.read_message(request), dialect)
@@ -449,7 +462,7 @@ class _Dispatch(Resource):
                          else reply.message)
                 return reply
             if msg.kind == "redemption":
-                return state.redeem(peer, msg)
+                return await state.redeem(peer, msg)
             if msg.kind == "interrupt":
                 return await state.interrupt(peer, msg)
         return ExceptionMessage(getattr(msg, "token", None),
@@ -460,7 +473,7 @@ class _Dispatch(Resource):
         values = args.get("token") or args.get("label") or []
         token = values[0] if values else None
         if token:
-            return self.reply(request, self.root.state.redeem(peer, token))
+            return self.reply(request, await self.root.state.redeem(peer, token))
         return self.reply(request, Envelope(self.root.state.client_results(peer)))
 
     # ------------------------------------------------------------------ operator view
@@ -490,7 +503,7 @@ class _Dispatch(Resource):
             f"<h1>ccnet mPlane supervisor</h1><p>You are {e(s['identity'])} "
             f"(roles: {e(', '.join(s['roles']) or 'none')}). Read-only; JSON at "
             "<a href='/api/status'>/api/status</a>.</p>"
-            + table("Components", s["components"], ["identity", "capabilities", "last_seen", "callback"])
+            + table("Components", s["components"], ["identity", "capabilities", "last_seen", "callback", "holder"])
             + table("Capabilities", s["capabilities"], ["label", "component", "verb", "when", "parameters", "results"])
             + table("Pending specifications", s["pending"], ["label", "token", "component", "state", "client", "created"])
             + table("Recent results", s["results"], ["label", "token", "component", "state", "rows", "message", "updated"])
@@ -549,8 +562,11 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     except AuthzError as exc:
         raise SetupError(f"[supervisor]: {exc}") from None
     reactor = runtime.reactor
+    shared = getattr(runtime.store, "dialect", None) == "postgresql"
     state = SupervisorState(runtime.store, registries, policy, reactor.seconds,
-                            result_expiry=cfg.result_expiry, component_role=cfg.component_role)
+                            result_expiry=cfg.result_expiry, component_role=cfg.component_role,
+                            node=cfg.node_name or default_node_name(runtime.hostname, cfg.listen),
+                            channel=CHANNEL if shared else None)
 
     async def preload() -> None:
         fetch = _registry_fetcher(reactor)
@@ -578,6 +594,11 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
 
     resource.putChild(b"console", cast(IResource, ConsoleResource(resource, runtime.console)))
     services: list[Any] = [svc]
+    if shared:
+        # Active/active: other daemons on this PostgreSQL tell us what they changed.
+        svc.sync = sync = ClusterSync(state, reactor)
+        svc.listener = Listener(runtime.store.url, CHANNEL, reactor, sync.payload, sync.connected,
+                                timeout=runtime.store.timeout)
     if cfg.components:
         from ccnet.mplane.pull import ComponentPuller
 
@@ -587,6 +608,18 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
                                         refresh=max(1.0, cfg.component_refresh),
                                         redeem_every=max(0.05, cfg.redeem_interval)))
     return Part(services=services, resource=resource, max_body=MAX_BODY)
+
+
+def default_node_name(hostname: str | None, listen: str) -> str:
+    """``hostname:port`` of the supervisor's listener; ``hostname:pid-N`` when the OS
+    chooses the port (``ssl:0``), as no two daemons on a host share a pid."""
+    import os
+    import socket
+
+    host = hostname or socket.gethostname()
+    parts = listen.split(":")
+    port = parts[1] if len(parts) > 1 and parts[1].isdigit() else ""
+    return f"{host}:{port}" if port and port != "0" else f"{host}:pid-{os.getpid()}"
 
 
 class SupervisorMetrics:
@@ -612,4 +645,19 @@ class SupervisorMetrics:
             gauge("ccnet_mplane_component_last_seen_timestamp_seconds",
                   "When each component last registered or polled (seconds since the epoch).",
                   ["component"], {(c.identity,): c.last_seen for c in state.components.values()}),
+            gauge("ccnet_mplane_components_by_holder",
+                  "Components by the supervisor daemon (node name) their poll came to last.", ["node"],
+                  self._holders()),
+            gauge("ccnet_mplane_polls_held", "Component long-polls this daemon holds open now.",
+                  rows={(): state.polls_held()}),
+            counter("ccnet_mplane_cluster_events_total",
+                    "Other supervisor daemons' notifications applied, and full resyncs (PostgreSQL store).",
+                    ["event"], {(event,): n for event, n in state.cluster_events.items()}),
         ]
+
+    def _holders(self) -> dict[tuple[str, ...], int]:
+        holders: dict[tuple[str, ...], int] = {}
+        for comp in self.state.components.values():
+            key = (comp.holder or "-",)
+            holders[key] = holders.get(key, 0) + 1
+        return holders

@@ -1,0 +1,246 @@
+"""mPlane supervisor at platform scale (issue 17): N simulated components on one daemon, and
+N/2 on each of two daemons sharing one PostgreSQL database.
+
+For each topology, with every simulated component (its own certificate, its own mutual-TLS
+connection) holding a long-poll ``GET show/specification`` open:
+
+* capability registrations per second (one envelope of two capabilities per component,
+  a new connection each, 32 in flight, spread over the daemons);
+* each daemon's resident memory;
+* spec→result overhead for one component: a client submits to the capability's link at
+  daemon A, the component's held poll (at B when there are two) receives it, the component
+  answers with the result at once, the client redeems it at A. The component does no
+  measuring, so the whole time is overhead. The same is measured first with that one
+  component alone on the daemon(s), side by side.
+
+Run: ``PYTHONPATH=. .venv/bin/python bench/mplane_scale_bench.py [--components 10000]
+[--runs 5] [--only one|two]``. The two-daemon row needs PostgreSQL
+(``CCNET_BENCH_PG_DSN``, else ``CCNET_TEST_PG_DSN``; a fresh database is made and dropped).
+Certificates of the simulated components are issued once into a PKI under
+``$CCNET_SCALE_BENCH_DIR`` (default /tmp/ccnet-scale-bench) and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import treq  # noqa: E402
+from mplane_bench import Bench, register_all, rss_mb  # noqa: E402
+from twisted.internet import defer, task  # noqa: E402
+from twisted.internet.threads import deferToThread  # noqa: E402
+from twisted.web.client import HTTPConnectionPool  # noqa: E402
+
+from ccnet.edge.client import https_agent  # noqa: E402
+from ccnet.mplane.model import RegistryStore, from_dict  # noqa: E402
+from ccnet.mplane.state import capability_key  # noqa: E402
+from tests.ri_support import start_ccnet_supervisor  # noqa: E402
+from tests.support import Daemon, create_database, drop_database, test_pki  # noqa: E402
+from tests.test_mplane_support import PING_CAP, dotted, material  # noqa: E402
+
+CT = "application/x-mplane+json"
+
+
+def spec_body(n: int) -> bytes:
+    return json.dumps({
+        "specification": "measure", "version": 1, "registry": "http://ict-mplane.eu/registry/core",
+        "label": "ping-average-ip4", "token": f"{n:032x}", "when": "now + 1s / 1s",
+        "parameters": {"destination.ip4": "127.0.0.1", "source.ip4": "127.0.0.1"},
+        "results": PING_CAP["results"]}).encode()
+
+
+def result_body(work: dict[str, Any]) -> bytes:
+    d = {k: v for k, v in work.items() if k not in ("specification", "link")}
+    d["result"] = work["specification"]
+    d["when"] = "2026-11-24 10:00:00.000000 ... 2026-11-24 10:00:02.000000"
+    d["resultvalues"] = [["30", "45", "60", "2"]]
+    return json.dumps(d).encode()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@defer.inlineCallbacks
+def polls_held(metrics_port: int) -> Any:
+    """``ccnet_mplane_polls_held`` of the daemon whose metrics listen on ``metrics_port``."""
+    resp = yield treq.get(f"http://127.0.0.1:{metrics_port}/metrics")
+    text = (yield resp.content()).decode()
+    return next(int(float(line.split()[1])) for line in text.splitlines()
+                if line.startswith("ccnet_mplane_polls_held "))
+
+
+class ScaleBench:
+    def __init__(self, args: argparse.Namespace, work: Path, reactor: Any) -> None:
+        self.args = args
+        self.issuer = Bench(args, work)  # the simulated components' certificates (it chdirs to work)
+        self.pki = test_pki()
+        self.work = Path(tempfile.mkdtemp(prefix="run-", dir=work))  # this run's daemons
+        self.results: dict[str, Any] = {}
+        self.client = https_agent(reactor, material(self.pki, "client"), HTTPConnectionPool(reactor, persistent=True))
+
+    def start(self, name: str, store: str | None) -> tuple[Daemon, int]:
+        # One connection per component, all from 127.0.0.1: the edge's caps (512, 64 per peer) raised.
+        extra = (f"node-name = {name}\nmax-connections = 30000\nmax-connections-per-peer = 30000\n"
+                 "\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
+                 + (f"\n[store]\nurl = {store}\n" if store else ""))
+        return start_ccnet_supervisor(self.work / name, self.pki, {"IT.ccnet.Clients.client": ["guest"]},
+                                      {"ping": ["guest"]}, extra=extra, long_poll=600)
+
+    @defer.inlineCallbacks
+    def overhead(self, reactor: Any, agent: Any, ident: str, comp_port: int, client_port: int) -> Any:
+        """Seconds from the client's submission (at ``client_port``) to its redeemed result,
+        the component's poll held at ``comp_port``; median of ``--runs``."""
+        cap = from_dict(PING_CAP).with_token(RegistryStore())  # type: ignore[union-attr]
+        link = f"https://localhost:{client_port}/register/specification/{capability_key(ident, cap)}"
+        times = []
+        for run in range(self.args.runs):
+            poll = treq.get(f"https://localhost:{comp_port}/show/specification?wait=60", agent=agent)
+            yield task.deferLater(reactor, 0.5, lambda: None)  # the poll is held
+            token = f"{os.getpid():08x}{run:08x}{int(time.time()):016x}"
+            t0 = time.perf_counter()
+            resp = yield treq.post(link, data=spec_body(int(token, 16)), headers={"Content-Type": [CT]},
+                                   agent=self.client)
+            receipt = json.loads((yield resp.content()))
+            if "receipt" not in receipt:
+                raise RuntimeError(f"no receipt: {receipt}")
+            resp = yield poll
+            work = [m for m in json.loads((yield resp.content()))["contents"] if "specification" in m]
+            if not work:
+                raise RuntimeError("the held poll ended without the specification")
+            resp = yield treq.post(f"https://localhost:{comp_port}/register/result", data=result_body(work[0]),
+                                   headers={"Content-Type": [CT]}, agent=agent)
+            yield resp.content()
+            resp = yield treq.get(f"https://localhost:{client_port}/show/result?token={receipt['token']}",
+                                  agent=self.client)
+            result = json.loads((yield resp.content()))
+            if "result" not in result:
+                raise RuntimeError(f"not redeemed at once: {result}")
+            times.append(time.perf_counter() - t0)
+        return round(statistics.median(times), 4)
+
+    @defer.inlineCallbacks
+    def topology(self, reactor: Any, key: str, daemons: list[tuple[Daemon, int]]) -> Any:
+        n = self.args.components
+        mats = yield deferToThread(self.issuer.issue_components, n)
+        agents = [https_agent(reactor, m, HTTPConnectionPool(reactor, persistent=True)) for m in mats]
+        ports = [port for _, port in daemons]
+        comp_port, client_port = ports[-1], ports[0]
+        ident = dotted(self.pki, "sim-0")
+        res: dict[str, Any] = {"daemons": len(daemons), "components": n}
+        # sim-0 alone first: the baseline.
+        yield register_all([(agents[0], comp_port)])
+        res["overhead_alone_s"] = yield self.overhead(reactor, agents[0], ident, comp_port, client_port)
+        pids = [d.process.pid for d, _ in daemons]
+        cpu0 = [cpu_seconds(pid) for pid in pids]
+        res["registration"] = yield register_all(
+            [(a, ports[i % len(ports)]) for i, a in enumerate(agents[1:], 1)])
+        # How busy the daemons were: well below one core each means the limit was elsewhere
+        # (the bench's own handshakes, in one process, on the same cores).
+        res["registration"]["daemon_cpu_s"] = [round(cpu_seconds(pid) - c, 1) for pid, c in zip(pids, cpu0, strict=True)]
+        polls = []
+        for i, a in enumerate(agents[1:], 1):
+            d = treq.get(f"https://localhost:{ports[i % len(ports)]}/show/specification?wait=600", agent=a)
+            d.addErrback(lambda _: None)
+            polls.append(d)
+        # Until every poll is held, as each daemon counts them (bounded wait).
+        want = [sum(1 for i in range(1, n) if i % len(ports) == k) for k in range(len(ports))]
+        t0 = time.monotonic()
+        while True:
+            held = yield defer.gatherResults([polls_held(d.ports["metrics"]) for d, _ in daemons])
+            if all(h >= w for h, w in zip(held, want, strict=True)) or time.monotonic() - t0 > 300:
+                break
+            yield task.deferLater(reactor, 1.0, lambda: None)
+        res["polls_held"] = held
+        res["rss_mb"] = [round(rss_mb(pid), 1) for pid in pids]
+        res["overhead_loaded_s"] = yield self.overhead(reactor, agents[0], ident, comp_port, client_port)
+        res["rss_after_mb"] = [round(rss_mb(d.process.pid), 1) for d, _ in daemons]
+        for d in polls:
+            d.cancel()  # closes each connection (no waiting for the polls to run out)
+        yield task.deferLater(reactor, 1.0, lambda: None)
+        self.results[key] = res
+
+    @defer.inlineCallbacks
+    def run(self, reactor: Any) -> Any:
+        if self.args.only in (None, "one"):
+            daemon = yield deferToThread(self.start, "one", None)
+            try:
+                yield self.topology(reactor, "one daemon (SQLite)", [daemon])
+            finally:
+                yield deferToThread(daemon[0].stop)
+        if self.args.only in (None, "two"):
+            dsn = os.environ.get("CCNET_BENCH_PG_DSN") or os.environ.get("CCNET_TEST_PG_DSN")
+            if not dsn:
+                print("two daemons: skipped (set CCNET_BENCH_PG_DSN or CCNET_TEST_PG_DSN)", file=sys.stderr)
+                return
+            os.environ["CCNET_TEST_PG_DSN"] = dsn
+            db = create_database()
+            daemons = []
+            try:
+                for name in ("A", "B"):
+                    daemons.append((yield deferToThread(self.start, name, db)))
+                yield self.topology(reactor, "two daemons (PostgreSQL)", daemons)
+            finally:
+                for d, _ in daemons:
+                    yield deferToThread(d.stop)
+                drop_database(db)
+
+    def report(self) -> None:
+        print(json.dumps(self.results, indent=1))
+        print(table(self.results))
+        if self.args.json:
+            self.args.json.write_text(json.dumps(self.results, indent=1))
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["| topology | components | registrations/s | polls held | RSS per daemon | spec→result overhead, "
+             "1 component alone | same, all components holding a poll |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, r in results.items():
+        lines.append(f"| {key} | {r['components']} | {r['registration']['registrations_per_s']} "
+                     f"({r['registration']['failures']} failed) | {' / '.join(map(str, r['polls_held']))} | "
+                     f"{' / '.join(f'{x:.0f} MB' for x in r['rss_mb'])} | {r['overhead_alone_s']} s | "
+                     f"{r['overhead_loaded_s']} s |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--components", type=int, default=10000)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--only", choices=("one", "two"))
+    parser.add_argument("--json", type=Path, help="write the raw results here")
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per component, here and there
+    # Kept between runs: issuing 10 000 certificates takes a while.
+    work = Path(os.environ.get("CCNET_SCALE_BENCH_DIR", "/tmp/ccnet-scale-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    @defer.inlineCallbacks
+    def run(reactor: Any) -> Any:
+        bench = ScaleBench(args, work, reactor)
+        try:
+            yield bench.run(reactor)
+        finally:
+            bench.report()
+
+    task.react(lambda reactor: run(reactor))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

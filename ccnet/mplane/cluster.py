@@ -1,0 +1,196 @@
+"""Several supervisor daemons on one PostgreSQL: how each hears what the others changed.
+
+Every write that another daemon must see carries, in its own transaction, a
+``pg_notify(channel, "<instance> <kind> <id>")`` (see ``SupervisorState._notice``):
+PostgreSQL delivers it when (and only if) the transaction commits. Here a dedicated
+connection ``LISTEN``\\ s in a thread of its own (psycopg's ``notifies()`` blocks) and hands
+the payloads to the reactor; :class:`ClusterSync` gathers them and has the state re-read
+the named rows, which wakes the long-polls they concern. Payloads carry ids only: the
+rows are read from the tables.
+
+Notifications sent while the listening connection is down are lost, so every
+(re)connection is followed by a full resync. With SQLite (one daemon) none of this runs:
+the daemon's memory is the whole truth and local wakes are enough.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ccnet.mplane.state import SupervisorState
+
+__all__ = ["CHANNEL", "ClusterSync", "Listener", "parse_notice"]
+
+log = Logger()
+
+#: The notification channel of the mPlane supervisor tables.
+CHANNEL = "ccnet_mplane"
+
+
+def parse_notice(payload: str) -> tuple[str, str, str] | None:
+    """``(instance, kind, id)`` of a notification payload, or None if it is not one of ours."""
+    parts = payload.split(" ", 2)
+    if len(parts) != 3 or parts[1] not in ("c", "m") or not parts[2]:
+        return None
+    return parts[0], parts[1], parts[2]
+
+
+class Listener(service.Service):
+    """``LISTEN channel`` on a connection of its own, in a thread of its own.
+
+    ``on_payload(text)`` and ``on_connected()`` are called in the reactor thread. The
+    connection is made again with back-off (``retry_min`` doubling up to ``retry_max``)
+    whenever it breaks (PostgreSQL restarted, network cut).
+    """
+
+    def __init__(self, url: str, channel: str, reactor: Any, on_payload: Callable[[str], None],
+                 on_connected: Callable[[], None], retry_min: float = 0.5, retry_max: float = 10.0,
+                 timeout: float = 10.0) -> None:
+        self.setName(f"listen-{channel}")
+        self.url, self.channel, self.reactor = url, channel, reactor
+        self.on_payload, self.on_connected = on_payload, on_connected
+        self.retry_min, self.retry_max, self.timeout = retry_min, retry_max, timeout
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._done: defer.Deferred[None] | None = None
+        self.connects = 0
+
+    def startService(self) -> None:  # noqa: N802 (Twisted API)
+        super().startService()
+        self._stop.clear()
+        self._done = defer.Deferred()
+        self._thread = threading.Thread(target=self._run, name=f"ccnet-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stopService(self) -> defer.Deferred[None]:  # noqa: N802 (Twisted API)
+        super().stopService()
+        self._stop.set()
+        # The thread notices within a second (notifies' timeout) and fires this.
+        return self._done if self._done is not None else defer.succeed(None)
+
+    def _run(self) -> None:
+        import psycopg
+
+        backoff = self.retry_min
+        outage = False
+        seconds = max(1, round(self.timeout))
+        try:
+            while not self._stop.is_set():
+                try:
+                    with psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, seconds),
+                                         keepalives=1, keepalives_idle=seconds,
+                                         keepalives_interval=max(1, seconds // 3), keepalives_count=3,
+                                         tcp_user_timeout=seconds * 1000) as conn:
+                        conn.execute(f'LISTEN "{self.channel}"')
+                        self.connects += 1
+                        if outage:
+                            log.info("listening for {channel} notifications again", channel=self.channel)
+                        outage, backoff = False, self.retry_min
+                        self.reactor.callFromThread(self.on_connected)
+                        while not self._stop.is_set():
+                            for note in conn.notifies(timeout=1.0):
+                                self.reactor.callFromThread(self.on_payload, note.payload)
+                except psycopg.Error as exc:
+                    if self._stop.is_set():
+                        break
+                    (log.debug if outage else log.warn)(
+                        "cannot listen for {channel} notifications ({error}); retrying in {delay}s",
+                        channel=self.channel, error=str(exc).strip() or type(exc).__name__, delay=backoff)
+                    outage = True
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.retry_max)
+        finally:
+            done = self._done
+            if done is not None:
+                self.reactor.callFromThread(_fire, done)
+
+
+def _fire(d: defer.Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
+
+
+class ClusterSync:
+    """Gathers the other daemons' notifications and has the state re-read those rows.
+
+    Notifications arriving while a refresh runs wait for the next one, so a burst (10 000
+    registrations) costs a few ``IN (...)`` reads, not one query per notification.
+    """
+
+    def __init__(self, state: SupervisorState, reactor: Any) -> None:
+        self.state = state
+        self.reactor = reactor
+        self._components: set[str] = set()
+        self._measurements: set[str] = set()
+        self._resync = False
+        self._busy = False
+        self._scheduled = False
+        self._call: Any = None  # the pending flush (cancelled at stop)
+        self._stopped = False
+
+    def payload(self, text: str) -> None:
+        notice = parse_notice(text)
+        if notice is None:
+            log.warn("ignoring a malformed {channel} notification {payload!r}", channel=CHANNEL, payload=text[:100])
+            return
+        instance, kind, ident = notice
+        if instance == self.state.instance:
+            return  # our own write: memory already has it
+        self.state.cluster_events["notifications"] += 1
+        (self._components if kind == "c" else self._measurements).add(ident)
+        self._schedule()
+
+    def connected(self) -> None:
+        """The listening connection is (again) up: what was sent meanwhile is lost."""
+        self._resync = True
+        self._schedule()
+
+    def stop(self) -> None:
+        """No more reads: the daemon stops."""
+        self._stopped = True
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+
+    def _schedule(self, delay: float = 0.0) -> None:
+        if not self._busy and not self._scheduled and not self._stopped:
+            self._scheduled = True
+            self._call = self.reactor.callLater(delay, self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if self._resync:
+            self._resync = False
+            self._components.clear()
+            self._measurements.clear()
+            self.state.cluster_events["resyncs"] += 1
+            work = self.state.resync()
+        else:
+            comps, self._components = self._components, set()
+            mids, self._measurements = self._measurements, set()
+            if not comps and not mids:
+                return
+            work = self.state.refresh(comps, mids)
+        self._busy = True
+        d = defer.ensureDeferred(work)
+        d.addErrback(self._failed)
+        d.addBoth(self._finished)
+
+    def _failed(self, failure: Failure) -> None:
+        # The store is down: the next connection of the listener resyncs everything.
+        log.warn("cannot read what another supervisor daemon changed: {error}; resyncing",
+                 error=failure.getErrorMessage())
+        self._resync = True
+
+    def _finished(self, _: Any) -> None:
+        self._busy = False
+        if self._resync:
+            self._schedule(1.0)  # after a pause rather than spinning against a database that is down
+        elif self._components or self._measurements:
+            self._schedule()
