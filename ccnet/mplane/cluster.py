@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ccnet.mplane.state import SupervisorState
+from ccnet.reactors import IReactor
 
 __all__ = ["CHANNEL", "ClusterSync", "Listener", "parse_notice"]
 
@@ -50,7 +51,7 @@ class Listener(service.Service):
     whenever it breaks (PostgreSQL restarted, network cut).
     """
 
-    def __init__(self, url: str, channel: str, reactor: Any, on_payload: Callable[[str], None],
+    def __init__(self, url: str, channel: str, reactor: IReactor, on_payload: Callable[[str], None],
                  on_connected: Callable[[], None], retry_min: float = 0.5, retry_max: float = 10.0,
                  timeout: float = 10.0) -> None:
         self.setName(f"listen-{channel}")
@@ -124,7 +125,7 @@ class ClusterSync:
     registrations) costs a few ``IN (...)`` reads, not one query per notification.
     """
 
-    def __init__(self, state: SupervisorState, reactor: Any) -> None:
+    def __init__(self, state: SupervisorState, reactor: IReactor) -> None:
         self.state = state
         self.reactor = reactor
         self._components: set[str] = set()
