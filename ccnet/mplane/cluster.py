@@ -24,6 +24,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ccnet.backoff import Backoff
 from ccnet.mplane.state import SupervisorState
 from ccnet.reactors import IReactor
 
@@ -47,8 +48,8 @@ class Listener(service.Service):
     """``LISTEN channel`` on a connection of its own, in a thread of its own.
 
     ``on_payload(text)`` and ``on_connected()`` are called in the reactor thread. The
-    connection is made again with back-off (``retry_min`` doubling up to ``retry_max``)
-    whenever it breaks (PostgreSQL restarted, network cut).
+    connection is made again with :class:`ccnet.backoff.Backoff` (``retry_min`` doubling up
+    to ``retry_max``, spread at random) whenever it breaks (PostgreSQL restarted, network cut).
     """
 
     def __init__(self, url: str, channel: str, reactor: IReactor, on_payload: Callable[[str], None],
@@ -79,7 +80,7 @@ class Listener(service.Service):
     def _run(self) -> None:
         import psycopg
 
-        backoff = self.retry_min
+        backoff = Backoff(self.retry_min, self.retry_max)
         outage = False
         seconds = max(1, round(self.timeout))
         try:
@@ -93,7 +94,8 @@ class Listener(service.Service):
                         self.connects += 1
                         if outage:
                             log.info("listening for {channel} notifications again", channel=self.channel)
-                        outage, backoff = False, self.retry_min
+                        outage = False
+                        backoff.reset()
                         self.reactor.callFromThread(self.on_connected)
                         while not self._stop.is_set():
                             for note in conn.notifies(timeout=1.0):
@@ -101,12 +103,12 @@ class Listener(service.Service):
                 except psycopg.Error as exc:
                     if self._stop.is_set():
                         break
+                    delay = backoff.next_delay()
                     (log.debug if outage else log.warn)(
-                        "cannot listen for {channel} notifications ({error}); retrying in {delay}s",
-                        channel=self.channel, error=str(exc).strip() or type(exc).__name__, delay=backoff)
+                        "cannot listen for {channel} notifications ({error}); retrying in {delay:.1f}s",
+                        channel=self.channel, error=str(exc).strip() or type(exc).__name__, delay=delay)
                     outage = True
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, self.retry_max)
+                    self._stop.wait(delay)
         finally:
             done = self._done
             if done is not None:
