@@ -162,8 +162,11 @@ class ScaleBench:
         extra = (f"node-name = {name}\nmax-connections = 30000\nmax-connections-per-peer = 30000\n"
                  "\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
                  + (f"\n[store]\nurl = {store}\n" if store else ""))
+        # The client sees the capabilities of sim-0 and of the SDK component only: the SDK
+        # client picks a capability by its label, which every simulated component shares.
+        caps = {f"ping, {dotted(self.pki, who)}": ["guest"] for who in ("sim-0", "component")}
         return start_ccnet_supervisor(self.work / name, self.pki, {"IT.ccnet.Clients.client": ["guest"]},
-                                      {"ping": ["guest"]}, extra=extra, long_poll=600)
+                                      caps, extra=extra, long_poll=600)
 
     @defer.inlineCallbacks
     def overhead(self, reactor: Any, agent: Any, ident: str, comp_port: int, client_port: int) -> Any:
