@@ -155,18 +155,19 @@ class ScaleBench:
             self.sdk_python, why = ensure_sdk_venv()
             if self.sdk_python is None:
                 print(f"SDK not available ({why}): no SDK latency", file=sys.stderr)
-        self.client = https_agent(reactor, material(self.pki, "client"), HTTPConnectionPool(reactor, persistent=True))
+        self.client = https_agent(reactor, material(self.pki, "admin"), HTTPConnectionPool(reactor, persistent=True))
 
     def start(self, name: str, store: str | None) -> tuple[Daemon, int]:
         # One connection per component, all from 127.0.0.1: the edge's caps (512, 64 per peer) raised.
         extra = (f"node-name = {name}\nmax-connections = 30000\nmax-connections-per-peer = 30000\n"
                  "\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
                  + (f"\n[store]\nurl = {store}\n" if store else ""))
-        # The client sees the capabilities of sim-0 and of the SDK component only: the SDK
-        # client picks a capability by its label, which every simulated component shares.
-        caps = {f"ping, {dotted(self.pki, who)}": ["guest"] for who in ("sim-0", "component")}
-        return start_ccnet_supervisor(self.work / name, self.pki, {"IT.ccnet.Clients.client": ["guest"]},
-                                      caps, extra=extra, long_poll=600)
+        # The SDK client picks a capability by its label, which every simulated component
+        # shares: it ("client") sees the SDK component's only; the bench's own client
+        # (certificate "admin", role "bench", no admin rights) sees sim-0's.
+        users = {dotted(self.pki, "client"): ["guest"], dotted(self.pki, "admin"): ["bench"]}
+        caps = {f"ping, {dotted(self.pki, 'component')}": ["guest"], f"ping, {dotted(self.pki, 'sim-0')}": ["bench"]}
+        return start_ccnet_supervisor(self.work / name, self.pki, users, caps, extra=extra, long_poll=600)
 
     @defer.inlineCallbacks
     def overhead(self, reactor: Any, agent: Any, ident: str, comp_port: int, client_port: int) -> Any:
