@@ -651,7 +651,8 @@ class SupervisorState:
         comp.holder, comp.held_since = holder, self.clock()
 
     def _pending(self, identity: str) -> Iterable[Measurement]:
-        return (m for mid in self._by_component.get(identity, ()) if (m := self.measurements[mid]).state not in FINAL)
+        return (m for mid in self._by_component.get(identity, ())
+                if (m := self.measurements.get(mid)) is not None and m.state not in FINAL)
 
     def wants_fast_polls(self, identity: str) -> bool:
         """Does the component run something whose result we wait for? (then keep it polling fast)"""
