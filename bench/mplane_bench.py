@@ -84,6 +84,11 @@ TWO_CAPS = json.dumps(envelope(PING_CAP, dict(PING_CAP, label="ping-detail-ip4",
                                               results=["time", "delay.twoway.icmp.us"]))).encode()
 
 
+#: Every simulated component connects from 127.0.0.1 and keeps its connection: the edge's
+#: caps (512, 64 per peer) raised.
+ONE_PEER_MANY_CONNECTIONS = "max-connections = 30000\nmax-connections-per-peer = 30000\n"
+
+
 @defer.inlineCallbacks
 def register_all(targets: list[tuple[Any, int]], path: str = "register/capability", in_flight: int = 32) -> Any:
     """Every (agent, port) posts :data:`TWO_CAPS` over its own connection, ``in_flight`` at once."""
@@ -177,7 +182,7 @@ class Bench:
         folder = self.work / "ccnet"
         daemon, port = yield deferToThread(start_ccnet_supervisor, folder, self.pki,
                                            {"IT.ccnet.Clients.client": ["guest"]}, {"ping": ["guest"]},
-                                           long_poll=30)
+                                           long_poll=30, extra=ONE_PEER_MANY_CONNECTIONS)
         try:
             res = self.results["ccnet"]
             res["rss_idle_mb"] = round(rss_mb(daemon.process.pid), 1)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import treq  # noqa: E402
-from mplane_bench import Bench, component_material, register_all, rss_mb  # noqa: E402
+from mplane_bench import ONE_PEER_MANY_CONNECTIONS, Bench, component_material, register_all, rss_mb  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
@@ -160,8 +160,7 @@ class ScaleBench:
         self.client = https_agent(reactor, material(self.pki, "admin"), HTTPConnectionPool(reactor, persistent=True))
 
     def start(self, name: str, store: str | None) -> tuple[Daemon, int]:
-        # One connection per component, all from 127.0.0.1: the edge's caps (512, 64 per peer) raised.
-        extra = (f"node-name = {name}\nmax-connections = 30000\nmax-connections-per-peer = 30000\n"
+        extra = (f"node-name = {name}\n{ONE_PEER_MANY_CONNECTIONS}"
                  "\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
                  + (f"\n[store]\nurl = {store}\n" if store else ""))
         # The SDK client picks a capability by its label, which every simulated component
