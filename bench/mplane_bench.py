@@ -84,10 +84,15 @@ TWO_CAPS = json.dumps(envelope(PING_CAP, dict(PING_CAP, label="ping-detail-ip4",
                                               results=["time", "delay.twoway.icmp.us"]))).encode()
 
 
+#: Every simulated component connects from 127.0.0.1 and keeps its connection: the edge's
+#: caps (512, 64 per peer) raised.
+ONE_PEER_MANY_CONNECTIONS = "max-connections = 30000\nmax-connections-per-peer = 30000\n"
+
+
 @defer.inlineCallbacks
-def register_all(targets: list[tuple[Any, int]], path: str = "register/capability") -> Any:
-    """Every (agent, port) posts :data:`TWO_CAPS` over its own connection, 32 in flight."""
-    sem = defer.DeferredSemaphore(32)
+def register_all(targets: list[tuple[Any, int]], path: str = "register/capability", in_flight: int = 32) -> Any:
+    """Every (agent, port) posts :data:`TWO_CAPS` over its own connection, ``in_flight`` at once."""
+    sem = defer.DeferredSemaphore(in_flight)
     failures = []
 
     @defer.inlineCallbacks
@@ -104,6 +109,11 @@ def register_all(targets: list[tuple[Any, int]], path: str = "register/capabilit
     return {"components": len(targets), "seconds": round(elapsed, 3),
             "registrations_per_s": round(2 * len(targets) / elapsed, 1),
             "components_per_s": round(len(targets) / elapsed, 1), "failures": len(failures)}
+
+
+def component_material(ca: Path, cert: Path, key: Path) -> TLSMaterial:
+    """A simulated component's client TLS material."""
+    return TLSMaterial(TLSConfig(ca=ca, cert=cert, key=key, crl=None, min_version="1.2", allow_proxies=False))
 
 
 def rss_mb(pid: int) -> float:
@@ -124,16 +134,18 @@ class Bench:
 
     # ------------------------------------------------------------------ simulated components
 
-    def issue_components(self, n: int) -> list[TLSMaterial]:
-        mats = []
+    def issue_component_files(self, n: int) -> list[tuple[Path, Path]]:
+        """(certificate, key) of simulated components ``sim-0`` … ``sim-<n-1>``, issued when missing."""
+        files = []
         for i in range(n):
             name = f"sim-{i}"
             if not self.pki.cert(name).exists():
                 self.pki.pki.issue("component", name)
-            mats.append(TLSMaterial(TLSConfig(ca=self.pki.ca_cert, cert=self.pki.cert(name),
-                                              key=self.pki.key(name), crl=None, min_version="1.2",
-                                              allow_proxies=False)))
-        return mats
+            files.append((self.pki.cert(name), self.pki.key(name)))
+        return files
+
+    def issue_components(self, n: int) -> list[TLSMaterial]:
+        return [component_material(self.pki.ca_cert, cert, key) for cert, key in self.issue_component_files(n)]
 
     @defer.inlineCallbacks
     def register_many(self, reactor: Any, port: int, mats: list[TLSMaterial], path: str) -> Any:
@@ -170,7 +182,7 @@ class Bench:
         folder = self.work / "ccnet"
         daemon, port = yield deferToThread(start_ccnet_supervisor, folder, self.pki,
                                            {"IT.ccnet.Clients.client": ["guest"]}, {"ping": ["guest"]},
-                                           long_poll=30)
+                                           long_poll=30, extra=ONE_PEER_MANY_CONNECTIONS)
         try:
             res = self.results["ccnet"]
             res["rss_idle_mb"] = round(rss_mb(daemon.process.pid), 1)

@@ -5,16 +5,23 @@ For each topology, with every simulated component (its own certificate, its own 
 connection) holding a long-poll ``GET show/specification`` open:
 
 * capability registrations per second (one envelope of two capabilities per component,
-  a new connection each, 32 in flight, spread over the daemons);
+  a new connection each, 32 in flight in all, spread over the daemons), sent by several
+  client processes (``--clients``) so that the bench's own TLS handshakes are not the
+  limit, and each daemon's CPU time per registration (from ``/proc/<pid>/stat``): on a
+  machine whose cores the clients share, that is the figure that says what a daemon costs;
 * each daemon's resident memory;
 * spec→result overhead for one component: a client submits to the capability's link at
   daemon A, the component's held poll (at B when there are two) receives it, the component
   answers with the result at once, the client redeems it at A. The component does no
   measuring, so the whole time is overhead. The same is measured first with that one
-  component alone on the daemon(s), side by side.
+  component alone on the daemon(s), side by side;
+* when the SDK venv can be had (``tests.test_mplane_support.ensure_sdk_venv``), the
+  spec→result latency exactly as ``bench/mplane_bench.py`` measured its 0.095 s overhead:
+  the unmodified SDK ping component (at B when there are two) and SDK client (at A),
+  ``now + 2s / 1s``, alone and then with every simulated component holding its poll.
 
 Run: ``PYTHONPATH=. .venv/bin/python bench/mplane_scale_bench.py [--components 10000]
-[--runs 5] [--only one|two]``. The two-daemon row needs PostgreSQL
+[--runs 5] [--only one|two] [--clients 3] [--no-sdk]``. The two-daemon row needs PostgreSQL
 (``CCNET_BENCH_PG_DSN``, else ``CCNET_TEST_PG_DSN``; a fresh database is made and dropped).
 Certificates of the simulated components are issued once into a PKI under
 ``$CCNET_SCALE_BENCH_DIR`` (default /tmp/ccnet-scale-bench) and reused by later runs.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import statistics
@@ -38,7 +46,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import treq  # noqa: E402
-from mplane_bench import Bench, register_all, rss_mb  # noqa: E402
+from mplane_bench import ONE_PEER_MANY_CONNECTIONS, Bench, component_material, register_all, rss_mb  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 from twisted.web.client import HTTPConnectionPool  # noqa: E402
@@ -47,10 +55,20 @@ from ccnet.edge.client import https_agent  # noqa: E402
 from ccnet.mplane.model import RegistryStore, from_dict  # noqa: E402
 from ccnet.mplane.state import capability_key  # noqa: E402
 from tests.ri_support import start_ccnet_supervisor  # noqa: E402
-from tests.support import Daemon, create_database, drop_database, test_pki  # noqa: E402
-from tests.test_mplane_support import PING_CAP, dotted, material  # noqa: E402
+from tests.support import Daemon, create_database, drop_database, stop_process, test_pki  # noqa: E402
+from tests.test_mplane_support import (  # noqa: E402
+    PING_CAP,
+    dotted,
+    ensure_sdk_venv,
+    material,
+    sdk_component_config,
+    start_sdk_component,
+    wait_log,
+)
 
 CT = "application/x-mplane+json"
+#: Polls opened at once (each a new mutual-TLS connection).
+POLLS_OPENING = 200
 
 
 def spec_body(n: int) -> bytes:
@@ -75,6 +93,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def register_slice(job: dict[str, Any]) -> dict[str, Any]:
+    """In a client process of its own (spawned): register ``job["targets"]`` (certificate,
+    key, port) from ``job["start_at"]`` on, ``job["in_flight"]`` at once; the outcome and
+    when it started and ended (wall clock, comparable across processes)."""
+    from twisted.internet import reactor
+
+    ca = Path(job["ca"])
+    agents = [(https_agent(reactor, component_material(ca, Path(cert), Path(key)),
+                           HTTPConnectionPool(reactor, persistent=False)), port)
+              for cert, key, port in job["targets"]]
+    out: dict[str, Any] = {}
+
+    @defer.inlineCallbacks
+    def go() -> Any:
+        try:
+            yield task.deferLater(reactor, max(0.0, job["start_at"] - time.time()), lambda: None)
+            out["start"] = time.time()
+            out.update((yield register_all(agents, in_flight=job["in_flight"])))
+            out["end"] = time.time()
+        finally:
+            reactor.stop()
+
+    reactor.callWhenRunning(go)
+    reactor.run(installSignalHandlers=False)
+    return out
+
+
+def register_from_processes(ca: Path, targets: list[tuple[Path, Path, int]], clients: int,
+                            in_flight: int) -> dict[str, Any]:
+    """Blocking: ``targets`` registered by ``clients`` processes together (``in_flight`` in
+    all); the rate over the span from the first start to the last end."""
+    jobs = [{"ca": str(ca), "targets": [(str(c), str(k), p) for c, k, p in targets[i::clients]],
+             "in_flight": max(1, in_flight // clients), "start_at": time.time() + 10.0}
+            for i in range(clients)]
+    with multiprocessing.get_context("spawn").Pool(clients) as pool:
+        parts = pool.map(register_slice, jobs)
+    seconds = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+    n = sum(p["components"] for p in parts)
+    return {"components": n, "client_processes": clients, "seconds": round(seconds, 3),
+            "registrations_per_s": round(2 * n / seconds, 1), "components_per_s": round(n / seconds, 1),
+            "failures": sum(p["failures"] for p in parts)}
+
+
 @defer.inlineCallbacks
 def polls_held(metrics_port: int) -> Any:
     """``ccnet_mplane_polls_held`` of the daemon whose metrics listen on ``metrics_port``."""
@@ -91,15 +152,23 @@ class ScaleBench:
         self.pki = test_pki()
         self.work = Path(tempfile.mkdtemp(prefix="run-", dir=work))  # this run's daemons
         self.results: dict[str, Any] = {}
-        self.client = https_agent(reactor, material(self.pki, "client"), HTTPConnectionPool(reactor, persistent=True))
+        self.sdk_python: Path | None = None
+        if not args.no_sdk:
+            self.sdk_python, why = ensure_sdk_venv()
+            if self.sdk_python is None:
+                print(f"SDK not available ({why}): no SDK latency", file=sys.stderr)
+        self.client = https_agent(reactor, material(self.pki, "admin"), HTTPConnectionPool(reactor, persistent=True))
 
     def start(self, name: str, store: str | None) -> tuple[Daemon, int]:
-        # One connection per component, all from 127.0.0.1: the edge's caps (512, 64 per peer) raised.
-        extra = (f"node-name = {name}\nmax-connections = 30000\nmax-connections-per-peer = 30000\n"
+        extra = (f"node-name = {name}\n{ONE_PEER_MANY_CONNECTIONS}"
                  "\n[metrics]\nlisten = tcp:0:interface=127.0.0.1\n"
                  + (f"\n[store]\nurl = {store}\n" if store else ""))
-        return start_ccnet_supervisor(self.work / name, self.pki, {"IT.ccnet.Clients.client": ["guest"]},
-                                      {"ping": ["guest"]}, extra=extra, long_poll=600)
+        # The SDK client picks a capability by its label, which every simulated component
+        # shares: it ("client") sees the SDK component's only; the bench's own client
+        # (certificate "admin", role "bench", no admin rights) sees sim-0's.
+        users = {dotted(self.pki, "client"): ["guest"], dotted(self.pki, "admin"): ["bench"]}
+        caps = {f"ping, {dotted(self.pki, 'component')}": ["guest"], f"ping, {dotted(self.pki, 'sim-0')}": ["bench"]}
+        return start_ccnet_supervisor(self.work / name, self.pki, users, caps, extra=extra, long_poll=600)
 
     @defer.inlineCallbacks
     def overhead(self, reactor: Any, agent: Any, ident: str, comp_port: int, client_port: int) -> Any:
@@ -134,10 +203,28 @@ class ScaleBench:
         return round(statistics.median(times), 4)
 
     @defer.inlineCallbacks
+    def sdk_latency(self, comp_port: int, client_port: int, tag: str) -> Any:
+        """``--runs`` spec→result latencies of the SDK client at ``client_port`` with the SDK
+        ping component at ``comp_port``, as ``bench/mplane_bench.py`` measures them."""
+        assert self.sdk_python is not None
+        folder = self.work / f"sdk-{comp_port}-{tag}"
+        folder.mkdir()
+        conf = sdk_component_config(self.pki, folder, comp_port, self.issuer.sup_identity)
+        comp = start_sdk_component(self.sdk_python, conf, folder)
+        try:
+            yield deferToThread(wait_log, folder / f"{conf.stem}.log", "Checking for Specifications")
+            return (yield deferToThread(self.issuer.sdk_latency, self.sdk_python,
+                                        f"https://localhost:{client_port}/capability"))
+        finally:
+            stop_process(comp)
+
+    @defer.inlineCallbacks
     def topology(self, reactor: Any, key: str, daemons: list[tuple[Daemon, int]]) -> Any:
         n = self.args.components
-        mats = yield deferToThread(self.issuer.issue_components, n)
-        agents = [https_agent(reactor, m, HTTPConnectionPool(reactor, persistent=True)) for m in mats]
+        files = yield deferToThread(self.issuer.issue_component_files, n)
+        ca = self.issuer.pki.ca_cert
+        agents = [https_agent(reactor, component_material(ca, cert, key), HTTPConnectionPool(reactor, persistent=True))
+                  for cert, key in files]
         ports = [port for _, port in daemons]
         comp_port, client_port = ports[-1], ports[0]
         ident = dotted(self.pki, "sim-0")
@@ -145,29 +232,39 @@ class ScaleBench:
         # sim-0 alone first: the baseline.
         yield register_all([(agents[0], comp_port)])
         res["overhead_alone_s"] = yield self.overhead(reactor, agents[0], ident, comp_port, client_port)
+        if self.sdk_python is not None:
+            res["sdk_latency_alone_s"] = yield self.sdk_latency(comp_port, client_port, "alone")
         pids = [d.process.pid for d, _ in daemons]
         cpu0 = [cpu_seconds(pid) for pid in pids]
-        res["registration"] = yield register_all(
-            [(a, ports[i % len(ports)]) for i, a in enumerate(agents[1:], 1)])
-        # How busy the daemons were: well below one core each means the limit was elsewhere
-        # (the bench's own handshakes, in one process, on the same cores).
-        res["registration"]["daemon_cpu_s"] = [round(cpu_seconds(pid) - c, 1) for pid, c in zip(pids, cpu0, strict=True)]
-        polls = []
-        for i, a in enumerate(agents[1:], 1):
-            d = treq.get(f"https://localhost:{ports[i % len(ports)]}/show/specification?wait=600", agent=a)
-            d.addErrback(lambda _: None)
-            polls.append(d)
-        # Until every poll is held, as each daemon counts them (bounded wait).
-        want = [sum(1 for i in range(1, n) if i % len(ports) == k) for k in range(len(ports))]
+        res["registration"] = reg = yield deferToThread(
+            register_from_processes, ca, [(c, k, ports[i % len(ports)]) for i, (c, k) in enumerate(files[1:], 1)],
+            self.args.clients, self.args.in_flight)
+        # What the registrations cost the daemons, whoever else used the cores meanwhile.
+        reg["daemon_cpu_s"] = [round(cpu_seconds(pid) - c, 1) for pid, c in zip(pids, cpu0, strict=True)]
+        reg["daemon_cpu_ms_per_registration"] = round(1000 * sum(reg["daemon_cpu_s"]) / (2 * reg["components"]), 2)
+        # Every other component opens its poll on a new connection; at most POLLS_OPENING
+        # handshakes at once (all at once overflows the listen queue), until every poll is
+        # held as each daemon counts them (bounded wait).
+        polls, failed = [], []
         t0 = time.monotonic()
-        while True:
-            held = yield defer.gatherResults([polls_held(d.ports["metrics"]) for d, _ in daemons])
-            if all(h >= w for h, w in zip(held, want, strict=True)) or time.monotonic() - t0 > 300:
-                break
-            yield task.deferLater(reactor, 1.0, lambda: None)
+        for start in range(1, n, POLLS_OPENING):
+            for i in range(start, min(n, start + POLLS_OPENING)):
+                d = treq.get(f"https://localhost:{ports[i % len(ports)]}/show/specification?wait=600",
+                             agent=agents[i])
+                d.addErrback(failed.append)
+                polls.append(d)
+            while True:
+                held = yield defer.gatherResults([polls_held(d.ports["metrics"]) for d, _ in daemons])
+                if sum(held) + len(failed) >= len(polls) - (POLLS_OPENING if len(polls) < n - 1 else 0) \
+                        or time.monotonic() - t0 > 300:
+                    break
+                yield task.deferLater(reactor, 0.2, lambda: None)
+        res["polls_failed"] = len(failed)
         res["polls_held"] = held
         res["rss_mb"] = [round(rss_mb(pid), 1) for pid in pids]
         res["overhead_loaded_s"] = yield self.overhead(reactor, agents[0], ident, comp_port, client_port)
+        if self.sdk_python is not None:
+            res["sdk_latency_loaded_s"] = yield self.sdk_latency(comp_port, client_port, "loaded")
         res["rss_after_mb"] = [round(rss_mb(d.process.pid), 1) for d, _ in daemons]
         for d in polls:
             d.cancel()  # closes each connection (no waiting for the polls to run out)
@@ -207,13 +304,20 @@ class ScaleBench:
 
 
 def table(results: dict[str, Any]) -> str:
-    lines = ["| topology | components | registrations/s | polls held | RSS per daemon | spec→result overhead, "
-             "1 component alone | same, all components holding a poll |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| topology | components | registrations/s | daemon CPU per registration | polls held | RSS per daemon "
+             "| spec→result overhead, 1 component alone | same, all components holding a poll "
+             "| SDK overhead (latency − 1 s), alone | same, all holding a poll |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+
+    def sdk(r: dict[str, Any], key: str) -> str:
+        return f"{statistics.median(r[key]) - 1:.3f} s" if key in r else "-"
+
     for key, r in results.items():
-        lines.append(f"| {key} | {r['components']} | {r['registration']['registrations_per_s']} "
-                     f"({r['registration']['failures']} failed) | {' / '.join(map(str, r['polls_held']))} | "
+        reg = r["registration"]
+        lines.append(f"| {key} | {r['components']} | {reg['registrations_per_s']} ({reg['failures']} failed) "
+                     f"| {reg['daemon_cpu_ms_per_registration']} ms | {' / '.join(map(str, r['polls_held']))} | "
                      f"{' / '.join(f'{x:.0f} MB' for x in r['rss_mb'])} | {r['overhead_alone_s']} s | "
-                     f"{r['overhead_loaded_s']} s |")
+                     f"{r['overhead_loaded_s']} s | {sdk(r, 'sdk_latency_alone_s')} | {sdk(r, 'sdk_latency_loaded_s')} |")
     return "\n".join(lines)
 
 
@@ -222,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--components", type=int, default=10000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--only", choices=("one", "two"))
+    parser.add_argument("--clients", type=int, default=3, help="client processes that register the components")
+    parser.add_argument("--in-flight", type=int, default=32, help="registrations in flight, all clients together")
+    parser.add_argument("--no-sdk", action="store_true", help="leave out the SDK component's latency")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

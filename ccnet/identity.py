@@ -8,6 +8,7 @@ answers one question for all three protocols.
 from __future__ import annotations
 
 import configparser
+import functools
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -87,8 +88,12 @@ def _sans(cert: x509.Certificate) -> tuple[str, ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=256)
 def _proxy_kind(cert: x509.Certificate) -> str | None:
-    """'full', 'limited' or None for a non-proxy certificate (RFC 3820 or legacy GSI)."""
+    """'full', 'limited' or None for a non-proxy certificate (RFC 3820 or legacy GSI).
+
+    Remembered per certificate (they hash and compare by their DER): every chain a
+    connection presents ends in the same few CA certificates."""
     try:
         ext = cert.extensions.get_extension_for_oid(_PROXY_CERT_INFO)
     except x509.ExtensionNotFound:
@@ -98,14 +103,17 @@ def _proxy_kind(cert: x509.Certificate) -> str | None:
         raw = ext.value.value if isinstance(ext.value, x509.UnrecognizedExtension) else b""
         limited_der = x509.ObjectIdentifier(_LIMITED_PROXY_POLICY).dotted_string
         return "limited" if _oid_in_der(limited_der, raw) else "full"
-    last_cn = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-    if last_cn and cert.subject.rdns and cert.issuer.rdns:
-        # Legacy GSI proxies: subject = issuer + one more CN=proxy / CN=limited proxy.
-        if cert.subject.rdns[:-1] == cert.issuer.rdns:
-            if last_cn[-1] == "limited proxy":
-                return "limited"
-            if last_cn[-1] == "proxy" or str(last_cn[-1]).isdigit():
-                return "full"
+    subject = cert.subject
+    last_cn = [a.value for a in subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    # Legacy GSI proxies: subject = issuer + one more CN=proxy / CN=limited proxy (the
+    # issuer is only parsed when the last CN says so: most certificates are no proxy).
+    kind = None
+    if last_cn and last_cn[-1] == "limited proxy":
+        kind = "limited"
+    elif last_cn and (last_cn[-1] == "proxy" or str(last_cn[-1]).isdigit()):
+        kind = "full"
+    if kind is not None and subject.rdns and cert.issuer.rdns and subject.rdns[:-1] == cert.issuer.rdns:
+        return kind
     return None
 
 

@@ -314,6 +314,8 @@ class SupervisorState:
         self.capabilities: dict[str, Capability] = {}
         self.measurements: dict[str, Measurement] = {}
         self._by_client: dict[tuple[str, str], str] = {}
+        #: Measurement ids by component: a poll looks at its own, not at every measurement.
+        self._by_component: dict[str, set[str]] = {}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
         # Called with a component identity whenever work is queued for it (pull workflow).
         self.on_work: Callable[[str], None] | None = None
@@ -434,7 +436,7 @@ class SupervisorState:
     def _merge_measurement(self, m: Measurement) -> Measurement:
         known = self.measurements.get(m.id)
         if known is None:
-            self.measurements[m.id] = m
+            self._add_measurement(m)
             known = m
         else:
             known.__dict__.update(m.__dict__)
@@ -443,8 +445,19 @@ class SupervisorState:
 
     def _drop_measurement(self, mid: str) -> None:
         m = self.measurements.pop(mid, None)
-        if m is not None and self._by_client.get((m.client, m.client_token)) == mid:
+        if m is None:
+            return
+        if self._by_client.get((m.client, m.client_token)) == mid:
             del self._by_client[(m.client, m.client_token)]
+        mine = self._by_component.get(m.component)
+        if mine is not None:
+            mine.discard(mid)
+            if not mine:
+                del self._by_component[m.component]
+
+    def _add_measurement(self, m: Measurement) -> None:
+        self.measurements[m.id] = m
+        self._by_component.setdefault(m.component, set()).add(m.id)
 
     def _notice(self, kind: str, ident: str) -> list[Op]:
         """The statement telling the other daemons, when this transaction commits, that
@@ -638,7 +651,8 @@ class SupervisorState:
         comp.holder, comp.held_since = holder, self.clock()
 
     def _pending(self, identity: str) -> Iterable[Measurement]:
-        return (m for m in self.measurements.values() if m.component == identity and m.state not in FINAL)
+        return (m for mid in self._by_component.get(identity, ())
+                if (m := self.measurements.get(mid)) is not None and m.state not in FINAL)
 
     def wants_fast_polls(self, identity: str) -> bool:
         """Does the component run something whose result we wait for? (then keep it polling fast)"""
@@ -852,7 +866,7 @@ class SupervisorState:
                         QUEUED, None, False, now, now, spec.registry)
         await self._save_measurement(m)  # a specification whose write failed is not queued
         self._changed_here(f"m:{mid}")
-        self.measurements[mid] = m
+        self._add_measurement(m)
         self._by_client[(peer.identity, token)] = mid
         self.counters["specifications"] += 1
         self._count("specifications", chosen.label)
