@@ -65,6 +65,10 @@ class StoreTimeout(StoreError):
     """The database did not answer within the store timeout; nothing was committed."""
 
 
+#: The oldest SQLite with ``UPDATE ... RETURNING``.
+MIN_SQLITE = (3, 35)
+
+
 class _OneDaemonLock:
     """``<database>.lock``, locked (``flock``) by the one daemon that may use a SQLite file.
 
@@ -298,6 +302,10 @@ class Store:
     def open(cls, url: str, reactor: IReactor | None = None, timeout: float = DEFAULT_TIMEOUT) -> Store:
         reactor = reactor if reactor is not None else default_reactor()
         if url.startswith("sqlite:///"):
+            if sqlite3.sqlite_version_info < MIN_SQLITE:
+                # The mPlane supervisor claims work with UPDATE ... RETURNING (SQLite 3.35).
+                raise StoreError(f"SQLite {sqlite3.sqlite_version} is too old: ccnet needs "
+                                 f"{'.'.join(map(str, MIN_SQLITE))} or newer (or a postgresql:// store)")
             path = url[len("sqlite:///") :]
             if path != ":memory:":
                 try:

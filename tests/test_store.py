@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -115,6 +116,16 @@ class StoreURLTests(unittest.TestCase):
         with self.assertRaises(StoreError) as caught:
             Store.open("mysql://x", reactor)
         self.assertIn("sqlite:///", str(caught.exception))
+
+    def test_sqlite_without_returning_is_refused_at_open_with_the_versions(self) -> None:
+        # SQLite before 3.35 (RHEL 8/9's) has no UPDATE ... RETURNING, which the supervisor
+        # claims work with; this machine's is newer, so its version is what is pretended.
+        self.patch(sqlite3, "sqlite_version_info", (3, 34, 1))
+        self.patch(sqlite3, "sqlite_version", "3.34.1")
+        with self.assertRaises(StoreError) as caught:
+            Store.open(f"sqlite:///{self.mktemp()}.db", reactor)
+        self.assertIn("SQLite 3.34.1 is too old", str(caught.exception))
+        self.assertIn("3.35", str(caught.exception))
 
     def test_postgres_down_fails_the_call_not_the_process(self) -> Any:
         store = Store.open("postgresql://postgres@127.0.0.1:1/test?connect_timeout=2", reactor)

@@ -100,9 +100,11 @@ class Listener(service.Service):
                         while not self._stop.is_set():
                             for note in conn.notifies(timeout=1.0):
                                 self.reactor.callFromThread(self.on_payload, note.payload)
-                except psycopg.Error as exc:
+                except Exception as exc:  # psycopg.Error, or anything else: this thread must live on
                     if self._stop.is_set():
                         break
+                    if not isinstance(exc, psycopg.Error):
+                        log.failure("listening for {channel} notifications failed", channel=self.channel)
                     delay = backoff.next_delay()
                     (log.debug if outage else log.warn)(
                         "cannot listen for {channel} notifications ({error}); retrying in {delay:.1f}s",

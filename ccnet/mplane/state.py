@@ -967,7 +967,10 @@ class SupervisorState:
         if self.result_expiry <= 0:
             return 0
         cutoff = self.clock() - self.result_expiry
-        old = [m for m in self.measurements.values() if m.state in FINAL and m.updated < cutoff]
+        # In id order: every daemon expires the same rows, and deletes taking their row
+        # locks in different orders would deadlock each other (and the writes batched along).
+        old = sorted((m for m in self.measurements.values() if m.state in FINAL and m.updated < cutoff),
+                     key=lambda m: m.id)
         if old:
             await self.batcher.write([op for m in old for op in
                                       [("DELETE FROM mplane_measurement WHERE id = ?", (m.id,)),

@@ -115,13 +115,21 @@ class SupervisorService(service.Service):
 
     async def _open(self) -> None:
         await self.store.migrate("mplane", MIGRATIONS)
-        if self.listener is not None:
-            self.listener.startService()
+        if not self.running:
+            return
         await self.state.load()
-        if self._preload is not None:
+        if self._preload is not None and self.running:
             await self._preload()
+        # Listening starts after the initial load: its resync on connect covers what
+        # changed since, while a resync racing the load could be overwritten by the
+        # load's older snapshot.
+        if self.listener is not None and self.running:
+            self.listener.startService()
 
     def _opened(self, _: Any) -> None:
+        if not self.running:  # stopped while opening: nothing to start
+            self.ready.callback(None)
+            return
         log.info("mPlane supervisor state loaded: {components} components, {capabilities} capabilities, "
                  "{measurements} measurements", components=len(self.state.components),
                  capabilities=len(self.state.capabilities), measurements=len(self.state.measurements))
@@ -133,6 +141,8 @@ class SupervisorService(service.Service):
 
     def _failed(self, failure: Failure) -> None:
         log.failure("mPlane supervisor cannot open its state", failure)
+        if self.listener is not None and self.listener.running:
+            self.listener.stopService()
         self.ready.errback(failure)
 
     def stopService(self) -> defer.Deferred[None] | None:  # noqa: N802 (Twisted API)
@@ -365,13 +375,21 @@ class _Dispatch(Resource):
         await state.hold(peer.identity, state.node)
         dialect = state.components[peer.identity].dialect
         link = f"{self.root.base_url(request)}/{self.root.cfg.result_path}"
-        work = await state.take_work(peer.identity, link)
+        # Work queued while take_work awaits its claim (another daemon won it, or a new spec
+        # arrived meanwhile) must not be waited for: listen from before the first look.
+        woken: list[bool] = []
+        stop_noting = state.listen(peer.identity, lambda: woken.append(True))
+        try:
+            work = await state.take_work(peer.identity, link)
+        finally:
+            stop_noting()
         fast = state.wants_fast_polls(peer.identity)
         # RI components poll without asking to wait and cannot be told to come back at
         # once: their poll is held (up to long-poll) and answered when work arrives.
         hold = self._hold(request, fast or dialect is Dialect.RI)
         if not work and hold > 0:
-            await self._wait_for_work(peer.identity, hold)
+            if not woken:
+                await self._wait_for_work(peer.identity, hold)
             if request.finished or request_disconnected(request):
                 return b""
             work = await state.take_work(peer.identity, link)
