@@ -456,6 +456,28 @@ class PersistenceTests(SupervisorTestBase):
         self.assertEqual([c.label for c in caps.contents], ["ping-average-ip4"])
 
 
+    @defer.inlineCallbacks
+    def test_an_unreadable_stored_measurement_is_left_out_not_fatal(self) -> Any:
+        # A row this version cannot read (a newer daemon's during an upgrade, a hand edit)
+        # must not keep the supervisor from opening, nor a cluster refresh from applying.
+        folder = Path(self.mktemp())
+        sup = Supervisor(folder, users=USERS, caps=CAPS)
+        yield sup.start()
+        self.sup = sup
+        self.client, self.component = Peer(sup, "client"), Peer(sup, "component")
+        yield self.register()
+        yield self.submit()
+        yield sup.store.run("UPDATE mplane_measurement SET spec = ?", ("{not json",))
+        yield sup.stop()
+        again = Supervisor(folder, users=USERS, caps=CAPS)
+        yield again.start()
+        self.addCleanup(again.stop)
+        self.assertEqual(again.state.measurements, {})
+        _, caps, _ = yield Peer(again, "client").message("GET", "capability")
+        self.assertEqual([c.label for c in caps.contents], ["ping-average-ip4"])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
+
+
 class PostgreSQLPersistenceTests(SupervisorTestBase):
     """The same restart, with the state in PostgreSQL (the scale-out option)."""
 

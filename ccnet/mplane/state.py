@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -270,6 +270,20 @@ def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
                        _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
 
 
+_Row = TypeVar("_Row")
+
+
+def _decoded(decode: Callable[[tuple[Any, ...]], _Row], row: tuple[Any, ...], kind: str) -> _Row | None:
+    """``decode(row)``, or None (logged) for a row that cannot be read — one bad row (a newer
+    daemon's format during an upgrade, a hand edit) must not stop every refresh and resync."""
+    try:
+        return decode(row)
+    except Exception as exc:
+        log.error("mPlane {kind} {key} in the store cannot be read, left out: {error}",
+                  kind=kind, key=row[0], error=repr(exc)[:200])
+        return None
+
+
 def capability_key(component: str, cap: Statement) -> str:
     """Stable per component and label: a re-registration replaces, it does not duplicate."""
     name = cap.label if cap.label is not None else f"token:{cap.get_token()}"
@@ -404,13 +418,13 @@ class SupervisorState:
             return self._local.get(f"c:{comp}", 0) > since
 
         for row in rows:
-            if not stale(row[0]):
-                self._merge_component(component_from_row(row))
+            if not stale(row[0]) and (comp := _decoded(component_from_row, row, "component")) is not None:
+                self._merge_component(comp)
         for key in [k for k, c in self.capabilities.items()
                     if (every or c.component in asked) and not stale(c.component)]:
             del self.capabilities[key]
-        for cap in map(capability_from_row, caps):
-            if not stale(cap.component):
+        for row in caps:
+            if (cap := _decoded(capability_from_row, row, "capability")) is not None and not stale(cap.component):
                 self.capabilities[cap.key] = cap
 
     def _apply_measurements(self, asked: set[str], rows: list[tuple[Any, ...]], since: int) -> None:
@@ -420,7 +434,9 @@ class SupervisorState:
         for row in rows:
             found.add(row[0])
             if self._local.get(f"m:{row[0]}", 0) <= since:
-                self._merge_measurement(measurement_from_row(row))
+                m = _decoded(measurement_from_row, row, "measurement")
+                if m is not None:
+                    self._merge_measurement(m)
         for mid in asked - found:
             if self._local.get(f"m:{mid}", 0) <= since:
                 self._drop_measurement(mid)  # expired (here or by another daemon)
