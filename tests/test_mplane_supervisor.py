@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -434,7 +435,9 @@ class AuthorizationTests(SupervisorTestBase):
 
 class PersistenceTests(SupervisorTestBase):
     @defer.inlineCallbacks
-    def test_result_survives_a_restart(self) -> Any:
+    def restarted_after(self, work: Callable[[Supervisor], Any]) -> Any:
+        """A supervisor with a registration and a submission, then ``work(it)``, stopped and
+        started again on the same folder; fires with the new one."""
         folder = Path(self.mktemp())
         sup = Supervisor(folder, users=USERS, caps=CAPS)
         yield sup.start()
@@ -442,12 +445,21 @@ class PersistenceTests(SupervisorTestBase):
         self.client, self.component = Peer(sup, "client"), Peer(sup, "component")
         yield self.register()
         yield self.submit()
-        env = yield self.poll()
-        yield self.component.request("POST", "register/result", result_for(env.contents[0]))
+        yield work(sup)
         yield sup.stop()
         again = Supervisor(folder, users=USERS, caps=CAPS)
         yield again.start()
         self.addCleanup(again.stop)
+        return again
+
+    @defer.inlineCallbacks
+    def test_result_survives_a_restart(self) -> Any:
+        @defer.inlineCallbacks
+        def answer(sup: Supervisor) -> Any:
+            env = yield self.poll()
+            yield self.component.request("POST", "register/result", result_for(env.contents[0]))
+
+        again = yield self.restarted_after(answer)
         client = Peer(again, "client")
         _, msg, _ = yield client.message("GET", f"show/result?token={SPEC['token']}")
         self.assertEqual(msg.kind, "result")
@@ -455,23 +467,12 @@ class PersistenceTests(SupervisorTestBase):
         _, caps, _ = yield client.message("GET", "capability")
         self.assertEqual([c.label for c in caps.contents], ["ping-average-ip4"])
 
-
     @defer.inlineCallbacks
     def test_an_unreadable_stored_measurement_is_left_out_not_fatal(self) -> Any:
         # A row this version cannot read (a newer daemon's during an upgrade, a hand edit)
         # must not keep the supervisor from opening, nor a cluster refresh from applying.
-        folder = Path(self.mktemp())
-        sup = Supervisor(folder, users=USERS, caps=CAPS)
-        yield sup.start()
-        self.sup = sup
-        self.client, self.component = Peer(sup, "client"), Peer(sup, "component")
-        yield self.register()
-        yield self.submit()
-        yield sup.store.run("UPDATE mplane_measurement SET spec = ?", ("{not json",))
-        yield sup.stop()
-        again = Supervisor(folder, users=USERS, caps=CAPS)
-        yield again.start()
-        self.addCleanup(again.stop)
+        again = yield self.restarted_after(
+            lambda sup: sup.store.run("UPDATE mplane_measurement SET spec = ?", ("{not json",)))
         self.assertEqual(again.state.measurements, {})
         _, caps, _ = yield Peer(again, "client").message("GET", "capability")
         self.assertEqual([c.label for c in caps.contents], ["ping-average-ip4"])
