@@ -3,7 +3,8 @@
 Almost no Twisted here (only Deferreds for the write batcher): the state is plain dictionaries, changed synchronously (the reactor
 thread is the only writer) and written through to ``ccnet.store`` by ``async`` methods
 whose callers await them before answering (so a result is on disk before the 200).
-Memory changes only once the write committed: a write that failed (the caller gets an
+Memory changes only once the write committed, and then to the row as stored (which
+another daemon may have finished first): a write that failed (the caller gets an
 error) leaves no trace, so an error reply always means nothing happened.
 Long-poll waiters are plain callbacks registered per component.
 
@@ -89,6 +90,8 @@ COMPONENT_COLUMNS = "identity, dn, callback, registered, last_seen, url, dialect
 CAPABILITY_COLUMNS = "cap_key, component, label, body, registered"
 MEASUREMENT_COLUMNS = ("id, client, client_token, client_label, cap_key, component, spec, state, reply, "
                        "interrupt, created, updated, client_registry")
+#: The columns of a measurement that change after it is stored (the others never do).
+CHANGING_COLUMNS = "state, reply, interrupt, updated"
 
 # Measurement states.
 QUEUED = "queued"  # waiting for the component's next poll
@@ -108,6 +111,7 @@ class StoreLike(Protocol):
 
 
 Op = tuple[str, tuple[Any, ...]]
+Rows = list[tuple[Any, ...]]
 
 
 class WriteBatcher:
@@ -115,12 +119,13 @@ class WriteBatcher:
 
     def __init__(self, store: StoreLike) -> None:
         self.store = store
-        self._pending: list[tuple[list[Op], defer.Deferred[None]]] = []
+        self._pending: list[tuple[list[Op], defer.Deferred[list[Rows]]]] = []
         self._busy = False
         self.transactions = 0
 
-    def write(self, ops: list[Op]) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
+    def write(self, ops: list[Op]) -> defer.Deferred[list[Rows]]:
+        """Fires once ``ops`` committed, with the rows each of them returned (``RETURNING``)."""
+        d: defer.Deferred[list[Rows]] = defer.Deferred()
         self._pending.append((ops, d))
         if not self._busy:
             self._flush()
@@ -132,19 +137,24 @@ class WriteBatcher:
         self.transactions += 1
         sql = self.store.sql
 
-        def work(cursor: Any) -> None:
+        def work(cursor: Any) -> list[list[Rows]]:
+            out = []
             for ops, _ in batch:
+                returned = []
                 for statement, params in ops:
                     cursor.execute(sql(statement), params)
+                    returned.append([tuple(r) for r in cursor.fetchall()] if cursor.description else [])
+                out.append(returned)
+            return out
 
         def done(result: Any) -> None:
             # Still busy while the waiters run: a write() they make must queue, not start a
             # second transaction beside ours (it could commit out of order).
-            for _, d in batch:
+            for n, (_, d) in enumerate(batch):
                 if isinstance(result, Failure):
                     d.errback(result)
                 else:
-                    d.callback(None)
+                    d.callback(result[n])
             self._busy = False
             if self._pending:
                 self._flush()
@@ -532,22 +542,19 @@ class SupervisorState:
         await self.batcher.write([self._measurement_op(m), *self._notice("m", m.id)])
 
     @staticmethod
-    def _change_op(mid: str, change: dict[str, Any]) -> Op:
-        """Only the columns that change, and never a finished measurement's outcome (as
-        :func:`final_is_final`): another daemon may have written the other columns."""
-        cols, params = [], []
-        guarded = {"state", "reply", "interrupt"}
-        for name, value in change.items():
-            if name == "reply":
-                value = _dumps(value) if value is not None else None
-            elif name == "interrupt":
-                value = int(value)
-            if name in guarded:
+    def _change_op(mid: str, columns: dict[str, Any]) -> Op:
+        """Only the columns that change (``columns``: values as stored), and never a finished
+        measurement's outcome (as :func:`final_is_final`): another daemon may have written
+        the other columns, or finished it since this daemon read it. Returns the
+        :data:`CHANGING_COLUMNS` as stored."""
+        cols = []
+        for name in columns:
+            if name in ("state", "reply", "interrupt"):
                 cols.append(f"{name} = CASE WHEN state IN ('{DONE}', '{FAILED}') THEN {name} ELSE ? END")
             else:
                 cols.append(f"{name} = ?")
-            params.append(value)
-        return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ?", (*params, mid))
+        return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ? RETURNING {CHANGING_COLUMNS}",
+                (*columns.values(), mid))
 
     # ------------------------------------------------------------------ listeners (long-poll)
 
@@ -753,12 +760,33 @@ class SupervisorState:
         return None
 
     async def _update(self, m: Measurement, **change: Any) -> None:
-        """Write ``m`` with ``change`` applied; only once that committed, apply it to ``m``."""
+        """Write ``change`` to ``m``; once that committed, ``m`` is what the store holds.
+
+        The two differ when another daemon finished the measurement after this one last
+        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory."""
         change = final_is_final(m.state, change)
-        await self.batcher.write([self._change_op(m.id, change), *self._notice("m", m.id)])
+        columns = dict(change)
+        if columns.get("reply") is not None:
+            columns["reply"] = _dumps(columns["reply"])
+        if "interrupt" in columns:
+            columns["interrupt"] = int(columns["interrupt"])
+        returned = (await self.batcher.write([self._change_op(m.id, columns), *self._notice("m", m.id)]))[0]
         self._changed_here(f"m:{m.id}")
-        for name, value in change.items():
-            setattr(m, name, value)
+        if not returned:
+            self._drop_measurement(m.id)  # deleted meanwhile (expired at another daemon)
+            return
+        state, reply, interrupt, updated = returned[0]
+        m.state, m.interrupt, m.updated = state, bool(interrupt), float(updated)
+        if reply is None:
+            m.reply = None
+        elif reply == columns.get("reply"):
+            m.reply = change["reply"]  # ours, as written: no need to decode it again
+        else:
+            try:
+                m.reply = _loads(reply)
+            except Exception as exc:
+                log.error("mPlane measurement {key}: its stored reply cannot be read: {error}",
+                          key=m.id, error=repr(exc)[:200])
 
     # ------------------------------------------------------------------ client side
 

@@ -1,0 +1,134 @@
+"""The supervisor state when the store is shared (active/active): memory follows the store.
+
+Two ``SupervisorState`` objects on one real database play two daemons, with no listener
+between them: what one changes reaches the other only when a test says so, so a stale
+memory is made on purpose rather than by a race.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor
+from twisted.trial import unittest
+
+from ccnet.mplane.authz import Policy
+from ccnet.mplane.model import ExceptionMessage, RegistryStore, Statement, from_dict
+from ccnet.mplane.state import (
+    DONE,
+    MEASUREMENT_COLUMNS,
+    MIGRATIONS,
+    SENT,
+    Peer,
+    SupervisorState,
+    measurement_from_row,
+)
+from ccnet.store import Store
+from tests.support import create_database, drop_database, pg_reachable
+from tests.test_mplane_supervisor import SPEC, result_for
+from tests.test_mplane_support import PING_CAP
+
+COMPONENT = Peer("component", ("component",), frozenset({"probe"}))
+CLIENT = Peer("client", ("client",), frozenset({"guest"}))
+CHANNEL = "ccnet_mplane_test"  # nobody listens: the test says when a daemon re-reads
+
+
+class TwoDaemons:
+    """Daemons A and B (two states, two stores) on one database; mixed into a TestCase."""
+
+    def database(self) -> str:
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def daemon(self, url: str, clock: Callable[[], float]) -> Any:
+        store = Store.open(url, reactor)
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        yield store.migrate("mplane", MIGRATIONS)
+        state = SupervisorState(store, RegistryStore(), Policy.from_strings(caps="ping-average: guest\n"), clock,
+                                channel=CHANNEL if store.dialect == "postgresql" else None)
+        yield defer.ensureDeferred(state.load())
+        return state
+
+    @defer.inlineCallbacks
+    def two_daemons(self, clock_a: Callable[[], float] = time.time,
+                    clock_b: Callable[[], float] = time.time) -> Any:
+        """A with a registered component and one specification handed to it; B loaded after."""
+        url = self.database()
+        a = yield self.daemon(url, clock_a)
+        outcome = yield defer.ensureDeferred(a.register(COMPONENT, [("ping", from_dict(PING_CAP))]))
+        assert outcome == {"ping": {"registered": "ok"}}, outcome
+        receipt = yield defer.ensureDeferred(a.submit(CLIENT, from_dict(SPEC)))
+        assert receipt.kind == "receipt", receipt
+        handed = yield defer.ensureDeferred(a.take_work(COMPONENT.identity, None))
+        assert len(handed) == 1, handed
+        b = yield self.daemon(url, clock_b)
+        (m,) = a.measurements.values()
+        return a, b, m.id, handed[0]
+
+    @defer.inlineCallbacks
+    def stored(self, state: SupervisorState, mid: str) -> Any:
+        rows = yield state.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id = ?", (mid,))
+        return measurement_from_row(rows[0])
+
+
+class MemoryFollowsTheStore(TwoDaemons):
+    """A finished measurement keeps its outcome in the store; the daemon whose change the
+    store refused must end with that outcome in memory, not with its own."""
+
+    @defer.inlineCallbacks
+    def test_a_conflicting_exception_leaves_the_other_daemons_result_in_memory(self) -> Any:
+        a, b, mid, spec = yield self.two_daemons()
+        result = from_dict(result_for(spec))
+        self.assertIsNone((yield defer.ensureDeferred(b.accept(COMPONENT, result))))
+        stale = a.measurements[mid]
+        self.assertEqual(stale.state, SENT)  # A has not heard of B's result
+        yield defer.ensureDeferred(a._update(stale, state="failed", reply=ExceptionMessage(mid, "lost"),
+                                             updated=time.time()))
+        stored = yield self.stored(a, mid)
+        self.assertEqual(stored.state, DONE)
+        self.assertEqual(a.measurements[mid], stored)
+        self.assertIsInstance(a.measurements[mid].reply, Statement)
+
+    @defer.inlineCallbacks
+    def test_an_interrupt_of_a_measurement_finished_elsewhere_leaves_it_finished_in_memory(self) -> Any:
+        a, b, mid, spec = yield self.two_daemons()
+        yield defer.ensureDeferred(b.accept(COMPONENT, from_dict(result_for(spec))))
+        yield defer.ensureDeferred(a._update(a.measurements[mid], interrupt=True, updated=time.time()))
+        self.assertEqual(a.measurements[mid], (yield self.stored(a, mid)))
+        self.assertFalse(a.measurements[mid].interrupt)
+
+    @defer.inlineCallbacks
+    def test_a_change_to_a_measurement_deleted_elsewhere_drops_it_from_memory(self) -> Any:
+        a, b, mid, _ = yield self.two_daemons()
+        yield b.store.run("DELETE FROM mplane_measurement WHERE id = ?", (mid,))
+        yield defer.ensureDeferred(a._update(a.measurements[mid], state="running", updated=time.time()))
+        self.assertNotIn(mid, a.measurements)
+
+
+def fresh_database(case: unittest.TestCase) -> str:
+    """A new PostgreSQL database for ``case``, dropped at its cleanup (skips without one)."""
+    why = pg_reachable()
+    if why is not None:
+        raise unittest.SkipTest(why)
+    dsn = create_database()
+    case.addCleanup(drop_database, dsn)
+    return dsn
+
+
+class PostgreSQLMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase):
+    timeout = 60
+
+    def database(self) -> str:
+        return fresh_database(self)
+
+
+class SQLiteMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase):
+    """The same code path on SQLite (one daemon there, but two states of one process may share a file)."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}"
