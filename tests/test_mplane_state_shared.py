@@ -1,4 +1,5 @@
-"""The supervisor state when the store is shared (active/active): memory follows the store.
+"""The supervisor state when the store is shared (active/active): memory follows the store,
+redelivery is timed by the store's clock.
 
 Two ``SupervisorState`` objects on one real database play two daemons, with no listener
 between them: what one changes reaches the other only when a test says so, so a stale
@@ -132,3 +133,28 @@ class SQLiteMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase)
 
     def database(self) -> str:
         return f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}"
+
+
+class StoreClockTests(TwoDaemons, unittest.TestCase):
+    """One daemon's clock is 1000 s slow, the other's 1000 s fast: redelivery (of a
+    specification handed out without a receipt) still follows PostgreSQL's clock."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return fresh_database(self)
+
+    @defer.inlineCallbacks
+    def test_a_fast_daemon_does_not_hand_out_again_what_a_slow_one_just_handed_out(self) -> Any:
+        slow, fast, mid, _ = yield self.two_daemons(lambda: time.time() - 1000, lambda: time.time() + 1000)
+        self.assertEqual(fast.measurements[mid].state, SENT)
+        self.assertEqual((yield defer.ensureDeferred(fast.take_work(COMPONENT.identity, None))), [])
+
+    @defer.inlineCallbacks
+    def test_a_slow_daemon_hands_out_again_what_is_overdue_by_the_store_clock(self) -> Any:
+        fast, slow, mid, _ = yield self.two_daemons(lambda: time.time() + 1000, lambda: time.time() - 1000)
+        # Handed out by the fast daemon, no receipt for longer than redeliver_after by PostgreSQL's clock.
+        yield fast.store.run("UPDATE mplane_measurement SET updated = updated - ?", (slow.redeliver_after + 5,))
+        yield defer.ensureDeferred(slow.refresh(measurements=[mid]))
+        again = yield defer.ensureDeferred(slow.take_work(COMPONENT.identity, None))
+        self.assertEqual([s.token for s in again], [mid])

@@ -109,6 +109,9 @@ class StoreLike(Protocol):
 
     def sql(self, statement: str) -> str: ...
 
+    @property
+    def dialect(self) -> str: ...
+
 
 Op = tuple[str, tuple[Any, ...]]
 Rows = list[tuple[Any, ...]]
@@ -249,6 +252,10 @@ CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ? "
 CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0 "
                        f"WHERE component = ? AND interrupt = 1 AND state IN ('{SENT}', '{RUNNING}') "
                        f"RETURNING {MEASUREMENT_COLUMNS}")
+#: The database's clock (PostgreSQL), in the seconds of ``updated``: with several daemons,
+#: when a handed-over specification is due again is timed by this one clock, not by each
+#: host's (skewed hosts would disagree, and hand it out early or late).
+STORE_CLOCK_SQL = "SELECT date_part('epoch', clock_timestamp())"
 
 
 def final_is_final(state: str, change: dict[str, Any]) -> dict[str, Any]:
@@ -333,6 +340,10 @@ class SupervisorState:
         self.result_expiry = result_expiry
         self.component_role = component_role
         self.redeliver_after = 30.0
+        #: Redelivery is timed by the store's clock when daemons share it (PostgreSQL):
+        #: ``store_skew`` is that clock minus ``clock``, measured at each load and claim.
+        self.store_clock = store.dialect == "postgresql"
+        self.store_skew = 0.0
         self.batcher = WriteBatcher(store)
         self.components: dict[str, Component] = {}
         self.capabilities: dict[str, Capability] = {}
@@ -359,8 +370,20 @@ class SupervisorState:
         """Do other daemons write to the same store? (then the store, not memory, decides)"""
         return self.channel is not None
 
+    def store_now(self) -> float:
+        """Now by the clock that times redelivery: the store's (PostgreSQL), else ours."""
+        return self.clock() + self.store_skew
+
+    def _measured_skew(self, store_time: float, before: float) -> None:
+        """Note the store's clock as read between ``before`` and now (by our clock)."""
+        self.store_skew = store_time - (before + self.clock()) / 2
+
     async def load(self) -> None:
         """Read everything back (after a restart, or a lost notification connection)."""
+        if self.store_clock:
+            before = self.clock()
+            rows = await self.store.run(STORE_CLOCK_SQL)
+            self._measured_skew(float(rows[0][0]), before)
         since = self._begin_read()
         try:
             comps = await self.store.run(f"SELECT {COMPONENT_COLUMNS} FROM mplane_component")
@@ -375,7 +398,7 @@ class SupervisorState:
         """Everything again from the store, then wake every component with work due:
         notifications sent while we did not listen are lost."""
         await self.load()
-        now = self.clock()
+        now = self.store_now()
         for comp in {m.component for m in self.measurements.values()
                      if send_due(m, now, self.redeliver_after) or interrupt_due(m)}:
             self._wake(comp)
@@ -400,7 +423,7 @@ class SupervisorState:
                 self._apply_measurements(set(chunk), rows, since)
         finally:
             self._end_read()
-        now = self.clock()
+        now = self.store_now()
         for comp in {m.component for mid in mids if (m := self.measurements.get(mid)) is not None
                      and (send_due(m, now, self.redeliver_after) or interrupt_due(m))}:
             self._wake(comp)
@@ -693,22 +716,29 @@ class SupervisorState:
         if comp is not None:
             comp.last_seen = now
         mine = list(self._pending(identity))
-        if not any(send_due(m, now, self.redeliver_after) or interrupt_due(m) for m in mine):
+        if not any(send_due(m, self.store_now(), self.redeliver_after) or interrupt_due(m) for m in mine):
             return []  # (memory is kept current by the notifications: no query per empty poll)
         sql = self.store.sql
         notice = self._notice
+        store_clock, redeliver_after = self.store_clock, self.redeliver_after
 
-        def claim(cursor: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            cursor.execute(sql(CLAIM_SQL), (now, identity, now - self.redeliver_after))
+        def claim(cursor: Any) -> tuple[float, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            at = now
+            if store_clock:
+                cursor.execute(STORE_CLOCK_SQL)
+                at = float(cursor.fetchone()[0])
+            cursor.execute(sql(CLAIM_SQL), (at, identity, at - redeliver_after))
             sent = list(cursor.fetchall())
             cursor.execute(sql(CLAIM_INTERRUPT_SQL), (identity,))
             interrupted = list(cursor.fetchall())
             for row in sent + interrupted:
                 for statement, params in notice("m", row[0]):
                     cursor.execute(sql(statement), params)
-            return sent, interrupted
+            return at, sent, interrupted
 
-        sent, interrupted = await self.store.run_interaction(claim)
+        at, sent, interrupted = await self.store.run_interaction(claim)
+        if store_clock:
+            self._measured_skew(at, now)
         out: list[Message] = []
         for row in sent + interrupted:
             self._changed_here(f"m:{row[0]}")
@@ -962,7 +992,7 @@ class SupervisorState:
         m = await self._own(peer, msg.token or msg.label)
         if m is None:
             return ExceptionMessage(msg.token, f"no measurement {msg.token or msg.label} for {peer.identity}")
-        change: dict[str, Any] = {"updated": self.clock()}
+        change: dict[str, Any] = {"updated": self.store_now()}  # (restarts a redelivery wait)
         if m.state == QUEUED:
             # Never reached the component: drop it here, unless another daemon hands it
             # over this very moment (then it is interrupted at the component).
