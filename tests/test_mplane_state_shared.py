@@ -1,5 +1,6 @@
 """The supervisor state when the store is shared (active/active): memory follows the store,
-redelivery is timed by the store's clock.
+redelivery is timed by the store's clock, re-reads that fail are retried with back-off,
+large re-reads are decoded off the reactor.
 
 Two ``SupervisorState`` objects on one real database play two daemons, with no listener
 between them: what one changes reaches the other only when a test says so, so a stale
@@ -8,27 +9,35 @@ memory is made on purpose rather than by a race.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from ccnet.mplane.authz import Policy
+from ccnet.mplane.cluster import ClusterSync
 from ccnet.mplane.model import ExceptionMessage, RegistryStore, Statement, from_dict
 from ccnet.mplane.state import (
+    DECODE_INLINE,
     DONE,
     MEASUREMENT_COLUMNS,
     MIGRATIONS,
+    QUEUED,
     SENT,
+    Measurement,
     Peer,
     SupervisorState,
+    callback_spec,
     measurement_from_row,
 )
 from ccnet.store import Store
 from tests.support import create_database, drop_database, pg_reachable
+from tests.test_mplane_faults import wait_for
 from tests.test_mplane_supervisor import SPEC, result_for
 from tests.test_mplane_support import PING_CAP
 
@@ -158,3 +167,109 @@ class StoreClockTests(TwoDaemons, unittest.TestCase):
         yield defer.ensureDeferred(slow.refresh(measurements=[mid]))
         again = yield defer.ensureDeferred(slow.take_work(COMPONENT.identity, None))
         self.assertEqual([s.token for s in again], [mid])
+
+
+class RetryTests(unittest.TestCase):
+    """A re-read that fails is retried on a Clock with back-off: the same rows, then everything."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(self.store.close)
+        yield self.store.migrate("mplane", MIGRATIONS)
+        self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time)
+        # As another daemon wrote it: stored, not in this daemon's memory.
+        m = Measurement("m1", "client", "tok", None, "key", "comp", callback_spec(), QUEUED, None, False, 0.0, 0.0)
+        yield defer.ensureDeferred(self.state._save_measurement(m))
+        self.clock = task.Clock()
+        # rng 1.0: each wait is its whole step (1, 2, 4, then capped at 5).
+        self.sync = ClusterSync(self.state, self.clock, retry_min=1.0, retry_max=5.0, escalate_after=3,
+                                rng=lambda: 1.0)
+        self.addCleanup(self.sync.stop)
+
+    def break_store(self) -> Any:
+        return self.store.run("ALTER TABLE mplane_measurement RENAME TO mplane_measurement_away")
+
+    def mend_store(self) -> Any:
+        return self.store.run("ALTER TABLE mplane_measurement_away RENAME TO mplane_measurement")
+
+    @defer.inlineCallbacks
+    def attempt(self, wait: float, failures: int) -> Any:
+        """Advance to the next try and let it fail; returns the wait before the one after."""
+        self.clock.advance(wait)
+        yield wait_for(lambda: self.sync.failures == failures, f"failure {failures}")
+        (call,) = self.clock.getDelayedCalls()
+        return call.getTime() - self.clock.seconds()
+
+    @defer.inlineCallbacks
+    def test_a_failed_refresh_retries_the_same_rows_with_growing_waits(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.assertEqual((yield self.attempt(0, 1)), 1.0)
+        self.assertEqual((yield self.attempt(1.0, 2)), 2.0)
+        yield self.mend_store()
+        self.clock.advance(2.0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the retry to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 0)  # the rows only, not everything
+        self.assertEqual(self.sync.failures, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_after_three_failures_it_resyncs_everything_with_capped_waits(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        waits = [(yield self.attempt(0, 1))]
+        for n, wait in enumerate([1.0, 2.0], start=2):
+            waits.append((yield self.attempt(wait, n)))
+        self.assertEqual(self.state.cluster_events["resyncs"], 0)
+        waits.append((yield self.attempt(waits[-1], 4)))  # the fourth try is a full resync
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 5.0])
+        yield self.mend_store()
+        self.clock.advance(5.0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_a_reconnection_resyncs_at_once_instead_of_after_the_wait(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        yield self.attempt(0, 1)
+        yield self.mend_store()
+        self.sync.connected()
+        self.clock.advance(0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+
+
+class OffloadTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_large_load_is_decoded_in_a_thread_a_small_refresh_in_the_reactor(self) -> Any:
+        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(store.close)
+        yield store.migrate("mplane", MIGRATIONS)
+        threads: list[int] = []
+
+        def offload(fn: Callable[[], Any]) -> Any:
+            def recorded() -> Any:
+                threads.append(threading.get_ident())
+                return fn()
+            return deferToThread(recorded)
+
+        state = SupervisorState(store, RegistryStore(), Policy(), time.time, offload=offload)
+        many = [Measurement(f"m{n}", "client", f"tok{n}", None, "key", "comp", callback_spec(), QUEUED, None,
+                            False, 0.0, 0.0) for n in range(DECODE_INLINE + 1)]
+        yield state.batcher.write([state._measurement_op(m) for m in many])
+        yield defer.ensureDeferred(state.load())
+        self.assertEqual(sorted(state.measurements), sorted(m.id for m in many))
+        self.assertEqual(state.measurements["m7"], many[7])
+        self.assertTrue(threads)
+        self.assertNotIn(threading.get_ident(), threads)
+        decoded_off = len(threads)
+        yield defer.ensureDeferred(state.refresh(measurements=["m1", "m2"]))
+        self.assertEqual(len(threads), decoded_off)

@@ -15,12 +15,14 @@ the daemon's memory is the whole truth and local wakes are enough.
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -127,18 +129,31 @@ class ClusterSync:
 
     Notifications arriving while a refresh runs wait for the next one, so a burst (10 000
     registrations) costs a few ``IN (...)`` reads, not one query per notification.
+
+    A read that fails (the store is down or slow) is tried again after a
+    :class:`ccnet.backoff.Backoff` wait (``retry_min`` doubling up to ``retry_max``, spread
+    at random): the same rows first, a full resync once ``escalate_after`` tries in a row
+    have failed. A reconnection of the listener resyncs at once.
     """
 
-    def __init__(self, state: SupervisorState, reactor: IReactor) -> None:
+    def __init__(self, state: SupervisorState, reactor: IReactorTime, retry_min: float = 1.0,
+                 retry_max: float = 30.0, escalate_after: int = 3,
+                 rng: Callable[[], float] = random.random) -> None:
         self.state = state
         self.reactor = reactor
+        self.escalate_after = escalate_after
+        self._backoff = Backoff(retry_min, retry_max, rng=rng)
         self._components: set[str] = set()
         self._measurements: set[str] = set()
         self._resync = False
         self._busy = False
-        self._scheduled = False
-        self._call: Any = None  # the pending flush (cancelled at stop)
+        self._call: IDelayedCall | None = None  # the pending flush (cancelled at stop)
         self._stopped = False
+
+    @property
+    def failures(self) -> int:
+        """Reads failed in a row (0 once one succeeded)."""
+        return self._backoff.failures
 
     def payload(self, text: str) -> None:
         notice = parse_notice(text)
@@ -153,9 +168,13 @@ class ClusterSync:
         self._schedule()
 
     def connected(self) -> None:
-        """The listening connection is (again) up: what was sent meanwhile is lost."""
+        """The listening connection is (again) up: what was sent meanwhile is lost. Resync
+        now, not after a retry's wait (the store answers again, most likely)."""
         self._resync = True
-        self._schedule()
+        if self._call is not None and self._call.active():
+            self._call.reset(0)
+        else:
+            self._schedule()
 
     def stop(self) -> None:
         """No more reads: the daemon stops."""
@@ -164,38 +183,42 @@ class ClusterSync:
             self._call.cancel()
 
     def _schedule(self, delay: float = 0.0) -> None:
-        if not self._busy and not self._scheduled and not self._stopped:
-            self._scheduled = True
+        if not self._busy and not (self._call is not None and self._call.active()) and not self._stopped:
             self._call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
-        self._scheduled = False
-        if self._resync:
+        resync = self._resync
+        comps, self._components = self._components, set()
+        mids, self._measurements = self._measurements, set()
+        if resync:
             self._resync = False
-            self._components.clear()
-            self._measurements.clear()
             self.state.cluster_events["resyncs"] += 1
             work = self.state.resync()
+        elif not comps and not mids:
+            return
         else:
-            comps, self._components = self._components, set()
-            mids, self._measurements = self._measurements, set()
-            if not comps and not mids:
-                return
             work = self.state.refresh(comps, mids)
         self._busy = True
         d = defer.ensureDeferred(work)
-        d.addErrback(self._failed)
-        d.addBoth(self._finished)
+        d.addCallbacks(self._succeeded, self._failed, errbackArgs=(resync, comps, mids))
 
-    def _failed(self, failure: Failure) -> None:
-        # The store is down: the next connection of the listener resyncs everything.
-        log.warn("cannot read what another supervisor daemon changed: {error}; resyncing",
-                 error=failure.getErrorMessage())
-        self._resync = True
-
-    def _finished(self, _: Any) -> None:
+    def _succeeded(self, _: Any) -> None:
         self._busy = False
-        if self._resync:
-            self._schedule(1.0)  # after a pause rather than spinning against a database that is down
-        elif self._components or self._measurements:
+        self._backoff.reset()
+        if self._resync or self._components or self._measurements:
             self._schedule()
+
+    def _failed(self, failure: Failure, resync: bool, comps: set[str], mids: set[str]) -> None:
+        self._busy = False
+        delay = self._backoff.next_delay()
+        if resync or self._backoff.failures >= self.escalate_after:
+            self._resync = True
+            what = "resyncing everything"
+        else:
+            # The same rows again (with any notified meanwhile).
+            self._components |= comps
+            self._measurements |= mids
+            what = f"reading the {len(comps) + len(mids)} changed rows again"
+        log.warn("cannot read what another supervisor daemon changed: {error}; {what} in {delay:.1f}s",
+                 error=failure.getErrorMessage(), what=what, delay=delay)
+        self._schedule(delay)

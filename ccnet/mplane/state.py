@@ -290,15 +290,25 @@ def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
 _Row = TypeVar("_Row")
 
 
-def _decoded(decode: Callable[[tuple[Any, ...]], _Row], row: tuple[Any, ...], kind: str) -> _Row | None:
-    """``decode(row)``, or None (logged) for a row that cannot be read — one bad row (a newer
-    daemon's format during an upgrade, a hand edit) must not stop every refresh and resync."""
-    try:
-        return decode(row)
-    except Exception as exc:
-        log.error("mPlane {kind} {key} in the store cannot be read, left out: {error}",
-                  kind=kind, key=row[0], error=repr(exc)[:200])
-        return None
+def decode_rows(decode: Callable[[tuple[Any, ...]], _Row],
+                rows: list[tuple[Any, ...]]) -> tuple[list[_Row], list[tuple[Any, str]]]:
+    """``decode`` of each row, and ``(key, error)`` of each row that cannot be read — one bad
+    row (a newer daemon's format during an upgrade, a hand edit) must not stop every
+    refresh and resync. Pure (no logging): it may run in a thread."""
+    out, problems = [], []
+    for row in rows:
+        try:
+            out.append(decode(row))
+        except Exception as exc:
+            problems.append((row[0], repr(exc)[:200]))
+    return out, problems
+
+
+#: Runs a function off the reactor thread; fires with its result (``deferToThreadPool``).
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+#: Rows decoded in the reactor thread at once; more (a full resync) go to ``offload``.
+DECODE_INLINE = 200
 
 
 def capability_key(component: str, cap: Statement) -> str:
@@ -320,8 +330,11 @@ class SupervisorState:
 
     def __init__(self, store: StoreLike, registries: RegistryStore, policy: Policy,
                  clock: Callable[[], float], result_expiry: float = 0.0,
-                 component_role: str | None = None, node: str = "", channel: str | None = None) -> None:
+                 component_role: str | None = None, node: str = "", channel: str | None = None,
+                 offload: Offload | None = None) -> None:
         self.store = store
+        #: Where many stored rows are decoded (a thread), not to stall the reactor; None: here.
+        self.offload = offload
         #: This daemon's name in the operator view (``[supervisor] node-name``).
         self.node = node
         #: The PostgreSQL notification channel shared by every daemon on the store; None
@@ -389,8 +402,12 @@ class SupervisorState:
             comps = await self.store.run(f"SELECT {COMPONENT_COLUMNS} FROM mplane_component")
             caps = await self.store.run(f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability")
             rows = await self.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
-            self._apply_components({row[0] for row in comps}, comps, caps, since, every=True)
-            self._apply_measurements({row[0] for row in rows} | set(self.measurements), rows, since)
+            components = await self._decode(component_from_row, comps, "component")
+            capabilities = await self._decode(capability_from_row, caps, "capability")
+            measurements = await self._decode(measurement_from_row, rows, "measurement")
+            self._apply_components({row[0] for row in comps}, components, capabilities, since, every=True)
+            found = {row[0] for row in rows}
+            self._apply_measurements(found | set(self.measurements), found, measurements, since)
         finally:
             self._end_read()
 
@@ -415,12 +432,14 @@ class SupervisorState:
                     f"SELECT {COMPONENT_COLUMNS} FROM mplane_component WHERE identity IN ({marks})", chunk)
                 caps = await self.store.run(
                     f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability WHERE component IN ({marks})", chunk)
-                self._apply_components(set(chunk), rows, caps, since)
+                self._apply_components(set(chunk), await self._decode(component_from_row, rows, "component"),
+                                       await self._decode(capability_from_row, caps, "capability"), since)
             for chunk in _chunks(mids):
                 marks = ", ".join("?" * len(chunk))
                 rows = await self.store.run(
                     f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id IN ({marks})", chunk)
-                self._apply_measurements(set(chunk), rows, since)
+                self._apply_measurements(set(chunk), {row[0] for row in rows},
+                                         await self._decode(measurement_from_row, rows, "measurement"), since)
         finally:
             self._end_read()
         now = self.store_now()
@@ -443,33 +462,43 @@ class SupervisorState:
             self._gen += 1
             self._local[key] = self._gen
 
-    def _apply_components(self, asked: set[str], rows: list[tuple[Any, ...]], caps: list[tuple[Any, ...]],
+    async def _decode(self, decode: Callable[[tuple[Any, ...]], _Row], rows: list[tuple[Any, ...]],
+                      kind: str) -> list[_Row]:
+        """The rows decoded (by ``offload`` when they are many: a full resync of a large
+        store would hold the reactor for seconds); those that cannot be read logged, left out."""
+        if self.offload is None or len(rows) <= DECODE_INLINE:
+            out, problems = decode_rows(decode, rows)
+        else:
+            out, problems = await self.offload(lambda: decode_rows(decode, rows))
+        for key, error in problems:
+            log.error("mPlane {kind} {key} in the store cannot be read, left out: {error}",
+                      kind=kind, key=key, error=error)
+        return out
+
+    def _apply_components(self, asked: set[str], comps: list[Component], caps: list[Capability],
                           since: int, every: bool = False) -> None:
         """Components ``asked`` (``every``: all) and their capabilities as read, except
         those this daemon changed after the read began."""
         def stale(comp: str) -> bool:
             return self._local.get(f"c:{comp}", 0) > since
 
-        for row in rows:
-            if not stale(row[0]) and (comp := _decoded(component_from_row, row, "component")) is not None:
+        for comp in comps:
+            if not stale(comp.identity):
                 self._merge_component(comp)
         for key in [k for k, c in self.capabilities.items()
                     if (every or c.component in asked) and not stale(c.component)]:
             del self.capabilities[key]
-        for row in caps:
-            if (cap := _decoded(capability_from_row, row, "capability")) is not None and not stale(cap.component):
+        for cap in caps:
+            if not stale(cap.component):
                 self.capabilities[cap.key] = cap
 
-    def _apply_measurements(self, asked: set[str], rows: list[tuple[Any, ...]], since: int) -> None:
-        """Measurements ``asked`` as read (absent: deleted), except those this daemon
-        changed after the read began."""
-        found = set()
-        for row in rows:
-            found.add(row[0])
-            if self._local.get(f"m:{row[0]}", 0) <= since:
-                m = _decoded(measurement_from_row, row, "measurement")
-                if m is not None:
-                    self._merge_measurement(m)
+    def _apply_measurements(self, asked: set[str], found: set[str], ms: list[Measurement], since: int) -> None:
+        """Measurements ``asked`` as read (``found``: the ids of the rows read, ``ms`` those
+        that could be decoded; absent: deleted), except those this daemon changed after the
+        read began."""
+        for m in ms:
+            if self._local.get(f"m:{m.id}", 0) <= since:
+                self._merge_measurement(m)
         for mid in asked - found:
             if self._local.get(f"m:{mid}", 0) <= since:
                 self._drop_measurement(mid)  # expired (here or by another daemon)
