@@ -1,6 +1,6 @@
 """The supervisor state when the store is shared (active/active): memory follows the store,
 redelivery is timed by the store's clock, re-reads that fail are retried with back-off,
-large re-reads are decoded off the reactor.
+large re-reads are decoded off the reactor, and stopping never waits for a connect.
 
 Two ``SupervisorState`` objects on one real database play two daemons, with no listener
 between them: what one changes reaches the other only when a test says so, so a stale
@@ -9,6 +9,7 @@ memory is made on purpose rather than by a race.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial import unittest
 
 from ccnet.mplane.authz import Policy
-from ccnet.mplane.cluster import ClusterSync
+from ccnet.mplane.cluster import ClusterSync, Listener
 from ccnet.mplane.model import ExceptionMessage, RegistryStore, Statement, from_dict
 from ccnet.mplane.state import (
     DECODE_INLINE,
@@ -273,3 +274,27 @@ class OffloadTests(unittest.TestCase):
         decoded_off = len(threads)
         yield defer.ensureDeferred(state.refresh(measurements=["m1", "m2"]))
         self.assertEqual(len(threads), decoded_off)
+
+
+class ListenerStopTests(unittest.TestCase):
+    """A stop does not wait for a connection attempt to a server that never answers."""
+
+    timeout = 30  # far below the listener's connect timeout
+
+    @defer.inlineCallbacks
+    def test_stop_completes_while_the_thread_is_stuck_in_connect(self) -> Any:
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(20)
+        port = server.getsockname()[1]
+        listener = Listener(f"postgresql://nobody@127.0.0.1:{port}/nothing", CHANNEL, reactor,
+                            lambda _: None, lambda: None, timeout=600.0)
+        listener.startService()
+        # The listener's connection, accepted and never answered: psycopg waits in connect.
+        conn, _ = yield deferToThread(server.accept)
+        self.addCleanup(conn.close)  # (then connect fails and the thread ends)
+        self.assertTrue(listener.connecting)
+        yield listener.stopService()
+        self.assertFalse(listener.running)

@@ -52,6 +52,12 @@ class Listener(service.Service):
     ``on_payload(text)`` and ``on_connected()`` are called in the reactor thread. The
     connection is made again with :class:`ccnet.backoff.Backoff` (``retry_min`` doubling up
     to ``retry_max``, spread at random) whenever it breaks (PostgreSQL restarted, network cut).
+
+    A stop waits for the thread to close its connection (a second at most: notifications
+    are read with a one-second timeout), except while the thread is connecting:
+    ``psycopg.connect`` cannot be interrupted and may block for the whole connect timeout
+    (a server that accepts and never answers), so the stop completes at once and the
+    thread, once ``connect`` returns, closes what it got and ends by itself.
     """
 
     def __init__(self, url: str, channel: str, reactor: IReactor, on_payload: Callable[[str], None],
@@ -61,37 +67,67 @@ class Listener(service.Service):
         self.url, self.channel, self.reactor = url, channel, reactor
         self.on_payload, self.on_connected = on_payload, on_connected
         self.retry_min, self.retry_max, self.timeout = retry_min, retry_max, timeout
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._done: defer.Deferred[None] | None = None
+        self._run_now: _Run | None = None
         self.connects = 0
+
+    @property
+    def connecting(self) -> bool:
+        """Is the thread inside ``psycopg.connect`` right now?"""
+        return self._run_now is not None and self._run_now.connecting
 
     def startService(self) -> None:  # noqa: N802 (Twisted API)
         super().startService()
-        self._stop.clear()
-        self._done = defer.Deferred()
-        self._thread = threading.Thread(target=self._run, name=f"ccnet-{self.name}", daemon=True)
-        self._thread.start()
+        # Each start has its own stop flag: a thread of an earlier start still stuck in
+        # connect must not be brought back to life by this one.
+        run = self._run_now = _Run()
+        threading.Thread(target=self._run, args=(run,), name=f"ccnet-{self.name}", daemon=True).start()
 
     def stopService(self) -> defer.Deferred[None]:  # noqa: N802 (Twisted API)
         super().stopService()
-        self._stop.set()
-        # The thread notices within a second (notifies' timeout) and fires this.
-        return self._done if self._done is not None else defer.succeed(None)
+        run, self._run_now = self._run_now, None
+        if run is None:
+            return defer.succeed(None)
+        with run.lock:
+            run.stop.set()
+            connecting = run.connecting
+        if connecting:
+            _fire(run.done)  # it ends by itself when connect returns
+        return run.done
 
-    def _run(self) -> None:
+    def _connect(self, run: _Run) -> Any:
+        """A connection, or None when stopped before or while connecting (then closed)."""
+        import psycopg
+
+        seconds = max(1, round(self.timeout))
+        with run.lock:
+            if run.stop.is_set():
+                return None
+            run.connecting = True
+        try:
+            conn = psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, seconds),
+                                   keepalives=1, keepalives_idle=seconds,
+                                   keepalives_interval=max(1, seconds // 3), keepalives_count=3,
+                                   tcp_user_timeout=seconds * 1000)
+        finally:
+            with run.lock:
+                run.connecting = False
+        if run.stop.is_set():
+            conn.close()
+            return None
+        return conn
+
+    def _run(self, run: _Run) -> None:
         import psycopg
 
         backoff = Backoff(self.retry_min, self.retry_max)
         outage = False
-        seconds = max(1, round(self.timeout))
         try:
-            while not self._stop.is_set():
+            while not run.stop.is_set():
                 try:
-                    with psycopg.connect(self.url, autocommit=True, connect_timeout=max(2, seconds),
-                                         keepalives=1, keepalives_idle=seconds,
-                                         keepalives_interval=max(1, seconds // 3), keepalives_count=3,
-                                         tcp_user_timeout=seconds * 1000) as conn:
+                    conn = self._connect(run)
+                    if conn is None:
+                        break
+                    with conn:
                         conn.execute(f'LISTEN "{self.channel}"')
                         self.connects += 1
                         if outage:
@@ -99,11 +135,11 @@ class Listener(service.Service):
                         outage = False
                         backoff.reset()
                         self.reactor.callFromThread(self.on_connected)
-                        while not self._stop.is_set():
+                        while not run.stop.is_set():
                             for note in conn.notifies(timeout=1.0):
                                 self.reactor.callFromThread(self.on_payload, note.payload)
                 except Exception as exc:  # psycopg.Error, or anything else: this thread must live on
-                    if self._stop.is_set():
+                    if run.stop.is_set():
                         break
                     if not isinstance(exc, psycopg.Error):
                         log.failure("listening for {channel} notifications failed", channel=self.channel)
@@ -112,11 +148,19 @@ class Listener(service.Service):
                         "cannot listen for {channel} notifications ({error}); retrying in {delay:.1f}s",
                         channel=self.channel, error=str(exc).strip() or type(exc).__name__, delay=delay)
                     outage = True
-                    self._stop.wait(delay)
+                    run.stop.wait(delay)
         finally:
-            done = self._done
-            if done is not None:
-                self.reactor.callFromThread(_fire, done)
+            self.reactor.callFromThread(_fire, run.done)
+
+
+class _Run:
+    """One start of a :class:`Listener`: its thread's stop flag and what the stop waits for."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.connecting = False
+        self.done: defer.Deferred[None] = defer.Deferred()
 
 
 def _fire(d: defer.Deferred[None]) -> None:
