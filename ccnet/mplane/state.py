@@ -3,7 +3,8 @@
 Almost no Twisted here (only Deferreds for the write batcher): the state is plain dictionaries, changed synchronously (the reactor
 thread is the only writer) and written through to ``ccnet.store`` by ``async`` methods
 whose callers await them before answering (so a result is on disk before the 200).
-Memory changes only once the write committed: a write that failed (the caller gets an
+Memory changes only once the write committed, and then to the row as stored (which
+another daemon may have finished first): a write that failed (the caller gets an
 error) leaves no trace, so an error reply always means nothing happened.
 Long-poll waiters are plain callbacks registered per component.
 
@@ -89,6 +90,8 @@ COMPONENT_COLUMNS = "identity, dn, callback, registered, last_seen, url, dialect
 CAPABILITY_COLUMNS = "cap_key, component, label, body, registered"
 MEASUREMENT_COLUMNS = ("id, client, client_token, client_label, cap_key, component, spec, state, reply, "
                        "interrupt, created, updated, client_registry")
+#: The columns of a measurement that change after it is stored (the others never do).
+CHANGING_COLUMNS = "state, reply, interrupt, updated"
 
 # Measurement states.
 QUEUED = "queued"  # waiting for the component's next poll
@@ -106,8 +109,12 @@ class StoreLike(Protocol):
 
     def sql(self, statement: str) -> str: ...
 
+    @property
+    def dialect(self) -> str: ...
+
 
 Op = tuple[str, tuple[Any, ...]]
+Rows = list[tuple[Any, ...]]
 
 
 class WriteBatcher:
@@ -115,12 +122,13 @@ class WriteBatcher:
 
     def __init__(self, store: StoreLike) -> None:
         self.store = store
-        self._pending: list[tuple[list[Op], defer.Deferred[None]]] = []
+        self._pending: list[tuple[list[Op], defer.Deferred[list[Rows]]]] = []
         self._busy = False
         self.transactions = 0
 
-    def write(self, ops: list[Op]) -> defer.Deferred[None]:
-        d: defer.Deferred[None] = defer.Deferred()
+    def write(self, ops: list[Op]) -> defer.Deferred[list[Rows]]:
+        """Fires once ``ops`` committed, with the rows each of them returned (``RETURNING``)."""
+        d: defer.Deferred[list[Rows]] = defer.Deferred()
         self._pending.append((ops, d))
         if not self._busy:
             self._flush()
@@ -132,19 +140,24 @@ class WriteBatcher:
         self.transactions += 1
         sql = self.store.sql
 
-        def work(cursor: Any) -> None:
+        def work(cursor: Any) -> list[list[Rows]]:
+            out = []
             for ops, _ in batch:
+                returned = []
                 for statement, params in ops:
                     cursor.execute(sql(statement), params)
+                    returned.append([tuple(r) for r in cursor.fetchall()] if cursor.description else [])
+                out.append(returned)
+            return out
 
         def done(result: Any) -> None:
             # Still busy while the waiters run: a write() they make must queue, not start a
             # second transaction beside ours (it could commit out of order).
-            for _, d in batch:
+            for n, (_, d) in enumerate(batch):
                 if isinstance(result, Failure):
                     d.errback(result)
                 else:
-                    d.callback(None)
+                    d.callback(result[n])
             self._busy = False
             if self._pending:
                 self._flush()
@@ -239,6 +252,10 @@ CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ? "
 CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0 "
                        f"WHERE component = ? AND interrupt = 1 AND state IN ('{SENT}', '{RUNNING}') "
                        f"RETURNING {MEASUREMENT_COLUMNS}")
+#: The database's clock (PostgreSQL), in the seconds of ``updated``: with several daemons,
+#: when a handed-over specification is due again is timed by this one clock, not by each
+#: host's (skewed hosts would disagree, and hand it out early or late).
+STORE_CLOCK_SQL = "SELECT date_part('epoch', clock_timestamp())"
 
 
 def final_is_final(state: str, change: dict[str, Any]) -> dict[str, Any]:
@@ -273,15 +290,25 @@ def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
 _Row = TypeVar("_Row")
 
 
-def _decoded(decode: Callable[[tuple[Any, ...]], _Row], row: tuple[Any, ...], kind: str) -> _Row | None:
-    """``decode(row)``, or None (logged) for a row that cannot be read — one bad row (a newer
-    daemon's format during an upgrade, a hand edit) must not stop every refresh and resync."""
-    try:
-        return decode(row)
-    except Exception as exc:
-        log.error("mPlane {kind} {key} in the store cannot be read, left out: {error}",
-                  kind=kind, key=row[0], error=repr(exc)[:200])
-        return None
+def decode_rows(decode: Callable[[tuple[Any, ...]], _Row],
+                rows: list[tuple[Any, ...]]) -> tuple[list[_Row], list[tuple[Any, str]]]:
+    """``decode`` of each row, and ``(key, error)`` of each row that cannot be read — one bad
+    row (a newer daemon's format during an upgrade, a hand edit) must not stop every
+    refresh and resync. Pure (no logging): it may run in a thread."""
+    out, problems = [], []
+    for row in rows:
+        try:
+            out.append(decode(row))
+        except Exception as exc:
+            problems.append((row[0], repr(exc)[:200]))
+    return out, problems
+
+
+#: Runs a function off the reactor thread; fires with its result (``deferToThreadPool``).
+Offload = Callable[[Callable[[], Any]], Awaitable[Any]]
+
+#: Rows decoded in the reactor thread at once; more (a full resync) go to ``offload``.
+DECODE_INLINE = 200
 
 
 def capability_key(component: str, cap: Statement) -> str:
@@ -303,8 +330,11 @@ class SupervisorState:
 
     def __init__(self, store: StoreLike, registries: RegistryStore, policy: Policy,
                  clock: Callable[[], float], result_expiry: float = 0.0,
-                 component_role: str | None = None, node: str = "", channel: str | None = None) -> None:
+                 component_role: str | None = None, node: str = "", channel: str | None = None,
+                 offload: Offload | None = None) -> None:
         self.store = store
+        #: Where many stored rows are decoded (a thread), not to stall the reactor; None: here.
+        self.offload = offload
         #: This daemon's name in the operator view (``[supervisor] node-name``).
         self.node = node
         #: The PostgreSQL notification channel shared by every daemon on the store; None
@@ -323,6 +353,10 @@ class SupervisorState:
         self.result_expiry = result_expiry
         self.component_role = component_role
         self.redeliver_after = 30.0
+        #: Redelivery is timed by the store's clock when daemons share it (PostgreSQL):
+        #: ``store_skew`` is that clock minus ``clock``, measured at each load and claim.
+        self.store_clock = store.dialect == "postgresql"
+        self.store_skew = 0.0
         self.batcher = WriteBatcher(store)
         self.components: dict[str, Component] = {}
         self.capabilities: dict[str, Capability] = {}
@@ -349,15 +383,31 @@ class SupervisorState:
         """Do other daemons write to the same store? (then the store, not memory, decides)"""
         return self.channel is not None
 
+    def store_now(self) -> float:
+        """Now by the clock that times redelivery: the store's (PostgreSQL), else ours."""
+        return self.clock() + self.store_skew
+
+    def _measured_skew(self, store_time: float, before: float) -> None:
+        """Note the store's clock as read between ``before`` and now (by our clock)."""
+        self.store_skew = store_time - (before + self.clock()) / 2
+
     async def load(self) -> None:
         """Read everything back (after a restart, or a lost notification connection)."""
+        if self.store_clock:
+            before = self.clock()
+            rows = await self.store.run(STORE_CLOCK_SQL)
+            self._measured_skew(float(rows[0][0]), before)
         since = self._begin_read()
         try:
             comps = await self.store.run(f"SELECT {COMPONENT_COLUMNS} FROM mplane_component")
             caps = await self.store.run(f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability")
             rows = await self.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
-            self._apply_components({row[0] for row in comps}, comps, caps, since, every=True)
-            self._apply_measurements({row[0] for row in rows} | set(self.measurements), rows, since)
+            components = await self._decode(component_from_row, comps, "component")
+            capabilities = await self._decode(capability_from_row, caps, "capability")
+            measurements = await self._decode(measurement_from_row, rows, "measurement")
+            self._apply_components({row[0] for row in comps}, components, capabilities, since, every=True)
+            found = {row[0] for row in rows}
+            self._apply_measurements(found | set(self.measurements), found, measurements, since)
         finally:
             self._end_read()
 
@@ -365,7 +415,7 @@ class SupervisorState:
         """Everything again from the store, then wake every component with work due:
         notifications sent while we did not listen are lost."""
         await self.load()
-        now = self.clock()
+        now = self.store_now()
         for comp in {m.component for m in self.measurements.values()
                      if send_due(m, now, self.redeliver_after) or interrupt_due(m)}:
             self._wake(comp)
@@ -382,15 +432,17 @@ class SupervisorState:
                     f"SELECT {COMPONENT_COLUMNS} FROM mplane_component WHERE identity IN ({marks})", chunk)
                 caps = await self.store.run(
                     f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability WHERE component IN ({marks})", chunk)
-                self._apply_components(set(chunk), rows, caps, since)
+                self._apply_components(set(chunk), await self._decode(component_from_row, rows, "component"),
+                                       await self._decode(capability_from_row, caps, "capability"), since)
             for chunk in _chunks(mids):
                 marks = ", ".join("?" * len(chunk))
                 rows = await self.store.run(
                     f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id IN ({marks})", chunk)
-                self._apply_measurements(set(chunk), rows, since)
+                self._apply_measurements(set(chunk), {row[0] for row in rows},
+                                         await self._decode(measurement_from_row, rows, "measurement"), since)
         finally:
             self._end_read()
-        now = self.clock()
+        now = self.store_now()
         for comp in {m.component for mid in mids if (m := self.measurements.get(mid)) is not None
                      and (send_due(m, now, self.redeliver_after) or interrupt_due(m))}:
             self._wake(comp)
@@ -410,33 +462,43 @@ class SupervisorState:
             self._gen += 1
             self._local[key] = self._gen
 
-    def _apply_components(self, asked: set[str], rows: list[tuple[Any, ...]], caps: list[tuple[Any, ...]],
+    async def _decode(self, decode: Callable[[tuple[Any, ...]], _Row], rows: list[tuple[Any, ...]],
+                      kind: str) -> list[_Row]:
+        """The rows decoded (by ``offload`` when they are many: a full resync of a large
+        store would hold the reactor for seconds); those that cannot be read logged, left out."""
+        if self.offload is None or len(rows) <= DECODE_INLINE:
+            out, problems = decode_rows(decode, rows)
+        else:
+            out, problems = await self.offload(lambda: decode_rows(decode, rows))
+        for key, error in problems:
+            log.error("mPlane {kind} {key} in the store cannot be read, left out: {error}",
+                      kind=kind, key=key, error=error)
+        return out
+
+    def _apply_components(self, asked: set[str], comps: list[Component], caps: list[Capability],
                           since: int, every: bool = False) -> None:
         """Components ``asked`` (``every``: all) and their capabilities as read, except
         those this daemon changed after the read began."""
         def stale(comp: str) -> bool:
             return self._local.get(f"c:{comp}", 0) > since
 
-        for row in rows:
-            if not stale(row[0]) and (comp := _decoded(component_from_row, row, "component")) is not None:
+        for comp in comps:
+            if not stale(comp.identity):
                 self._merge_component(comp)
         for key in [k for k, c in self.capabilities.items()
                     if (every or c.component in asked) and not stale(c.component)]:
             del self.capabilities[key]
-        for row in caps:
-            if (cap := _decoded(capability_from_row, row, "capability")) is not None and not stale(cap.component):
+        for cap in caps:
+            if not stale(cap.component):
                 self.capabilities[cap.key] = cap
 
-    def _apply_measurements(self, asked: set[str], rows: list[tuple[Any, ...]], since: int) -> None:
-        """Measurements ``asked`` as read (absent: deleted), except those this daemon
-        changed after the read began."""
-        found = set()
-        for row in rows:
-            found.add(row[0])
-            if self._local.get(f"m:{row[0]}", 0) <= since:
-                m = _decoded(measurement_from_row, row, "measurement")
-                if m is not None:
-                    self._merge_measurement(m)
+    def _apply_measurements(self, asked: set[str], found: set[str], ms: list[Measurement], since: int) -> None:
+        """Measurements ``asked`` as read (``found``: the ids of the rows read, ``ms`` those
+        that could be decoded; absent: deleted), except those this daemon changed after the
+        read began."""
+        for m in ms:
+            if self._local.get(f"m:{m.id}", 0) <= since:
+                self._merge_measurement(m)
         for mid in asked - found:
             if self._local.get(f"m:{mid}", 0) <= since:
                 self._drop_measurement(mid)  # expired (here or by another daemon)
@@ -532,22 +594,19 @@ class SupervisorState:
         await self.batcher.write([self._measurement_op(m), *self._notice("m", m.id)])
 
     @staticmethod
-    def _change_op(mid: str, change: dict[str, Any]) -> Op:
-        """Only the columns that change, and never a finished measurement's outcome (as
-        :func:`final_is_final`): another daemon may have written the other columns."""
-        cols, params = [], []
-        guarded = {"state", "reply", "interrupt"}
-        for name, value in change.items():
-            if name == "reply":
-                value = _dumps(value) if value is not None else None
-            elif name == "interrupt":
-                value = int(value)
-            if name in guarded:
+    def _change_op(mid: str, columns: dict[str, Any]) -> Op:
+        """Only the columns that change (``columns``: values as stored), and never a finished
+        measurement's outcome (as :func:`final_is_final`): another daemon may have written
+        the other columns, or finished it since this daemon read it. Returns the
+        :data:`CHANGING_COLUMNS` as stored."""
+        cols = []
+        for name in columns:
+            if name in ("state", "reply", "interrupt"):
                 cols.append(f"{name} = CASE WHEN state IN ('{DONE}', '{FAILED}') THEN {name} ELSE ? END")
             else:
                 cols.append(f"{name} = ?")
-            params.append(value)
-        return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ?", (*params, mid))
+        return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ? RETURNING {CHANGING_COLUMNS}",
+                (*columns.values(), mid))
 
     # ------------------------------------------------------------------ listeners (long-poll)
 
@@ -686,22 +745,29 @@ class SupervisorState:
         if comp is not None:
             comp.last_seen = now
         mine = list(self._pending(identity))
-        if not any(send_due(m, now, self.redeliver_after) or interrupt_due(m) for m in mine):
+        if not any(send_due(m, self.store_now(), self.redeliver_after) or interrupt_due(m) for m in mine):
             return []  # (memory is kept current by the notifications: no query per empty poll)
         sql = self.store.sql
         notice = self._notice
+        store_clock, redeliver_after = self.store_clock, self.redeliver_after
 
-        def claim(cursor: Any) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            cursor.execute(sql(CLAIM_SQL), (now, identity, now - self.redeliver_after))
+        def claim(cursor: Any) -> tuple[float, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            at = now
+            if store_clock:
+                cursor.execute(STORE_CLOCK_SQL)
+                at = float(cursor.fetchone()[0])
+            cursor.execute(sql(CLAIM_SQL), (at, identity, at - redeliver_after))
             sent = list(cursor.fetchall())
             cursor.execute(sql(CLAIM_INTERRUPT_SQL), (identity,))
             interrupted = list(cursor.fetchall())
             for row in sent + interrupted:
                 for statement, params in notice("m", row[0]):
                     cursor.execute(sql(statement), params)
-            return sent, interrupted
+            return at, sent, interrupted
 
-        sent, interrupted = await self.store.run_interaction(claim)
+        at, sent, interrupted = await self.store.run_interaction(claim)
+        if store_clock:
+            self._measured_skew(at, now)
         out: list[Message] = []
         for row in sent + interrupted:
             self._changed_here(f"m:{row[0]}")
@@ -753,12 +819,33 @@ class SupervisorState:
         return None
 
     async def _update(self, m: Measurement, **change: Any) -> None:
-        """Write ``m`` with ``change`` applied; only once that committed, apply it to ``m``."""
+        """Write ``change`` to ``m``; once that committed, ``m`` is what the store holds.
+
+        The two differ when another daemon finished the measurement after this one last
+        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory."""
         change = final_is_final(m.state, change)
-        await self.batcher.write([self._change_op(m.id, change), *self._notice("m", m.id)])
+        columns = dict(change)
+        if columns.get("reply") is not None:
+            columns["reply"] = _dumps(columns["reply"])
+        if "interrupt" in columns:
+            columns["interrupt"] = int(columns["interrupt"])
+        returned = (await self.batcher.write([self._change_op(m.id, columns), *self._notice("m", m.id)]))[0]
         self._changed_here(f"m:{m.id}")
-        for name, value in change.items():
-            setattr(m, name, value)
+        if not returned:
+            self._drop_measurement(m.id)  # deleted meanwhile (expired at another daemon)
+            return
+        state, reply, interrupt, updated = returned[0]
+        m.state, m.interrupt, m.updated = state, bool(interrupt), float(updated)
+        if reply is None:
+            m.reply = None
+        elif reply == columns.get("reply"):
+            m.reply = change["reply"]  # ours, as written: no need to decode it again
+        else:
+            try:
+                m.reply = _loads(reply)
+            except Exception as exc:
+                log.error("mPlane measurement {key}: its stored reply cannot be read: {error}",
+                          key=m.id, error=repr(exc)[:200])
 
     # ------------------------------------------------------------------ client side
 
@@ -934,7 +1021,7 @@ class SupervisorState:
         m = await self._own(peer, msg.token or msg.label)
         if m is None:
             return ExceptionMessage(msg.token, f"no measurement {msg.token or msg.label} for {peer.identity}")
-        change: dict[str, Any] = {"updated": self.clock()}
+        change: dict[str, Any] = {"updated": self.store_now()}  # (restarts a redelivery wait)
         if m.state == QUEUED:
             # Never reached the component: drop it here, unless another daemon hands it
             # over this very moment (then it is interrupted at the component).

@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client.core import Metric
 from twisted.application import service
-from twisted.internet import defer, task
+from twisted.internet import defer, task, threads
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -584,7 +584,8 @@ def build(runtime: Runtime, cfg: SupervisorConfig) -> Part:
     state = SupervisorState(runtime.store, registries, policy, reactor.seconds,
                             result_expiry=cfg.result_expiry, component_role=cfg.component_role,
                             node=cfg.node_name or default_node_name(runtime.hostname, cfg.listen),
-                            channel=CHANNEL if shared else None)
+                            channel=CHANNEL if shared else None,
+                            offload=lambda fn: threads.deferToThreadPool(reactor, reactor.getThreadPool(), fn))
 
     async def preload() -> None:
         fetch = _registry_fetcher(reactor)

@@ -1,0 +1,300 @@
+"""The supervisor state when the store is shared (active/active): memory follows the store,
+redelivery is timed by the store's clock, re-reads that fail are retried with back-off,
+large re-reads are decoded off the reactor, and stopping never waits for a connect.
+
+Two ``SupervisorState`` objects on one real database play two daemons, with no listener
+between them: what one changes reaches the other only when a test says so, so a stale
+memory is made on purpose rather than by a race.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet import defer, reactor, task
+from twisted.internet.threads import deferToThread
+from twisted.trial import unittest
+
+from ccnet.mplane.authz import Policy
+from ccnet.mplane.cluster import ClusterSync, Listener
+from ccnet.mplane.model import ExceptionMessage, RegistryStore, Statement, from_dict
+from ccnet.mplane.state import (
+    DECODE_INLINE,
+    DONE,
+    MEASUREMENT_COLUMNS,
+    MIGRATIONS,
+    QUEUED,
+    SENT,
+    Measurement,
+    Peer,
+    SupervisorState,
+    callback_spec,
+    measurement_from_row,
+)
+from ccnet.store import Store
+from tests.support import create_database, drop_database, pg_reachable
+from tests.test_mplane_faults import wait_for
+from tests.test_mplane_supervisor import SPEC, result_for
+from tests.test_mplane_support import PING_CAP
+
+COMPONENT = Peer("component", ("component",), frozenset({"probe"}))
+CLIENT = Peer("client", ("client",), frozenset({"guest"}))
+CHANNEL = "ccnet_mplane_test"  # nobody listens: the test says when a daemon re-reads
+
+
+class TwoDaemons:
+    """Daemons A and B (two states, two stores) on one database; mixed into a TestCase."""
+
+    def database(self) -> str:
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def daemon(self, url: str, clock: Callable[[], float]) -> Any:
+        store = Store.open(url, reactor)
+        self.addCleanup(store.close)  # type: ignore[attr-defined]
+        yield store.migrate("mplane", MIGRATIONS)
+        state = SupervisorState(store, RegistryStore(), Policy.from_strings(caps="ping-average: guest\n"), clock,
+                                channel=CHANNEL if store.dialect == "postgresql" else None)
+        yield defer.ensureDeferred(state.load())
+        return state
+
+    @defer.inlineCallbacks
+    def two_daemons(self, clock_a: Callable[[], float] = time.time,
+                    clock_b: Callable[[], float] = time.time) -> Any:
+        """A with a registered component and one specification handed to it; B loaded after."""
+        url = self.database()
+        a = yield self.daemon(url, clock_a)
+        outcome = yield defer.ensureDeferred(a.register(COMPONENT, [("ping", from_dict(PING_CAP))]))
+        assert outcome == {"ping": {"registered": "ok"}}, outcome
+        receipt = yield defer.ensureDeferred(a.submit(CLIENT, from_dict(SPEC)))
+        assert receipt.kind == "receipt", receipt
+        handed = yield defer.ensureDeferred(a.take_work(COMPONENT.identity, None))
+        assert len(handed) == 1, handed
+        b = yield self.daemon(url, clock_b)
+        (m,) = a.measurements.values()
+        return a, b, m.id, handed[0]
+
+    @defer.inlineCallbacks
+    def stored(self, state: SupervisorState, mid: str) -> Any:
+        rows = yield state.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id = ?", (mid,))
+        return measurement_from_row(rows[0])
+
+
+class MemoryFollowsTheStore(TwoDaemons):
+    """A finished measurement keeps its outcome in the store; the daemon whose change the
+    store refused must end with that outcome in memory, not with its own."""
+
+    @defer.inlineCallbacks
+    def test_a_conflicting_exception_leaves_the_other_daemons_result_in_memory(self) -> Any:
+        a, b, mid, spec = yield self.two_daemons()
+        result = from_dict(result_for(spec))
+        self.assertIsNone((yield defer.ensureDeferred(b.accept(COMPONENT, result))))
+        stale = a.measurements[mid]
+        self.assertEqual(stale.state, SENT)  # A has not heard of B's result
+        yield defer.ensureDeferred(a._update(stale, state="failed", reply=ExceptionMessage(mid, "lost"),
+                                             updated=time.time()))
+        stored = yield self.stored(a, mid)
+        self.assertEqual(stored.state, DONE)
+        self.assertEqual(a.measurements[mid], stored)
+        self.assertIsInstance(a.measurements[mid].reply, Statement)
+
+    @defer.inlineCallbacks
+    def test_an_interrupt_of_a_measurement_finished_elsewhere_leaves_it_finished_in_memory(self) -> Any:
+        a, b, mid, spec = yield self.two_daemons()
+        yield defer.ensureDeferred(b.accept(COMPONENT, from_dict(result_for(spec))))
+        yield defer.ensureDeferred(a._update(a.measurements[mid], interrupt=True, updated=time.time()))
+        self.assertEqual(a.measurements[mid], (yield self.stored(a, mid)))
+        self.assertFalse(a.measurements[mid].interrupt)
+
+    @defer.inlineCallbacks
+    def test_a_change_to_a_measurement_deleted_elsewhere_drops_it_from_memory(self) -> Any:
+        a, b, mid, _ = yield self.two_daemons()
+        yield b.store.run("DELETE FROM mplane_measurement WHERE id = ?", (mid,))
+        yield defer.ensureDeferred(a._update(a.measurements[mid], state="running", updated=time.time()))
+        self.assertNotIn(mid, a.measurements)
+
+
+def fresh_database(case: unittest.TestCase) -> str:
+    """A new PostgreSQL database for ``case``, dropped at its cleanup (skips without one)."""
+    why = pg_reachable()
+    if why is not None:
+        raise unittest.SkipTest(why)
+    dsn = create_database()
+    case.addCleanup(drop_database, dsn)
+    return dsn
+
+
+class PostgreSQLMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase):
+    timeout = 60
+
+    def database(self) -> str:
+        return fresh_database(self)
+
+
+class SQLiteMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase):
+    """The same code path on SQLite (one daemon there, but two states of one process may share a file)."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}"
+
+
+class StoreClockTests(TwoDaemons, unittest.TestCase):
+    """One daemon's clock is 1000 s slow, the other's 1000 s fast: redelivery (of a
+    specification handed out without a receipt) still follows PostgreSQL's clock."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return fresh_database(self)
+
+    @defer.inlineCallbacks
+    def test_a_fast_daemon_does_not_hand_out_again_what_a_slow_one_just_handed_out(self) -> Any:
+        slow, fast, mid, _ = yield self.two_daemons(lambda: time.time() - 1000, lambda: time.time() + 1000)
+        self.assertEqual(fast.measurements[mid].state, SENT)
+        self.assertEqual((yield defer.ensureDeferred(fast.take_work(COMPONENT.identity, None))), [])
+
+    @defer.inlineCallbacks
+    def test_a_slow_daemon_hands_out_again_what_is_overdue_by_the_store_clock(self) -> Any:
+        fast, slow, mid, _ = yield self.two_daemons(lambda: time.time() + 1000, lambda: time.time() - 1000)
+        # Handed out by the fast daemon, no receipt for longer than redeliver_after by PostgreSQL's clock.
+        yield fast.store.run("UPDATE mplane_measurement SET updated = updated - ?", (slow.redeliver_after + 5,))
+        yield defer.ensureDeferred(slow.refresh(measurements=[mid]))
+        again = yield defer.ensureDeferred(slow.take_work(COMPONENT.identity, None))
+        self.assertEqual([s.token for s in again], [mid])
+
+
+class RetryTests(unittest.TestCase):
+    """A re-read that fails is retried on a Clock with back-off: the same rows, then everything."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(self.store.close)
+        yield self.store.migrate("mplane", MIGRATIONS)
+        self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time)
+        # As another daemon wrote it: stored, not in this daemon's memory.
+        m = Measurement("m1", "client", "tok", None, "key", "comp", callback_spec(), QUEUED, None, False, 0.0, 0.0)
+        yield defer.ensureDeferred(self.state._save_measurement(m))
+        self.clock = task.Clock()
+        # rng 1.0: each wait is its whole step (1, 2, 4, then capped at 5).
+        self.sync = ClusterSync(self.state, self.clock, retry_min=1.0, retry_max=5.0, escalate_after=3,
+                                rng=lambda: 1.0)
+        self.addCleanup(self.sync.stop)
+
+    def break_store(self) -> Any:
+        return self.store.run("ALTER TABLE mplane_measurement RENAME TO mplane_measurement_away")
+
+    def mend_store(self) -> Any:
+        return self.store.run("ALTER TABLE mplane_measurement_away RENAME TO mplane_measurement")
+
+    @defer.inlineCallbacks
+    def attempt(self, wait: float, failures: int) -> Any:
+        """Advance to the next try and let it fail; returns the wait before the one after."""
+        self.clock.advance(wait)
+        yield wait_for(lambda: self.sync.failures == failures, f"failure {failures}")
+        (call,) = self.clock.getDelayedCalls()
+        return call.getTime() - self.clock.seconds()
+
+    @defer.inlineCallbacks
+    def test_a_failed_refresh_retries_the_same_rows_with_growing_waits(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.assertEqual((yield self.attempt(0, 1)), 1.0)
+        self.assertEqual((yield self.attempt(1.0, 2)), 2.0)
+        yield self.mend_store()
+        self.clock.advance(2.0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the retry to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 0)  # the rows only, not everything
+        self.assertEqual(self.sync.failures, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_after_three_failures_it_resyncs_everything_with_capped_waits(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        waits = [(yield self.attempt(0, 1))]
+        for n, wait in enumerate([1.0, 2.0], start=2):
+            waits.append((yield self.attempt(wait, n)))
+        self.assertEqual(self.state.cluster_events["resyncs"], 0)
+        waits.append((yield self.attempt(waits[-1], 4)))  # the fourth try is a full resync
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+        self.assertEqual(waits, [1.0, 2.0, 4.0, 5.0])
+        yield self.mend_store()
+        self.clock.advance(5.0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    @defer.inlineCallbacks
+    def test_a_reconnection_resyncs_at_once_instead_of_after_the_wait(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        yield self.attempt(0, 1)
+        yield self.mend_store()
+        self.sync.connected()
+        self.clock.advance(0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+
+
+class OffloadTests(unittest.TestCase):
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_a_large_load_is_decoded_in_a_thread_a_small_refresh_in_the_reactor(self) -> Any:
+        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(store.close)
+        yield store.migrate("mplane", MIGRATIONS)
+        threads: list[int] = []
+
+        def offload(fn: Callable[[], Any]) -> Any:
+            def recorded() -> Any:
+                threads.append(threading.get_ident())
+                return fn()
+            return deferToThread(recorded)
+
+        state = SupervisorState(store, RegistryStore(), Policy(), time.time, offload=offload)
+        many = [Measurement(f"m{n}", "client", f"tok{n}", None, "key", "comp", callback_spec(), QUEUED, None,
+                            False, 0.0, 0.0) for n in range(DECODE_INLINE + 1)]
+        yield state.batcher.write([state._measurement_op(m) for m in many])
+        yield defer.ensureDeferred(state.load())
+        self.assertEqual(sorted(state.measurements), sorted(m.id for m in many))
+        self.assertEqual(state.measurements["m7"], many[7])
+        self.assertTrue(threads)
+        self.assertNotIn(threading.get_ident(), threads)
+        decoded_off = len(threads)
+        yield defer.ensureDeferred(state.refresh(measurements=["m1", "m2"]))
+        self.assertEqual(len(threads), decoded_off)
+
+
+class ListenerStopTests(unittest.TestCase):
+    """A stop does not wait for a connection attempt to a server that never answers."""
+
+    timeout = 30  # far below the listener's connect timeout
+
+    @defer.inlineCallbacks
+    def test_stop_completes_while_the_thread_is_stuck_in_connect(self) -> Any:
+        server = socket.socket()
+        self.addCleanup(server.close)
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        server.settimeout(20)
+        port = server.getsockname()[1]
+        listener = Listener(f"postgresql://nobody@127.0.0.1:{port}/nothing", CHANNEL, reactor,
+                            lambda _: None, lambda: None, timeout=600.0)
+        listener.startService()
+        # The listener's connection, accepted and never answered: psycopg waits in connect.
+        conn, _ = yield deferToThread(server.accept)
+        self.addCleanup(conn.close)  # (then connect fails and the thread ends)
+        self.assertTrue(listener.connecting)
+        yield listener.stopService()
+        self.assertFalse(listener.running)
