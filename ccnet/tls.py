@@ -18,7 +18,6 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -56,12 +55,9 @@ _VERIFY_REASONS = {
     26: "certificate lacks the clientAuth extended key usage",
     40: "proxy certificates not allowed",
 }
-_EKU_REJECTED = -1
 
 
 def verify_error_reason(errno: int) -> str:
-    if errno == _EKU_REJECTED:
-        return "certificate lacks the clientAuth extended key usage"
     return _VERIFY_REASONS.get(errno, f"verify error {errno}")
 
 
@@ -204,14 +200,15 @@ class TLSMaterial:
         ctx.load_client_ca(str(self.cfg.ca).encode())
         ctx.set_session_id(b"ccnet")
 
+        # OpenSSL verifies a server's peers for the "ssl_client" purpose: a certificate
+        # whose extended key usage lacks clientAuth fails with errno 26, named below. So
+        # the callback has nothing to add to a chain OpenSSL accepted (it runs for every
+        # certificate of every handshake: keep that path free).
         def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
-            if not ok:
-                on_reject(_cn(cert), verify_error_reason(errno))
-                return False
-            if depth == 0 and not _allows_client_auth(cert.to_cryptography()):
-                on_reject(_cn(cert), verify_error_reason(_EKU_REJECTED))
-                return False
-            return True
+            if ok:
+                return True
+            on_reject(_cn(cert), verify_error_reason(errno))
+            return False
 
         mode = SSL.VERIFY_PEER
         if not allow_anonymous:
@@ -242,14 +239,6 @@ class TLSMaterial:
 def _cn(cert: crypto.X509) -> str:
     names = cert.to_cryptography().subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
     return str(names[-1].value) if names else "?"
-
-
-def _allows_client_auth(cert: x509.Certificate) -> bool:
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return True  # no EKU means any purpose
-    return ExtendedKeyUsageOID.CLIENT_AUTH in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku
 
 
 @implementer(IOpenSSLServerConnectionCreator)
