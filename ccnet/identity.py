@@ -62,12 +62,20 @@ def _attributes(name: x509.Name) -> list[tuple[str, str]]:
 
 def dn_slash(name: x509.Name) -> str:
     """``/C=IT/O=mPlane/CN=x``: the OpenSSL one-line form DIRAC uses."""
-    return "".join(f"/{k}={v}" for k, v in _attributes(name))
+    return _slash(_attributes(name))
 
 
 def dn_dotted(name: x509.Name) -> str:
     """``IT.mPlane.x``: the attribute values in order, as the mPlane SDK derives identities."""
-    return ".".join(v for _, v in _attributes(name))
+    return _dotted(_attributes(name))
+
+
+def _slash(pairs: list[tuple[str, str]]) -> str:
+    return "".join(f"/{k}={v}" for k, v in pairs)
+
+
+def _dotted(pairs: list[tuple[str, str]]) -> str:
+    return ".".join(v for _, v in pairs)
 
 
 def _sans(cert: x509.Certificate) -> tuple[str, ...]:
@@ -94,10 +102,14 @@ def _proxy_kind(cert: x509.Certificate) -> str | None:
 
     Remembered per certificate (they hash and compare by their DER): every chain a
     connection presents ends in the same few CA certificates."""
-    try:
-        ext = cert.extensions.get_extension_for_oid(_PROXY_CERT_INFO)
-    except x509.ExtensionNotFound:
-        ext = None
+    ext = None
+    # Parsing every extension of every peer's leaf costs more than the rest of the
+    # identity: look for the OID's bytes first (an RFC 3820 proxy has them).
+    if _oid_in_der(_PROXY_CERT_INFO.dotted_string, cert.tbs_certificate_bytes):
+        try:
+            ext = cert.extensions.get_extension_for_oid(_PROXY_CERT_INFO)
+        except x509.ExtensionNotFound:
+            pass
     if ext is not None:
         # The raw DER carries the policy language OID; a limited proxy names the limited policy.
         raw = ext.value.value if isinstance(ext.value, x509.UnrecognizedExtension) else b""
@@ -118,6 +130,12 @@ def _proxy_kind(cert: x509.Certificate) -> str | None:
 
 
 def _oid_in_der(dotted: str, der: bytes) -> bool:
+    return _oid_body(dotted) in der
+
+
+@functools.lru_cache(maxsize=16)
+def _oid_body(dotted: str) -> bytes:
+    """The DER content octets of an OBJECT IDENTIFIER."""
     parts = [int(p) for p in dotted.split(".")]
     body = bytearray([40 * parts[0] + parts[1]])
     for number in parts[2:]:
@@ -127,7 +145,7 @@ def _oid_in_der(dotted: str, der: bytes) -> bool:
             chunk.append(0x80 | (number & 0x7F))
             number >>= 7
         body.extend(reversed(chunk))
-    return bytes(body) in der
+    return bytes(body)
 
 
 @dataclass(frozen=True)
@@ -139,12 +157,19 @@ class Identity:
     dotted: str
     cn: str
     issuer_dn: str
-    sans: tuple[str, ...]
     serial: int
     not_after: datetime
     is_proxy: bool
     is_limited_proxy: bool
     chain: tuple[x509.Certificate, ...]
+    #: Where the end entity (the identity's certificate) is in ``chain``.
+    end_entity_index: int = 0
+
+    @functools.cached_property
+    def sans(self) -> tuple[str, ...]:
+        """The end entity's subject alternative names (``DNS:…``, ``IP:…``); read when
+        asked, as few requests need them."""
+        return _sans(self.chain[self.end_entity_index]) if self.chain else ()
 
     @classmethod
     def from_chain(cls, chain: Sequence[x509.Certificate]) -> Identity:
@@ -155,20 +180,22 @@ class Identity:
         kinds = [_proxy_kind(c) for c in chain]
         index = next((i for i, k in enumerate(kinds) if k is None), 0)
         end_entity = chain[index]
-        cns = end_entity.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        subject = _attributes(end_entity.subject)
+        cns = [v for k, v in subject if k == "CN"]
+        dn = _slash(subject)
         return cls(
-            dn=dn_slash(end_entity.subject),
-            subject_dn=dn_slash(leaf.subject),
-            dotted=dn_dotted(end_entity.subject),
-            cn=str(cns[-1].value) if cns else "",
+            dn=dn,
+            subject_dn=dn if index == 0 else dn_slash(leaf.subject),
+            dotted=_dotted(subject),
+            cn=cns[-1] if cns else "",
             issuer_dn=dn_slash(end_entity.issuer),
-            sans=_sans(end_entity),
             serial=end_entity.serial_number,
             # A proxy lives no longer than any certificate from it up to the end entity.
             not_after=min(c.not_valid_after_utc for c in chain[: index + 1]),
             is_proxy=kinds[0] is not None,
             is_limited_proxy="limited" in kinds,
             chain=tuple(chain),
+            end_entity_index=index,
         )
 
     @classmethod

@@ -51,7 +51,6 @@ def ident(cn: str, ou: str = "Clients", proxy: bool = False, limited: bool = Fal
         dotted=f"IT.ccnet.{ou}.{cn}",
         cn=cn,
         issuer_dn="/C=IT/O=ccnet/CN=CA",
-        sans=(),
         serial=1,
         not_after=NOW + datetime.timedelta(hours=1),
         is_proxy=proxy,
