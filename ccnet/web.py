@@ -19,7 +19,7 @@ def access_log_line(timestamp: str, request: Request) -> str:
     """Combined-log-style line that also names the caller's certificate identity."""
     identity = request_identity(request)
     peer = request.getClientAddress()
-    return '{host} "{who}" [{ts}] "{method} {uri} {proto}" {code} {length}'.format(
+    return '{host} "{who}" {ts} "{method} {uri} {proto}" {code} {length}'.format(
         host=getattr(peer, "host", "-"),
         who=identity.dn if identity else "-",
         ts=timestamp,

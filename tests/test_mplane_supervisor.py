@@ -10,6 +10,7 @@ from typing import Any
 
 import treq
 from twisted.internet import defer, reactor, task
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from ccnet.mplane.model import Envelope, ExceptionMessage, Statement, parse_json
@@ -159,8 +160,15 @@ class ComponentSideTests(SupervisorTestBase):
     @defer.inlineCallbacks
     def test_component_role_restricts_registration(self) -> Any:
         yield self.start(component_role="probe")
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         code, _, _ = yield self.client.request("POST", "register/capability", envelope(PING_CAP))
         self.assertEqual(code, 403)
+        # The access log has the request; the supervisor's own line says why it was refused.
+        refusals = [formatEvent(e) for e in events if "refused" in e.get("log_format", "")]
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertRegex(refusals[0], r"^mPlane POST /register/capability by \S+client refused: 403 .*may not register")
         yield self.register()
 
 

@@ -11,6 +11,7 @@ import requests
 import treq
 from twisted.internet import defer, reactor
 from twisted.internet.threads import deferToThread
+from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -19,7 +20,7 @@ from ccnet.config import TLSConfig, parse_listen
 from ccnet.edge.client import https_agent
 from ccnet.service import ListenerService
 from ccnet.tls import TLSMaterial
-from ccnet.web import HealthResource
+from ccnet.web import HealthResource, access_log_line
 from tests.support import TestPKI, test_pki
 
 
@@ -42,7 +43,7 @@ class TLSListenerTests(unittest.TestCase):
         root = Resource()
         root.putChild(b"health", HealthResource("test", ["rpc"]))
         self.creator = server.server(anonymous, "test")
-        site = Site(root)
+        site = Site(root, logFormatter=access_log_line)
         listener = ListenerService(reactor, "test", parse_listen("ssl:0:interface=127.0.0.1"), site, self.creator)
         listener.grace = 5.0
         listener.startService()
@@ -77,6 +78,19 @@ class TLSListenerTests(unittest.TestCase):
         self.assertEqual(body["status"], "ok")
         self.assertEqual(body["identity"], "/C=IT/O=ccnet/OU=Clients/CN=client")
         self.assertEqual(body["services"], ["rpc"])
+
+    @defer.inlineCallbacks
+    def test_access_log_line_names_the_certificate_identity(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        port = yield self.listen(material(self.pki))
+        response = yield self.get(port, "client")
+        self.assertEqual(response.status_code, 200)
+        lines = [e["log_io"] for e in events if "/health" in e.get("log_io", "")]
+        self.assertEqual(len(lines), 1, lines)
+        self.assertRegex(lines[0], r'^127\.0\.0\.1 "/C=IT/O=ccnet/OU=Clients/CN=client" '
+                                   r'\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d \+0000\] "GET /health HTTP/1\.1" 200 \d+$')
 
     @defer.inlineCallbacks
     def test_treq_with_ccnet_client_policy(self) -> Any:

@@ -277,6 +277,9 @@ class _Dispatch(Resource):
             return
         except HTTPError as exc:
             body = self._error(request, exc)
+            # The access log has every request; a refusal also says why.
+            log.info("mPlane {method} {path} by {peer} refused: {code} {reason}", method=request.method.decode(),
+                     path=request.path.decode("utf-8", "replace"), peer=who, code=exc.code, reason=exc.text)
         except StoreError as exc:
             # The write did not commit and memory was not changed: nothing happened, retry later.
             log.error("mPlane supervisor request {method} {path} failed: {error}", method=request.method,
@@ -286,10 +289,6 @@ class _Dispatch(Resource):
             log.failure("mPlane supervisor request {method} {path} failed", method=request.method,
                         path=request.path)
             body = self._error(request, HTTPError(500, "Internal error"))
-        # Component polls are frequent and routine; everything else is logged at info.
-        emit = log.debug if handler == self.poll else log.info
-        emit("mPlane {method} {path} by {peer}: {code}", method=request.method.decode(),
-             path=request.path.decode("utf-8", "replace"), peer=who, code=request.code)
         if not request.finished and not request_disconnected(request):
             request.write(body)
             request.finish()
