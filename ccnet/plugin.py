@@ -46,7 +46,9 @@ class ServiceMaker:
         from ccnet.store import StoreError
 
         try:
-            return make_service(options.config)
+            svc = make_service(options.config)
+            svc.freeze_heap_when_ready = True
+            return svc
         except (ConfigError, SetupError, StoreError) as exc:
             # Configuration and environment mistakes: one line, exit 2, as for the INI file.
             sys.stderr.write(f"ccnet: cannot start: {exc}\n")
