@@ -30,6 +30,7 @@ from ccnet.mplane.state import (
     MIGRATIONS,
     QUEUED,
     SENT,
+    STORE_CLOCK_SQL,
     Measurement,
     Peer,
     SupervisorState,
@@ -170,6 +171,15 @@ class StoreClockTests(TwoDaemons, unittest.TestCase):
         self.assertEqual([s.token for s in again], [mid])
 
 
+    @defer.inlineCallbacks
+    def test_a_step_of_the_wall_clock_does_not_move_the_store_clock(self) -> Any:
+        wall = [time.time()]
+        state = yield self.daemon(self.database(), lambda: wall[0])
+        wall[0] += 1000  # NTP steps this host's clock
+        rows = yield state.store.run(STORE_CLOCK_SQL)
+        self.assertLess(abs(state.store_now() - float(rows[0][0])), 30)
+
+
 class RetryTests(unittest.TestCase):
     """A re-read that fails is retried on a Clock with back-off: the same rows, then everything."""
 
@@ -274,6 +284,73 @@ class OffloadTests(unittest.TestCase):
         decoded_off = len(threads)
         yield defer.ensureDeferred(state.refresh(measurements=["m1", "m2"]))
         self.assertEqual(len(threads), decoded_off)
+
+
+class OverlappingReadsTests(unittest.TestCase):
+    """A large re-read decoded in a thread overlaps a small one made meanwhile (a request
+    re-reading one row): the older read must not overwrite what the newer one found."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
+        self.addCleanup(self.store.close)
+        yield self.store.migrate("mplane", MIGRATIONS)
+        # The decoding thread, held by the test: each offloaded call waits for release().
+        self.held: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
+
+        def offload(fn: Callable[[], Any]) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((fn, d))
+            return d
+
+        self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time, offload=offload)
+        many = [Measurement(f"m{n}", "client", f"tok{n}", None, "key", "comp", callback_spec(), SENT, None,
+                            False, 0.0, 0.0) for n in range(DECODE_INLINE + 1)]
+        yield self.state.batcher.write([self.state._measurement_op(m) for m in many])
+
+    def release(self) -> None:
+        for fn, d in self.held:
+            d.callback(fn())
+
+    @defer.inlineCallbacks
+    def start_large_read(self, read: Callable[[], Any]) -> Any:
+        """``read()`` started and waiting for its decoding (its rows read as they were)."""
+        d = defer.ensureDeferred(read())
+        yield wait_for(lambda: bool(self.held), "the large read to reach its decoding")
+        return d
+
+    @defer.inlineCallbacks
+    def check_newer_row_survives(self, read: Callable[[], Any]) -> Any:
+        large = yield self.start_large_read(read)
+        # Meanwhile another daemon finishes m1 and deletes m2; a request here re-reads both.
+        yield self.store.run("UPDATE mplane_measurement SET state = ?, updated = 1 WHERE id = 'm1'", (DONE,))
+        yield self.store.run("DELETE FROM mplane_measurement WHERE id = 'm2'")
+        yield defer.ensureDeferred(self.state.refresh(measurements=["m1", "m2"]))
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
+        self.release()
+        yield large
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
+        self.assertNotIn("m2", self.state.measurements)
+        self.assertEqual(self.state.measurements["m3"].state, SENT)  # the rest as the large read found it
+        self.assertEqual(self.state._marks, {})  # forgotten once no read is in flight
+
+    def test_a_resync_does_not_overwrite_a_row_re_read_while_it_decoded(self) -> Any:
+        return self.check_newer_row_survives(self.state.load)
+
+    def test_a_large_refresh_does_not_overwrite_a_row_re_read_while_it_decoded(self) -> Any:
+        return self.check_newer_row_survives(
+            lambda: self.state.refresh(measurements=[f"m{n}" for n in range(DECODE_INLINE + 1)]))
+
+    @defer.inlineCallbacks
+    def test_a_change_committed_here_while_a_large_read_decoded_stays(self) -> Any:
+        yield defer.ensureDeferred(self.state.refresh(measurements=["m1"]))
+        large = yield self.start_large_read(self.state.load)
+        yield defer.ensureDeferred(self.state._update(self.state.measurements["m1"], state=DONE, updated=1.0))
+        self.release()
+        yield large
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
 
 
 class ListenerStopTests(unittest.TestCase):
