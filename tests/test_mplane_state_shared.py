@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from ccnet.mplane.authz import Policy
@@ -254,6 +255,36 @@ class RetryTests(unittest.TestCase):
         self.clock.advance(0)
         yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
         self.assertEqual(self.state.cluster_events["resyncs"], 1)
+
+
+    @defer.inlineCallbacks
+    def test_a_reconnection_while_a_read_is_in_flight_retries_at_once_when_it_fails(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.clock.advance(0)  # the read starts (it fails in the store's thread) ...
+        self.sync.connected()  # ... and the listener reconnects meanwhile
+        yield wait_for(lambda: bool(self.clock.getDelayedCalls()), "the failure")
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), self.clock.seconds())  # no back-off wait
+        self.assertEqual(self.sync.failures, 0)  # (counted afresh from the reconnection)
+        yield self.mend_store()
+        self.clock.advance(0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_read_failing_after_the_stop_is_neither_retried_nor_logged_as_a_failure(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.clock.advance(0)  # the read starts ...
+        self.sync.stop()  # ... and the daemon stops (its pools close: the read fails)
+        yield wait_for(lambda: not self.sync._busy, "the read to end")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([e for e in events if e.get("log_namespace") == "ccnet.mplane.cluster"
+                          and e["log_level"] >= LogLevel.warn], [])
 
 
 class OffloadTests(unittest.TestCase):
