@@ -30,6 +30,7 @@ from ccnet.mplane.state import (
     MEASUREMENT_COLUMNS,
     MIGRATIONS,
     QUEUED,
+    RUNNING,
     SENT,
     STORE_CLOCK_SQL,
     Measurement,
@@ -114,11 +115,34 @@ class MemoryFollowsTheStore(TwoDaemons):
         self.assertFalse(a.measurements[mid].interrupt)
 
     @defer.inlineCallbacks
+    def test_an_unreadable_stored_reply_leaves_the_measurement_as_it_was_in_memory(self) -> Any:
+        a, b, mid, _ = yield self.two_daemons()
+        yield b.store.run("UPDATE mplane_measurement SET state = ?, reply = ? WHERE id = ?", (DONE, "{not json", mid))
+        m = a.measurements[mid]
+        yield defer.ensureDeferred(a._update(m, state="failed", reply=ExceptionMessage(mid, "lost"),
+                                             updated=time.time()))
+        self.assertEqual((m.state, m.reply), (SENT, None))
+
+    @defer.inlineCallbacks
     def test_a_change_to_a_measurement_deleted_elsewhere_drops_it_from_memory(self) -> Any:
         a, b, mid, _ = yield self.two_daemons()
         yield b.store.run("DELETE FROM mplane_measurement WHERE id = ?", (mid,))
         yield defer.ensureDeferred(a._update(a.measurements[mid], state="running", updated=time.time()))
         self.assertNotIn(mid, a.measurements)
+
+
+def sqlite_database(case: unittest.TestCase) -> str:
+    """A SQLite store's URL in ``case``'s temporary directory."""
+    return f"sqlite:///{Path(case.mktemp()).absolute() / 'state.db'}"
+
+
+@defer.inlineCallbacks
+def sqlite_store(case: unittest.TestCase) -> Any:
+    """A migrated SQLite store (see :func:`sqlite_database`), closed at ``case``'s cleanup."""
+    store = Store.open(sqlite_database(case), reactor)
+    case.addCleanup(store.close)
+    yield store.migrate("mplane", MIGRATIONS)
+    return store
 
 
 def fresh_database(case: unittest.TestCase) -> str:
@@ -144,7 +168,7 @@ class SQLiteMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase)
     timeout = 60
 
     def database(self) -> str:
-        return f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}"
+        return sqlite_database(self)
 
 
 class StoreClockTests(TwoDaemons, unittest.TestCase):
@@ -171,7 +195,6 @@ class StoreClockTests(TwoDaemons, unittest.TestCase):
         again = yield defer.ensureDeferred(slow.take_work(COMPONENT.identity, None))
         self.assertEqual([s.token for s in again], [mid])
 
-
     @defer.inlineCallbacks
     def test_a_step_of_the_wall_clock_does_not_move_the_store_clock(self) -> Any:
         wall = [time.time()]
@@ -188,9 +211,7 @@ class RetryTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
-        self.addCleanup(self.store.close)
-        yield self.store.migrate("mplane", MIGRATIONS)
+        self.store = yield sqlite_store(self)
         self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time)
         # As another daemon wrote it: stored, not in this daemon's memory.
         m = Measurement("m1", "client", "tok", None, "key", "comp", callback_spec(), QUEUED, None, False, 0.0, 0.0)
@@ -292,9 +313,7 @@ class OffloadTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_large_load_is_decoded_in_a_thread_a_small_refresh_in_the_reactor(self) -> Any:
-        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
-        self.addCleanup(store.close)
-        yield store.migrate("mplane", MIGRATIONS)
+        store = yield sqlite_store(self)
         threads: list[int] = []
 
         def offload(fn: Callable[[], Any]) -> Any:
@@ -317,6 +336,60 @@ class OffloadTests(unittest.TestCase):
         self.assertEqual(len(threads), decoded_off)
 
 
+class HeldAnswers:
+    """A store whose transactions commit as usual but whose answers wait for ``release``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.answers: list[tuple[defer.Deferred[Any], defer.Deferred[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def run_interaction(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self.answers.append((self.store.run_interaction(fn, *args), answer))
+        return answer
+
+    def committed(self, n: int) -> bool:
+        return len(self.answers) >= n and all(done.called for done, _ in self.answers)
+
+    def release(self, n: int) -> None:
+        done, answer = self.answers[n]
+        done.chainDeferred(answer)
+
+
+class AnswerOrderTests(TwoDaemons, unittest.TestCase):
+    """Two writes of one daemon to one measurement commit in one order; their answers
+    may come back in the other: memory keeps the newer row all the same."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return sqlite_database(self)
+
+    @defer.inlineCallbacks
+    def test_a_claim_answered_after_a_later_update_does_not_undo_it_in_memory(self) -> Any:
+        state = yield self.daemon(self.database(), time.time)
+        store = state.store
+        yield defer.ensureDeferred(state.register(COMPONENT, [("ping", from_dict(PING_CAP))]))
+        yield defer.ensureDeferred(state.submit(CLIENT, from_dict(SPEC)))
+        (m,) = state.measurements.values()
+        held = HeldAnswers(store)
+        state.store = state.batcher.store = held  # type: ignore[assignment]
+        claimed = defer.ensureDeferred(state.take_work(COMPONENT.identity, None))  # QUEUED -> SENT
+        yield wait_for(lambda: held.committed(1), "the claim to commit")
+        updated = defer.ensureDeferred(state._update(m, state=RUNNING, updated=time.time()))  # -> RUNNING
+        yield wait_for(lambda: held.committed(2), "the update to commit")
+        held.release(1)
+        yield updated
+        held.release(0)
+        self.assertEqual([s.token for s in (yield claimed)], [m.id])
+        rows = yield store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
+        self.assertEqual(measurement_from_row(rows[0]).state, RUNNING)
+        self.assertEqual(state.measurements[m.id], measurement_from_row(rows[0]))
+
+
 class OverlappingReadsTests(unittest.TestCase):
     """A large re-read decoded in a thread overlaps a small one made meanwhile (a request
     re-reading one row): the older read must not overwrite what the newer one found."""
@@ -325,9 +398,7 @@ class OverlappingReadsTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
-        self.addCleanup(self.store.close)
-        yield self.store.migrate("mplane", MIGRATIONS)
+        self.store = yield sqlite_store(self)
         # The decoding thread, held by the test: each offloaded call waits for release().
         self.held: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
 

@@ -85,14 +85,19 @@ MIGRATIONS = [
     "ALTER TABLE mplane_component ADD COLUMN held_since DOUBLE PRECISION",
     "CREATE INDEX mplane_measurement_component ON mplane_measurement (component, state)",
     "CREATE INDEX mplane_capability_component ON mplane_capability (component)",
+    # Raised by every update: of two rows of one measurement, memory keeps the newer one
+    # (two writes of this daemon commit in one order, their answers may come in the other).
+    "ALTER TABLE mplane_measurement ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
 ]
 
 COMPONENT_COLUMNS = "identity, dn, callback, registered, last_seen, url, dialect, holder, held_since"
 CAPABILITY_COLUMNS = "cap_key, component, label, body, registered"
 MEASUREMENT_COLUMNS = ("id, client, client_token, client_label, cap_key, component, spec, state, reply, "
-                       "interrupt, created, updated, client_registry")
+                       "interrupt, created, updated, client_registry, version")
 #: The columns of a measurement that change after it is stored (the others never do).
-CHANGING_COLUMNS = "state, reply, interrupt, updated"
+CHANGING_COLUMNS = "state, reply, interrupt, updated, version"
+#: Every update of a measurement raises its version (see :attr:`Measurement.version`).
+NEXT_VERSION = "version = version + 1"
 
 # Measurement states.
 QUEUED = "queued"  # waiting for the component's next poll
@@ -213,6 +218,8 @@ class Measurement:
     created: float
     updated: float
     client_registry: str | None = None  # the registry the client meant (RI clients: the RI's)
+    #: Raised by every update in the store: the higher of two rows is the newer.
+    version: int = 0
 
     def to_client(self, msg: Message, registries: RegistryStore) -> Message:
         """``msg`` (from the component) re-addressed to the client: its token and label, in
@@ -247,10 +254,10 @@ def interrupt_due(m: Measurement) -> bool:
 
 #: Claims what :func:`send_due` says is due, for one component, atomically: of two
 #: daemons racing for the same row, the second finds it no longer due.
-CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ? "
+CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ?, {NEXT_VERSION} "
              f"WHERE component = ? AND (state = '{QUEUED}' OR (state = '{SENT}' AND updated < ?)) "
              f"RETURNING {MEASUREMENT_COLUMNS}")
-CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0 "
+CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0, {NEXT_VERSION} "
                        f"WHERE component = ? AND interrupt = 1 AND state IN ('{SENT}', '{RUNNING}') "
                        f"RETURNING {MEASUREMENT_COLUMNS}")
 #: The database's clock (PostgreSQL), in the seconds of ``updated``: with several daemons,
@@ -292,11 +299,12 @@ def capability_from_row(row: tuple[Any, ...]) -> Capability:
 
 
 def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
-    (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg) = row
+    (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg, version) = row
     smsg = _loads(spec)
     assert isinstance(smsg, Statement)
     return Measurement(mid, client, ctok, clabel, key, comp, smsg, st,
-                       _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
+                       _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg,
+                       int(version))
 
 
 _Row = TypeVar("_Row")
@@ -524,9 +532,13 @@ class SupervisorState:
     def _apply_measurements(self, asked: set[str], found: set[str], ms: list[Measurement], since: int) -> None:
         """Measurements ``asked`` as read by the query numbered ``since`` (``found``: the ids
         of the rows read, ``ms`` those that could be decoded; absent: deleted), except those
-        put in memory later (see ``_marks``)."""
+        put in memory later: by the row's version when memory has another, else as
+        ``_marks`` says."""
         for m in ms:
-            if self._takes(f"m:{m.id}", since):
+            known = self.measurements.get(m.id)
+            if known is not None and known.version != m.version:
+                self._merge_measurement(m)  # (only if newer)
+            elif self._takes(f"m:{m.id}", since):
                 self._merge_measurement(m)
         for mid in asked - found:
             if self._takes(f"m:{mid}", since):
@@ -541,11 +553,12 @@ class SupervisorState:
         return known
 
     def _merge_measurement(self, m: Measurement) -> Measurement:
+        """``m`` into memory, unless memory holds a newer version of it."""
         known = self.measurements.get(m.id)
         if known is None:
             self._add_measurement(m)
             known = m
-        else:
+        elif m.version >= known.version:
             known.__dict__.update(m.__dict__)
         self._by_client[(known.client, known.client_token)] = known.id
         return known
@@ -614,10 +627,11 @@ class SupervisorState:
     @staticmethod
     def _measurement_op(m: Measurement) -> Op:
         return (
-            f"INSERT INTO mplane_measurement ({MEASUREMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO mplane_measurement ({MEASUREMENT_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.id, m.client, m.client_token, m.client_label, m.cap_key, m.component, _dumps(m.spec),
              m.state, _dumps(m.reply) if m.reply is not None else None, int(m.interrupt), m.created, m.updated,
-             m.client_registry))
+             m.client_registry, m.version))
 
     async def _save_measurement(self, m: Measurement) -> None:
         await self.batcher.write([self._measurement_op(m), *self._notice("m", m.id)])
@@ -634,6 +648,7 @@ class SupervisorState:
                 cols.append(f"{name} = CASE WHEN state IN ('{DONE}', '{FAILED}') THEN {name} ELSE ? END")
             else:
                 cols.append(f"{name} = ?")
+        cols.append(NEXT_VERSION)
         return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ? RETURNING {CHANGING_COLUMNS}",
                 (*columns.values(), mid))
 
@@ -850,7 +865,9 @@ class SupervisorState:
         """Write ``change`` to ``m``; once that committed, ``m`` is what the store holds.
 
         The two differ when another daemon finished the measurement after this one last
-        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory."""
+        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory.
+        Unless memory already holds a newer version (another write's answer came first),
+        or the stored reply cannot be read (then memory keeps what it had, as a re-read)."""
         change = final_is_final(m.state, change)
         columns = dict(change)
         if columns.get("reply") is not None:
@@ -862,18 +879,22 @@ class SupervisorState:
         if not returned:
             self._drop_measurement(m.id)  # deleted meanwhile (expired at another daemon)
             return
-        state, reply, interrupt, updated = returned[0]
-        m.state, m.interrupt, m.updated = state, bool(interrupt), float(updated)
+        state, reply, interrupt, updated, version = returned[0]
+        if int(version) < m.version:
+            return
         if reply is None:
-            m.reply = None
+            stored = None
         elif reply == columns.get("reply"):
-            m.reply = change["reply"]  # ours, as written: no need to decode it again
+            stored = change["reply"]  # ours, as written: no need to decode it again
         else:
             try:
-                m.reply = _loads(reply)
+                stored = _loads(reply)
             except Exception as exc:
-                log.error("mPlane measurement {key}: its stored reply cannot be read: {error}",
-                          key=m.id, error=repr(exc)[:200])
+                log.error("mPlane measurement {key}: its stored reply cannot be read, memory keeps the "
+                          "measurement as it was: {error}", key=m.id, error=repr(exc)[:200])
+                return
+        m.state, m.reply, m.interrupt, m.updated, m.version = state, stored, bool(interrupt), float(updated), \
+            int(version)
 
     # ------------------------------------------------------------------ client side
 
@@ -1068,18 +1089,22 @@ class SupervisorState:
         UPDATE, as the claim: one of the two wins); else re-read it. True if dropped."""
         sql, notice = self.store.sql, self._notice("m", m.id)
 
-        def drop(cursor: Any) -> bool:
-            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ? "
-                               f"WHERE id = ? AND state = '{QUEUED}' RETURNING id"), (_dumps(reply), now, m.id))
-            if not cursor.fetchall():
-                return False
+        def drop(cursor: Any) -> int | None:
+            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ?, "
+                               f"{NEXT_VERSION} WHERE id = ? AND state = '{QUEUED}' RETURNING version"),
+                           (_dumps(reply), now, m.id))
+            rows = cursor.fetchall()
+            if not rows:
+                return None
             for statement, params in notice:
                 cursor.execute(sql(statement), params)
-            return True
+            return int(rows[0][0])
 
-        if await self.store.run_interaction(drop):
+        version = await self.store.run_interaction(drop)
+        if version is not None:
             self._changed_here(f"m:{m.id}")
-            m.state, m.reply, m.updated = FAILED, reply, now
+            if version >= m.version:
+                m.state, m.reply, m.updated, m.version = FAILED, reply, now, version
             return True
         await self.refresh(measurements=[m.id])
         return False
