@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.threads import deferToThread
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial import unittest
 
 from ccnet.mplane.authz import Policy
@@ -29,7 +30,9 @@ from ccnet.mplane.state import (
     MEASUREMENT_COLUMNS,
     MIGRATIONS,
     QUEUED,
+    RUNNING,
     SENT,
+    STORE_CLOCK_SQL,
     Measurement,
     Peer,
     SupervisorState,
@@ -112,11 +115,34 @@ class MemoryFollowsTheStore(TwoDaemons):
         self.assertFalse(a.measurements[mid].interrupt)
 
     @defer.inlineCallbacks
+    def test_an_unreadable_stored_reply_leaves_the_measurement_as_it_was_in_memory(self) -> Any:
+        a, b, mid, _ = yield self.two_daemons()
+        yield b.store.run("UPDATE mplane_measurement SET state = ?, reply = ? WHERE id = ?", (DONE, "{not json", mid))
+        m = a.measurements[mid]
+        yield defer.ensureDeferred(a._update(m, state="failed", reply=ExceptionMessage(mid, "lost"),
+                                             updated=time.time()))
+        self.assertEqual((m.state, m.reply), (SENT, None))
+
+    @defer.inlineCallbacks
     def test_a_change_to_a_measurement_deleted_elsewhere_drops_it_from_memory(self) -> Any:
         a, b, mid, _ = yield self.two_daemons()
         yield b.store.run("DELETE FROM mplane_measurement WHERE id = ?", (mid,))
         yield defer.ensureDeferred(a._update(a.measurements[mid], state="running", updated=time.time()))
         self.assertNotIn(mid, a.measurements)
+
+
+def sqlite_database(case: unittest.TestCase) -> str:
+    """A SQLite store's URL in ``case``'s temporary directory."""
+    return f"sqlite:///{Path(case.mktemp()).absolute() / 'state.db'}"
+
+
+@defer.inlineCallbacks
+def sqlite_store(case: unittest.TestCase) -> Any:
+    """A migrated SQLite store (see :func:`sqlite_database`), closed at ``case``'s cleanup."""
+    store = Store.open(sqlite_database(case), reactor)
+    case.addCleanup(store.close)
+    yield store.migrate("mplane", MIGRATIONS)
+    return store
 
 
 def fresh_database(case: unittest.TestCase) -> str:
@@ -142,7 +168,7 @@ class SQLiteMemoryFollowsTheStoreTests(MemoryFollowsTheStore, unittest.TestCase)
     timeout = 60
 
     def database(self) -> str:
-        return f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}"
+        return sqlite_database(self)
 
 
 class StoreClockTests(TwoDaemons, unittest.TestCase):
@@ -169,6 +195,14 @@ class StoreClockTests(TwoDaemons, unittest.TestCase):
         again = yield defer.ensureDeferred(slow.take_work(COMPONENT.identity, None))
         self.assertEqual([s.token for s in again], [mid])
 
+    @defer.inlineCallbacks
+    def test_a_step_of_the_wall_clock_does_not_move_the_store_clock(self) -> Any:
+        wall = [time.time()]
+        state = yield self.daemon(self.database(), lambda: wall[0])
+        wall[0] += 1000  # NTP steps this host's clock
+        rows = yield state.store.run(STORE_CLOCK_SQL)
+        self.assertLess(abs(state.store_now() - float(rows[0][0])), 30)
+
 
 class RetryTests(unittest.TestCase):
     """A re-read that fails is retried on a Clock with back-off: the same rows, then everything."""
@@ -177,9 +211,7 @@ class RetryTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def setUp(self) -> Any:
-        self.store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
-        self.addCleanup(self.store.close)
-        yield self.store.migrate("mplane", MIGRATIONS)
+        self.store = yield sqlite_store(self)
         self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time)
         # As another daemon wrote it: stored, not in this daemon's memory.
         m = Measurement("m1", "client", "tok", None, "key", "comp", callback_spec(), QUEUED, None, False, 0.0, 0.0)
@@ -246,14 +278,42 @@ class RetryTests(unittest.TestCase):
         self.assertEqual(self.state.cluster_events["resyncs"], 1)
 
 
+    @defer.inlineCallbacks
+    def test_a_reconnection_while_a_read_is_in_flight_retries_at_once_when_it_fails(self) -> Any:
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.clock.advance(0)  # the read starts (it fails in the store's thread) ...
+        self.sync.connected()  # ... and the listener reconnects meanwhile
+        yield wait_for(lambda: bool(self.clock.getDelayedCalls()), "the failure")
+        (call,) = self.clock.getDelayedCalls()
+        self.assertEqual(call.getTime(), self.clock.seconds())  # no back-off wait
+        self.assertEqual(self.sync.failures, 0)  # (counted afresh from the reconnection)
+        yield self.mend_store()
+        self.clock.advance(0)
+        yield wait_for(lambda: "m1" in self.state.measurements, "the resync to read m1")
+        self.assertEqual(self.state.cluster_events["resyncs"], 1)
+
+    @defer.inlineCallbacks
+    def test_a_read_failing_after_the_stop_is_neither_retried_nor_logged_as_a_failure(self) -> Any:
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        yield self.break_store()
+        self.sync.payload("another-daemon m m1")
+        self.clock.advance(0)  # the read starts ...
+        self.sync.stop()  # ... and the daemon stops (its pools close: the read fails)
+        yield wait_for(lambda: not self.sync._busy, "the read to end")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual([e for e in events if e.get("log_namespace") == "ccnet.mplane.cluster"
+                          and e["log_level"] >= LogLevel.warn], [])
+
+
 class OffloadTests(unittest.TestCase):
     timeout = 60
 
     @defer.inlineCallbacks
     def test_a_large_load_is_decoded_in_a_thread_a_small_refresh_in_the_reactor(self) -> Any:
-        store = Store.open(f"sqlite:///{Path(self.mktemp()).absolute() / 'state.db'}", reactor)
-        self.addCleanup(store.close)
-        yield store.migrate("mplane", MIGRATIONS)
+        store = yield sqlite_store(self)
         threads: list[int] = []
 
         def offload(fn: Callable[[], Any]) -> Any:
@@ -274,6 +334,125 @@ class OffloadTests(unittest.TestCase):
         decoded_off = len(threads)
         yield defer.ensureDeferred(state.refresh(measurements=["m1", "m2"]))
         self.assertEqual(len(threads), decoded_off)
+
+
+class HeldAnswers:
+    """A store whose transactions commit as usual but whose answers wait for ``release``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.answers: list[tuple[defer.Deferred[Any], defer.Deferred[Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def run_interaction(self, fn: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
+        answer: defer.Deferred[Any] = defer.Deferred()
+        self.answers.append((self.store.run_interaction(fn, *args), answer))
+        return answer
+
+    def committed(self, n: int) -> bool:
+        return len(self.answers) >= n and all(done.called for done, _ in self.answers)
+
+    def release(self, n: int) -> None:
+        done, answer = self.answers[n]
+        done.chainDeferred(answer)
+
+
+class AnswerOrderTests(TwoDaemons, unittest.TestCase):
+    """Two writes of one daemon to one measurement commit in one order; their answers
+    may come back in the other: memory keeps the newer row all the same."""
+
+    timeout = 60
+
+    def database(self) -> str:
+        return sqlite_database(self)
+
+    @defer.inlineCallbacks
+    def test_a_claim_answered_after_a_later_update_does_not_undo_it_in_memory(self) -> Any:
+        state = yield self.daemon(self.database(), time.time)
+        store = state.store
+        yield defer.ensureDeferred(state.register(COMPONENT, [("ping", from_dict(PING_CAP))]))
+        yield defer.ensureDeferred(state.submit(CLIENT, from_dict(SPEC)))
+        (m,) = state.measurements.values()
+        held = HeldAnswers(store)
+        state.store = state.batcher.store = held  # type: ignore[assignment]
+        claimed = defer.ensureDeferred(state.take_work(COMPONENT.identity, None))  # QUEUED -> SENT
+        yield wait_for(lambda: held.committed(1), "the claim to commit")
+        updated = defer.ensureDeferred(state._update(m, state=RUNNING, updated=time.time()))  # -> RUNNING
+        yield wait_for(lambda: held.committed(2), "the update to commit")
+        held.release(1)
+        yield updated
+        held.release(0)
+        self.assertEqual([s.token for s in (yield claimed)], [m.id])
+        rows = yield store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
+        self.assertEqual(measurement_from_row(rows[0]).state, RUNNING)
+        self.assertEqual(state.measurements[m.id], measurement_from_row(rows[0]))
+
+
+class OverlappingReadsTests(unittest.TestCase):
+    """A large re-read decoded in a thread overlaps a small one made meanwhile (a request
+    re-reading one row): the older read must not overwrite what the newer one found."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def setUp(self) -> Any:
+        self.store = yield sqlite_store(self)
+        # The decoding thread, held by the test: each offloaded call waits for release().
+        self.held: list[tuple[Callable[[], Any], defer.Deferred[Any]]] = []
+
+        def offload(fn: Callable[[], Any]) -> defer.Deferred[Any]:
+            d: defer.Deferred[Any] = defer.Deferred()
+            self.held.append((fn, d))
+            return d
+
+        self.state = SupervisorState(self.store, RegistryStore(), Policy(), time.time, offload=offload)
+        many = [Measurement(f"m{n}", "client", f"tok{n}", None, "key", "comp", callback_spec(), SENT, None,
+                            False, 0.0, 0.0) for n in range(DECODE_INLINE + 1)]
+        yield self.state.batcher.write([self.state._measurement_op(m) for m in many])
+
+    def release(self) -> None:
+        for fn, d in self.held:
+            d.callback(fn())
+
+    @defer.inlineCallbacks
+    def start_large_read(self, read: Callable[[], Any]) -> Any:
+        """``read()`` started and waiting for its decoding (its rows read as they were)."""
+        d = defer.ensureDeferred(read())
+        yield wait_for(lambda: bool(self.held), "the large read to reach its decoding")
+        return d
+
+    @defer.inlineCallbacks
+    def check_newer_row_survives(self, read: Callable[[], Any]) -> Any:
+        large = yield self.start_large_read(read)
+        # Meanwhile another daemon finishes m1 and deletes m2; a request here re-reads both.
+        yield self.store.run("UPDATE mplane_measurement SET state = ?, updated = 1 WHERE id = 'm1'", (DONE,))
+        yield self.store.run("DELETE FROM mplane_measurement WHERE id = 'm2'")
+        yield defer.ensureDeferred(self.state.refresh(measurements=["m1", "m2"]))
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
+        self.release()
+        yield large
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
+        self.assertNotIn("m2", self.state.measurements)
+        self.assertEqual(self.state.measurements["m3"].state, SENT)  # the rest as the large read found it
+        self.assertEqual(self.state._marks, {})  # forgotten once no read is in flight
+
+    def test_a_resync_does_not_overwrite_a_row_re_read_while_it_decoded(self) -> Any:
+        return self.check_newer_row_survives(self.state.load)
+
+    def test_a_large_refresh_does_not_overwrite_a_row_re_read_while_it_decoded(self) -> Any:
+        return self.check_newer_row_survives(
+            lambda: self.state.refresh(measurements=[f"m{n}" for n in range(DECODE_INLINE + 1)]))
+
+    @defer.inlineCallbacks
+    def test_a_change_committed_here_while_a_large_read_decoded_stays(self) -> Any:
+        yield defer.ensureDeferred(self.state.refresh(measurements=["m1"]))
+        large = yield self.start_large_read(self.state.load)
+        yield defer.ensureDeferred(self.state._update(self.state.measurements["m1"], state=DONE, updated=1.0))
+        self.release()
+        yield large
+        self.assertEqual(self.state.measurements["m1"].state, DONE)
 
 
 class ListenerStopTests(unittest.TestCase):

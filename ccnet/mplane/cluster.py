@@ -53,8 +53,10 @@ class Listener(service.Service):
     connection is made again with :class:`ccnet.backoff.Backoff` (``retry_min`` doubling up
     to ``retry_max``, spread at random) whenever it breaks (PostgreSQL restarted, network cut).
 
-    A stop waits for the thread to close its connection (a second at most: notifications
-    are read with a one-second timeout), except while the thread is connecting:
+    A stop waits for the thread to close its connection: about a second while it waits
+    for notifications (read with a one-second timeout), longer if the server stopped
+    answering in the middle of a statement (then until the connection's ``timeout``
+    ends it: TCP keepalives, user timeout). Except while the thread is connecting:
     ``psycopg.connect`` cannot be interrupted and may block for the whole connect timeout
     (a server that accepts and never answers), so the stop completes at once and the
     thread, once ``connect`` returns, closes what it got and ends by itself.
@@ -190,6 +192,7 @@ class ClusterSync:
         self._components: set[str] = set()
         self._measurements: set[str] = set()
         self._resync = False
+        self._reconnected = False  # since the read in flight began: its failure retries at once
         self._busy = False
         self._call: IDelayedCall | None = None  # the pending flush (cancelled at stop)
         self._stopped = False
@@ -213,8 +216,10 @@ class ClusterSync:
 
     def connected(self) -> None:
         """The listening connection is (again) up: what was sent meanwhile is lost. Resync
-        now, not after a retry's wait (the store answers again, most likely)."""
+        now, not after a retry's wait (the store answers again, most likely): also when a
+        read in flight fails, its retry does not wait."""
         self._resync = True
+        self._reconnected = True
         if self._call is not None and self._call.active():
             self._call.reset(0)
         else:
@@ -231,6 +236,7 @@ class ClusterSync:
             self._call = self.reactor.callLater(delay, self._flush)
 
     def _flush(self) -> None:
+        self._reconnected = False
         resync = self._resync
         comps, self._components = self._components, set()
         mids, self._measurements = self._measurements, set()
@@ -254,7 +260,18 @@ class ClusterSync:
 
     def _failed(self, failure: Failure, resync: bool, comps: set[str], mids: set[str]) -> None:
         self._busy = False
-        delay = self._backoff.next_delay()
+        if self._stopped:
+            # The daemon stops: its reads fail as the store and thread pools close.
+            log.debug("re-read failed while stopping: {error}", error=failure.getErrorMessage())
+            return
+        if self._reconnected:
+            # The listener reconnected while this read was in flight: resync now, and
+            # count the failures from there.
+            self._backoff.reset()
+            self._reconnected = False
+            delay = 0.0
+        else:
+            delay = self._backoff.next_delay()
         if resync or self._backoff.failures >= self.escalate_after:
             self._resync = True
             what = "resyncing everything"

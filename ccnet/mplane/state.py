@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -84,14 +85,19 @@ MIGRATIONS = [
     "ALTER TABLE mplane_component ADD COLUMN held_since DOUBLE PRECISION",
     "CREATE INDEX mplane_measurement_component ON mplane_measurement (component, state)",
     "CREATE INDEX mplane_capability_component ON mplane_capability (component)",
+    # Raised by every update: of two rows of one measurement, memory keeps the newer one
+    # (two writes of this daemon commit in one order, their answers may come in the other).
+    "ALTER TABLE mplane_measurement ADD COLUMN version INTEGER NOT NULL DEFAULT 0",
 ]
 
 COMPONENT_COLUMNS = "identity, dn, callback, registered, last_seen, url, dialect, holder, held_since"
 CAPABILITY_COLUMNS = "cap_key, component, label, body, registered"
 MEASUREMENT_COLUMNS = ("id, client, client_token, client_label, cap_key, component, spec, state, reply, "
-                       "interrupt, created, updated, client_registry")
+                       "interrupt, created, updated, client_registry, version")
 #: The columns of a measurement that change after it is stored (the others never do).
-CHANGING_COLUMNS = "state, reply, interrupt, updated"
+CHANGING_COLUMNS = "state, reply, interrupt, updated, version"
+#: Every update of a measurement raises its version (see :attr:`Measurement.version`).
+NEXT_VERSION = "version = version + 1"
 
 # Measurement states.
 QUEUED = "queued"  # waiting for the component's next poll
@@ -212,6 +218,8 @@ class Measurement:
     created: float
     updated: float
     client_registry: str | None = None  # the registry the client meant (RI clients: the RI's)
+    #: Raised by every update in the store: the higher of two rows is the newer.
+    version: int = 0
 
     def to_client(self, msg: Message, registries: RegistryStore) -> Message:
         """``msg`` (from the component) re-addressed to the client: its token and label, in
@@ -246,16 +254,27 @@ def interrupt_due(m: Measurement) -> bool:
 
 #: Claims what :func:`send_due` says is due, for one component, atomically: of two
 #: daemons racing for the same row, the second finds it no longer due.
-CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ? "
+CLAIM_SQL = (f"UPDATE mplane_measurement SET state = '{SENT}', updated = ?, {NEXT_VERSION} "
              f"WHERE component = ? AND (state = '{QUEUED}' OR (state = '{SENT}' AND updated < ?)) "
              f"RETURNING {MEASUREMENT_COLUMNS}")
-CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0 "
+CLAIM_INTERRUPT_SQL = (f"UPDATE mplane_measurement SET interrupt = 0, {NEXT_VERSION} "
                        f"WHERE component = ? AND interrupt = 1 AND state IN ('{SENT}', '{RUNNING}') "
                        f"RETURNING {MEASUREMENT_COLUMNS}")
 #: The database's clock (PostgreSQL), in the seconds of ``updated``: with several daemons,
 #: when a handed-over specification is due again is timed by this one clock, not by each
 #: host's (skewed hosts would disagree, and hand it out early or late).
 STORE_CLOCK_SQL = "SELECT date_part('epoch', clock_timestamp())"
+
+
+def read_store_clock(cursor: Any, monotonic: Callable[[], float]) -> tuple[float, float]:
+    """The store's clock, and its offset to ``monotonic``, read with ``cursor``. In the
+    store's thread, our clock read just around the query: neither the wait for a pool
+    thread nor the reactor's turn widens the error. Against a monotonic clock: a step of
+    this host's wall clock (NTP) does not move the offset."""
+    before = monotonic()
+    cursor.execute(STORE_CLOCK_SQL)
+    store_time = float(cursor.fetchone()[0])
+    return store_time, store_time - (before + monotonic()) / 2
 
 
 def final_is_final(state: str, change: dict[str, Any]) -> dict[str, Any]:
@@ -280,11 +299,12 @@ def capability_from_row(row: tuple[Any, ...]) -> Capability:
 
 
 def measurement_from_row(row: tuple[Any, ...]) -> Measurement:
-    (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg) = row
+    (mid, client, ctok, clabel, key, comp, spec, st, reply, intr, created, updated, creg, version) = row
     smsg = _loads(spec)
     assert isinstance(smsg, Statement)
     return Measurement(mid, client, ctok, clabel, key, comp, smsg, st,
-                       _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg)
+                       _loads(reply) if reply else None, bool(intr), float(created), float(updated), creg,
+                       int(version))
 
 
 _Row = TypeVar("_Row")
@@ -331,7 +351,7 @@ class SupervisorState:
     def __init__(self, store: StoreLike, registries: RegistryStore, policy: Policy,
                  clock: Callable[[], float], result_expiry: float = 0.0,
                  component_role: str | None = None, node: str = "", channel: str | None = None,
-                 offload: Offload | None = None) -> None:
+                 offload: Offload | None = None, monotonic: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         #: Where many stored rows are decoded (a thread), not to stall the reactor; None: here.
         self.offload = offload
@@ -342,10 +362,15 @@ class SupervisorState:
         self.channel = channel
         #: Tells this daemon's own notifications from others' (a node name may be reused).
         self.instance = uuid.uuid4().hex[:12]
-        # What this daemon changed while a read from the store was in flight: that read's
-        # (older) rows must not overwrite it. Keys "c:<component>", "m:<measurement>".
-        self._gen = 0
-        self._local: dict[str, int] = {}
+        # Reads from the store may overlap (a resync decoding in a thread, a request
+        # re-reading one row meanwhile) and this daemon writes while they are in flight:
+        # each read's queries and each change committed here take a number from one
+        # sequence, and per object ("c:<component>", "m:<measurement>") memory remembers
+        # the number it was last taken from. A read's rows do not overwrite what a later
+        # read, or a change committed after the read began, put there. Forgotten whenever
+        # no read is in flight (every later read is numbered higher than all of it).
+        self._seq = 0
+        self._marks: dict[str, int] = {}
         self._reads = 0
         self.registries = registries
         self.policy = policy
@@ -354,9 +379,11 @@ class SupervisorState:
         self.component_role = component_role
         self.redeliver_after = 30.0
         #: Redelivery is timed by the store's clock when daemons share it (PostgreSQL):
-        #: ``store_skew`` is that clock minus ``clock``, measured at each load and claim.
+        #: ``store_offset`` is that clock minus ``monotonic``, measured at each load and claim
+        #: (until the first, our wall clock stands in for it).
         self.store_clock = store.dialect == "postgresql"
-        self.store_skew = 0.0
+        self.monotonic = monotonic
+        self.store_offset = clock() - monotonic()
         self.batcher = WriteBatcher(store)
         self.components: dict[str, Component] = {}
         self.capabilities: dict[str, Capability] = {}
@@ -385,29 +412,27 @@ class SupervisorState:
 
     def store_now(self) -> float:
         """Now by the clock that times redelivery: the store's (PostgreSQL), else ours."""
-        return self.clock() + self.store_skew
-
-    def _measured_skew(self, store_time: float, before: float) -> None:
-        """Note the store's clock as read between ``before`` and now (by our clock)."""
-        self.store_skew = store_time - (before + self.clock()) / 2
+        if self.store_clock:
+            return self.monotonic() + self.store_offset
+        return self.clock()
 
     async def load(self) -> None:
         """Read everything back (after a restart, or a lost notification connection)."""
         if self.store_clock:
-            before = self.clock()
-            rows = await self.store.run(STORE_CLOCK_SQL)
-            self._measured_skew(float(rows[0][0]), before)
-        since = self._begin_read()
+            _, self.store_offset = await self.store.run_interaction(read_store_clock, self.monotonic)
+        self._begin_read()
         try:
+            since = self._number()
             comps = await self.store.run(f"SELECT {COMPONENT_COLUMNS} FROM mplane_component")
             caps = await self.store.run(f"SELECT {CAPABILITY_COLUMNS} FROM mplane_capability")
+            msince = self._number()
             rows = await self.store.run(f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement")
             components = await self._decode(component_from_row, comps, "component")
             capabilities = await self._decode(capability_from_row, caps, "capability")
             measurements = await self._decode(measurement_from_row, rows, "measurement")
             self._apply_components({row[0] for row in comps}, components, capabilities, since, every=True)
             found = {row[0] for row in rows}
-            self._apply_measurements(found | set(self.measurements), found, measurements, since)
+            self._apply_measurements(found | set(self.measurements), found, measurements, msince)
         finally:
             self._end_read()
 
@@ -424,10 +449,11 @@ class SupervisorState:
         """Re-read what another daemon changed (named by its notifications); wake the
         components that now have work."""
         comps, mids = sorted(set(components)), sorted(set(measurements))
-        since = self._begin_read()
+        self._begin_read()
         try:
             for chunk in _chunks(comps):
                 marks = ", ".join("?" * len(chunk))
+                since = self._number()
                 rows = await self.store.run(
                     f"SELECT {COMPONENT_COLUMNS} FROM mplane_component WHERE identity IN ({marks})", chunk)
                 caps = await self.store.run(
@@ -436,6 +462,7 @@ class SupervisorState:
                                        await self._decode(capability_from_row, caps, "capability"), since)
             for chunk in _chunks(mids):
                 marks = ", ".join("?" * len(chunk))
+                since = self._number()
                 rows = await self.store.run(
                     f"SELECT {MEASUREMENT_COLUMNS} FROM mplane_measurement WHERE id IN ({marks})", chunk)
                 self._apply_measurements(set(chunk), {row[0] for row in rows},
@@ -447,20 +474,31 @@ class SupervisorState:
                      and (send_due(m, now, self.redeliver_after) or interrupt_due(m))}:
             self._wake(comp)
 
-    def _begin_read(self) -> int:
+    def _begin_read(self) -> None:
         self._reads += 1
-        return self._gen
+
+    def _number(self) -> int:
+        """The next number of the sequence ``_marks`` holds (taken as a query is issued)."""
+        self._seq += 1
+        return self._seq
 
     def _end_read(self) -> None:
         self._reads -= 1
         if not self._reads:
-            self._local.clear()
+            self._marks.clear()
 
     def _changed_here(self, key: str) -> None:
-        """Note a change this daemon committed (see ``_local``)."""
+        """Note a change this daemon committed (see ``_marks``)."""
         if self._reads:
-            self._gen += 1
-            self._local[key] = self._gen
+            self._marks[key] = self._number()
+
+    def _takes(self, key: str, since: int) -> bool:
+        """May rows read by the query numbered ``since`` replace ``key`` in memory? (no
+        later read and no change committed here since put it there); if so, noted."""
+        if self._marks.get(key, 0) > since:
+            return False
+        self._marks[key] = since
+        return True
 
     async def _decode(self, decode: Callable[[tuple[Any, ...]], _Row], rows: list[tuple[Any, ...]],
                       kind: str) -> list[_Row]:
@@ -477,30 +515,33 @@ class SupervisorState:
 
     def _apply_components(self, asked: set[str], comps: list[Component], caps: list[Capability],
                           since: int, every: bool = False) -> None:
-        """Components ``asked`` (``every``: all) and their capabilities as read, except
-        those this daemon changed after the read began."""
-        def stale(comp: str) -> bool:
-            return self._local.get(f"c:{comp}", 0) > since
-
+        """Components ``asked`` (``every``: all) and their capabilities as read by the query
+        numbered ``since``, except those put in memory later (see ``_marks``)."""
+        held = {c.component for c in self.capabilities.values()} if every else set()
+        fresh = {comp for comp in asked | held | {c.identity for c in comps} | {c.component for c in caps}
+                 if self._takes(f"c:{comp}", since)}
         for comp in comps:
-            if not stale(comp.identity):
+            if comp.identity in fresh:
                 self._merge_component(comp)
-        for key in [k for k, c in self.capabilities.items()
-                    if (every or c.component in asked) and not stale(c.component)]:
+        for key in [k for k, c in self.capabilities.items() if c.component in fresh]:
             del self.capabilities[key]
         for cap in caps:
-            if not stale(cap.component):
+            if cap.component in fresh:
                 self.capabilities[cap.key] = cap
 
     def _apply_measurements(self, asked: set[str], found: set[str], ms: list[Measurement], since: int) -> None:
-        """Measurements ``asked`` as read (``found``: the ids of the rows read, ``ms`` those
-        that could be decoded; absent: deleted), except those this daemon changed after the
-        read began."""
+        """Measurements ``asked`` as read by the query numbered ``since`` (``found``: the ids
+        of the rows read, ``ms`` those that could be decoded; absent: deleted), except those
+        put in memory later: by the row's version when memory has another, else as
+        ``_marks`` says."""
         for m in ms:
-            if self._local.get(f"m:{m.id}", 0) <= since:
+            known = self.measurements.get(m.id)
+            if known is not None and known.version != m.version:
+                self._merge_measurement(m)  # (only if newer)
+            elif self._takes(f"m:{m.id}", since):
                 self._merge_measurement(m)
         for mid in asked - found:
-            if self._local.get(f"m:{mid}", 0) <= since:
+            if self._takes(f"m:{mid}", since):
                 self._drop_measurement(mid)  # expired (here or by another daemon)
 
     def _merge_component(self, c: Component) -> Component:
@@ -512,11 +553,12 @@ class SupervisorState:
         return known
 
     def _merge_measurement(self, m: Measurement) -> Measurement:
+        """``m`` into memory, unless memory holds a newer version of it."""
         known = self.measurements.get(m.id)
         if known is None:
             self._add_measurement(m)
             known = m
-        else:
+        elif m.version >= known.version:
             known.__dict__.update(m.__dict__)
         self._by_client[(known.client, known.client_token)] = known.id
         return known
@@ -585,10 +627,11 @@ class SupervisorState:
     @staticmethod
     def _measurement_op(m: Measurement) -> Op:
         return (
-            f"INSERT INTO mplane_measurement ({MEASUREMENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO mplane_measurement ({MEASUREMENT_COLUMNS}) VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (m.id, m.client, m.client_token, m.client_label, m.cap_key, m.component, _dumps(m.spec),
              m.state, _dumps(m.reply) if m.reply is not None else None, int(m.interrupt), m.created, m.updated,
-             m.client_registry))
+             m.client_registry, m.version))
 
     async def _save_measurement(self, m: Measurement) -> None:
         await self.batcher.write([self._measurement_op(m), *self._notice("m", m.id)])
@@ -605,6 +648,7 @@ class SupervisorState:
                 cols.append(f"{name} = CASE WHEN state IN ('{DONE}', '{FAILED}') THEN {name} ELSE ? END")
             else:
                 cols.append(f"{name} = ?")
+        cols.append(NEXT_VERSION)
         return (f"UPDATE mplane_measurement SET {', '.join(cols)} WHERE id = ? RETURNING {CHANGING_COLUMNS}",
                 (*columns.values(), mid))
 
@@ -749,13 +793,12 @@ class SupervisorState:
             return []  # (memory is kept current by the notifications: no query per empty poll)
         sql = self.store.sql
         notice = self._notice
-        store_clock, redeliver_after = self.store_clock, self.redeliver_after
+        store_clock, redeliver_after, monotonic = self.store_clock, self.redeliver_after, self.monotonic
 
-        def claim(cursor: Any) -> tuple[float, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-            at = now
+        def claim(cursor: Any) -> tuple[float | None, list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            at, offset = now, None
             if store_clock:
-                cursor.execute(STORE_CLOCK_SQL)
-                at = float(cursor.fetchone()[0])
+                at, offset = read_store_clock(cursor, monotonic)
             cursor.execute(sql(CLAIM_SQL), (at, identity, at - redeliver_after))
             sent = list(cursor.fetchall())
             cursor.execute(sql(CLAIM_INTERRUPT_SQL), (identity,))
@@ -763,11 +806,11 @@ class SupervisorState:
             for row in sent + interrupted:
                 for statement, params in notice("m", row[0]):
                     cursor.execute(sql(statement), params)
-            return at, sent, interrupted
+            return offset, sent, interrupted
 
-        at, sent, interrupted = await self.store.run_interaction(claim)
-        if store_clock:
-            self._measured_skew(at, now)
+        offset, sent, interrupted = await self.store.run_interaction(claim)
+        if offset is not None:
+            self.store_offset = offset
         out: list[Message] = []
         for row in sent + interrupted:
             self._changed_here(f"m:{row[0]}")
@@ -822,7 +865,9 @@ class SupervisorState:
         """Write ``change`` to ``m``; once that committed, ``m`` is what the store holds.
 
         The two differ when another daemon finished the measurement after this one last
-        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory."""
+        read it: the store keeps that outcome (:meth:`_change_op`), and so does memory.
+        Unless memory already holds a newer version (another write's answer came first),
+        or the stored reply cannot be read (then memory keeps what it had, as a re-read)."""
         change = final_is_final(m.state, change)
         columns = dict(change)
         if columns.get("reply") is not None:
@@ -834,18 +879,22 @@ class SupervisorState:
         if not returned:
             self._drop_measurement(m.id)  # deleted meanwhile (expired at another daemon)
             return
-        state, reply, interrupt, updated = returned[0]
-        m.state, m.interrupt, m.updated = state, bool(interrupt), float(updated)
+        state, reply, interrupt, updated, version = returned[0]
+        if int(version) < m.version:
+            return
         if reply is None:
-            m.reply = None
+            stored = None
         elif reply == columns.get("reply"):
-            m.reply = change["reply"]  # ours, as written: no need to decode it again
+            stored = change["reply"]  # ours, as written: no need to decode it again
         else:
             try:
-                m.reply = _loads(reply)
+                stored = _loads(reply)
             except Exception as exc:
-                log.error("mPlane measurement {key}: its stored reply cannot be read: {error}",
-                          key=m.id, error=repr(exc)[:200])
+                log.error("mPlane measurement {key}: its stored reply cannot be read, memory keeps the "
+                          "measurement as it was: {error}", key=m.id, error=repr(exc)[:200])
+                return
+        m.state, m.reply, m.interrupt, m.updated, m.version = state, stored, bool(interrupt), float(updated), \
+            int(version)
 
     # ------------------------------------------------------------------ client side
 
@@ -1040,18 +1089,22 @@ class SupervisorState:
         UPDATE, as the claim: one of the two wins); else re-read it. True if dropped."""
         sql, notice = self.store.sql, self._notice("m", m.id)
 
-        def drop(cursor: Any) -> bool:
-            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ? "
-                               f"WHERE id = ? AND state = '{QUEUED}' RETURNING id"), (_dumps(reply), now, m.id))
-            if not cursor.fetchall():
-                return False
+        def drop(cursor: Any) -> int | None:
+            cursor.execute(sql(f"UPDATE mplane_measurement SET state = '{FAILED}', reply = ?, updated = ?, "
+                               f"{NEXT_VERSION} WHERE id = ? AND state = '{QUEUED}' RETURNING version"),
+                           (_dumps(reply), now, m.id))
+            rows = cursor.fetchall()
+            if not rows:
+                return None
             for statement, params in notice:
                 cursor.execute(sql(statement), params)
-            return True
+            return int(rows[0][0])
 
-        if await self.store.run_interaction(drop):
+        version = await self.store.run_interaction(drop)
+        if version is not None:
             self._changed_here(f"m:{m.id}")
-            m.state, m.reply, m.updated = FAILED, reply, now
+            if version >= m.version:
+                m.state, m.reply, m.updated, m.version = FAILED, reply, now, version
             return True
         await self.refresh(measurements=[m.id])
         return False
