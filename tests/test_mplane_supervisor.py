@@ -594,3 +594,32 @@ class DaemonRestartTests(SupervisorTestBase):
         _, msg, _ = yield Peer(fake, "client").message("GET", f"show/result?token={SPEC['token']}")
         self.assertEqual(msg.kind, "result")
         self.assertEqual(msg.resultvalues, [["30", "45", "60", "2"]])
+
+
+class CapabilityTableTests(unittest.TestCase):
+    """The supervisor's capabilities by key, with each component's keys beside them."""
+
+    @staticmethod
+    def cap(key: str, component: str) -> Any:
+        from ccnet.mplane.model import from_dict
+        from ccnet.mplane.state import Capability
+
+        return Capability(key, component, "ping", from_dict(PING_CAP), 0.0)  # type: ignore[arg-type]
+
+    def test_a_components_capabilities_are_found_replaced_and_removed_by_component(self) -> None:
+        from ccnet.mplane.state import CapabilityTable
+
+        table = CapabilityTable()
+        for key, comp in (("a1", "A"), ("b1", "B"), ("a2", "A")):
+            table.put(self.cap(key, comp))
+        self.assertEqual([c.key for c in table.of("A")], ["a1", "a2"])
+        self.assertEqual(sorted(table), ["a1", "a2", "b1"])
+        self.assertEqual(len(table), 3)
+        table.put(self.cap("a1", "B"))  # the same key now B's: no longer listed under A
+        self.assertEqual([c.key for c in table.of("A")], ["a2"])
+        self.assertEqual(sorted(c.key for c in table.of("B")), ["a1", "b1"])
+        self.assertEqual(table.pop("a2").component, "A")  # type: ignore[union-attr]
+        self.assertIsNone(table.pop("a2"))
+        self.assertEqual(table.of("A"), [])
+        self.assertNotIn("a2", table)
+        self.assertEqual(table["b1"].component, "B")
