@@ -25,6 +25,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -194,7 +195,7 @@ class Component:
     held_since: float | None = None
 
 
-@dataclass
+@dataclass(frozen=True)  # (CapabilityTable indexes it by component)
 class Capability:
     key: str
     component: str
@@ -220,6 +221,19 @@ class CapabilityTable(Mapping[str, "Capability"]):
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+    # The mixins' versions go through __getitem__ and KeyError: every listing uses these.
+    def __contains__(self, key: object) -> bool:
+        return key in self._by_key
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._by_key.get(key, default)
+
+    def values(self) -> Any:
+        return self._by_key.values()
+
+    def items(self) -> Any:
+        return self._by_key.items()
 
     def put(self, cap: Capability) -> None:
         old = self._by_key.get(cap.key)
@@ -1186,6 +1200,8 @@ class SupervisorState:
         comps = sorted({c.component for c in caps} | (set(self.components) if admin else set()))
         ms = sorted((m for m in self.measurements.values()
                      if admin or m.client == peer.identity), key=lambda m: m.created)
+        per_component = Counter(c.component for c in caps)  # (not a scan of caps per component)
+
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
         return {
@@ -1194,7 +1210,7 @@ class SupervisorState:
             "node": self.node,
             "polls_held": self.polls_held(),  # at this daemon, now
             "components": [
-                {"identity": c, "capabilities": sum(1 for x in caps if x.component == c),
+                {"identity": c, "capabilities": per_component[c],
                  "last_seen": iso(self.components[c].last_seen) if c in self.components else None,
                  "callback": self.components[c].callback if c in self.components else False,
                  # which daemon its poll came to last (several daemons on one store)
