@@ -277,9 +277,12 @@ class _Dispatch(Resource):
             return
         except HTTPError as exc:
             body = self._error(request, exc)
-            # The access log has every request; a refusal also says why.
-            log.info("mPlane {method} {path} by {peer} refused: {code} {reason}", method=request.method.decode(),
-                     path=request.path.decode("utf-8", "replace"), peer=who, code=exc.code, reason=exc.text)
+            # The access log has every request; a refusal also says why ("register first" is
+            # routine: every component polls once after a supervisor lost its state).
+            emit = log.debug if exc.code == 428 else log.info
+            emit("mPlane {method} {path} by {peer} refused: {code} {reason}", method=request.method.decode(),
+                 path=request.path.decode("utf-8", "replace")[:200], peer=who, code=exc.code,
+                 reason=exc.text[:300])  # (the text can quote the peer's message)
         except StoreError as exc:
             # The write did not commit and memory was not changed: nothing happened, retry later.
             log.error("mPlane supervisor request {method} {path} failed: {error}", method=request.method,
@@ -292,6 +295,13 @@ class _Dispatch(Resource):
         if not request.finished and not request_disconnected(request):
             request.write(body)
             request.finish()
+        else:
+            # No access-log line then (that is written as a request finishes): say it here.
+            # A poll whose component left is routine.
+            emit = log.debug if handler == self.poll else log.info
+            emit("mPlane {method} {path} by {peer}: done ({code}), the client had gone before the answer",
+                 method=request.method.decode(), path=request.path.decode("utf-8", "replace")[:200], peer=who,
+                 code=request.code)
 
     def _speaks_ri(self, request: Request) -> bool:
         """Is the peer of this request an RI-fork client or component? (RI peers get
