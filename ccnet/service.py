@@ -86,7 +86,13 @@ class CCNetService(service.MultiService):
             # What start-up made (modules, config, the state read back) lives as long as
             # the process: out of the cyclic collector's way, whose full collections then
             # scan only what serving made (they grow with every connection held open).
+            # Start-up's own garbage is collected first, not kept for ever.
+            gc.collect()
             gc.freeze()
+            # A connection allocates thousands of short-lived objects: young collections
+            # every 20 000 allocations instead of 700 let most die before one, so fewer
+            # reach the older generations (-5 % CPU per mPlane registration, docs/performance.md).
+            gc.set_threshold(20_000, *gc.get_threshold()[1:])
 
     def _listen_failed(self, failure: Failure) -> None:
         # A daemon that cannot serve what its config asks for must not pretend to run.
