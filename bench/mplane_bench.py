@@ -19,6 +19,11 @@ Measures, for each supervisor:
   once. Each run's client starts right after the fresh proxy's first
   ``GET show/specification``, i.e. just after a poll (the RI proxy polls every 5 s).
 
+The platform-scale rows (10 000 components on one daemon, and 5 000 on each of two
+daemons sharing PostgreSQL: registrations/s, daemon CPU per registration, RSS with every
+poll held, overhead alone and loaded) are ``bench/mplane_scale_bench.py``'s, which reuses
+this file's simulated components; ``make bench`` runs both.
+
 Run: ``PYTHONPATH=. .venv/bin/python bench/mplane_bench.py [--components 1000] [--runs 3]``
 (``--ri-only`` for the RI row alone, ``--skip-ri`` without it). It needs python3.11 and
 network access to PyPI once (the SDK venv is cached in ``$CCNET_MPLANE_SDK_VENV``, default
