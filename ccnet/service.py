@@ -66,8 +66,9 @@ class CCNetService(service.MultiService):
         gathered = defer.gatherResults(waits, consumeErrors=True)
         # Announced only once the reactor runs: twistd starts the services before it installs
         # its signal handlers, and a SIGTERM sent on "ready" in between would kill us with -15.
-        self.runtime.reactor.callWhenRunning(gathered.addCallbacks, self._all_listening, self._listen_failed)
+        # Our SIGHUP handler goes in first for the same reason (a reload asked for on "ready").
         self.runtime.reactor.callWhenRunning(self._install_sighup)
+        self.runtime.reactor.callWhenRunning(gathered.addCallbacks, self._all_listening, self._listen_failed)
         interval = sdnotify.watchdog_interval()
         if interval:
             self._watchdog = task.LoopingCall(sdnotify.notify, "WATCHDOG=1")
@@ -75,13 +76,6 @@ class CCNetService(service.MultiService):
             self._watchdog.start(interval)
 
     def _all_listening(self, _: Any) -> None:
-        sdnotify.notify("READY=1\nSTATUS=ccnet serving")
-        log.info(
-            "ccnet {version} ready: {services}",
-            version=__version__,
-            services=", ".join(self.config.enabled_services()),
-        )
-        self.ready.callback(None)
         if self.freeze_heap_when_ready:
             # What start-up made (modules, config, the state read back) lives as long as
             # the process: out of the cyclic collector's way, whose full collections then
@@ -93,6 +87,13 @@ class CCNetService(service.MultiService):
             # every 20 000 allocations instead of 700 let most die before one, so fewer
             # reach the older generations (-5 % CPU per mPlane registration, docs/performance.md).
             gc.set_threshold(20_000, *gc.get_threshold()[1:])
+        sdnotify.notify("READY=1\nSTATUS=ccnet serving")
+        log.info(
+            "ccnet {version} ready: {services}",
+            version=__version__,
+            services=", ".join(self.config.enabled_services()),
+        )
+        self.ready.callback(None)
 
     def _listen_failed(self, failure: Failure) -> None:
         # A daemon that cannot serve what its config asks for must not pretend to run.
